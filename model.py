@@ -1,0 +1,544 @@
+"""The DeepSeek-LLM / Llama decoder, its KV-cache sampler, and Hugging Face checkpoints.
+
+DeepSeekMath-7B (paper section 2.3) is initialised from DeepSeek-Coder-Base-v1.5 7B, which has
+the Llama architecture: pre-norm blocks of
+
+    h = x + Attention(RMSNorm(x))        causal self-attention with rotary positions (RoPE)
+    y = h + SwiGLU(RMSNorm(h))           down( silu(gate(h)) * up(h) )
+
+followed by a final RMSNorm and an untied LM head. The same trunk with a scalar head (one number
+per token) is the reward model and PPO's value model (paper section 4.1).
+
+Checkpoints are folders in the Hugging Face Llama layout (config.json + model.safetensors, or
+shards with model.safetensors.index.json), with HF's parameter names, so a real
+deepseek-math-7b folder opens here and ours open in `transformers` and vLLM:
+
+    model = Transformer.from_pretrained("deepseek-math-7b-rl")
+    model.save_pretrained("out/my-model")
+
+Generation (`generate`) runs batched prompts of different lengths (left-padded) through a
+preallocated KV cache and returns the per-token log-probs of the distribution it sampled from,
+which RL needs for pi_old. `sequence_logprobs` recomputes log-probs of given completions in
+chunks, never holding a whole (B, T, V) float32 logits tensor (V is 102,400 for the 7B).
+
+Shapes: B batch, T query length, S key length (cache), D = dim, H heads, K kv heads, d head dim.
+"""
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class ModelArgs:
+    vocab_size: int = 4096
+    dim: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int = 4
+    intermediate_size: int = 352
+    max_seq_len: int = 512
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+    bos_id: int = 0
+    eos_id: int = 1
+
+    @classmethod
+    def from_config(cls, cfg, **overrides):
+        """The model keys of a run's config (config.py), plus token ids from the tokenizer."""
+        values = {f.name: getattr(cfg, f.name) for f in fields(cls) if hasattr(cfg, f.name)}
+        return cls(**{**values, **overrides})
+
+    @property
+    def head_dim(self):
+        return self.dim // self.n_head
+
+    # ---- Hugging Face config.json <-> ModelArgs
+    def to_hf(self, head, dtype):
+        hf = dict(
+            architectures=["LlamaForCausalLM" if head == "lm" else "LlamaForSequenceClassification"],
+            model_type="llama",
+            vocab_size=self.vocab_size,
+            hidden_size=self.dim,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.n_layer,
+            num_attention_heads=self.n_head,
+            num_key_value_heads=self.n_kv_head,
+            head_dim=self.head_dim,
+            max_position_embeddings=self.max_seq_len,
+            rms_norm_eps=self.norm_eps,
+            rope_theta=self.rope_theta,
+            rope_scaling=None,
+            tie_word_embeddings=self.tie_embeddings,
+            initializer_range=self.init_std,
+            bos_token_id=self.bos_id,
+            eos_token_id=self.eos_id,
+            hidden_act="silu",
+            attention_bias=False,
+            mlp_bias=False,
+            torch_dtype=str(dtype).removeprefix("torch."),
+        )
+        if head == "scalar":
+            hf["num_labels"] = 1
+        return hf
+
+    @classmethod
+    def from_hf(cls, hf, path="config.json"):
+        if hf.get("model_type") not in ("llama", None):
+            raise ValueError(f"{path}: model_type {hf.get('model_type')!r} is not a Llama model; "
+                             "this project reads Llama-layout checkpoints (DeepSeek-LLM/Math are)")
+        rope = hf.get("rope_parameters") or {}
+        scaling = hf.get("rope_scaling")
+        if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
+            raise ValueError(f"{path}: rope_scaling {scaling} is not supported (plain RoPE only)")
+        n_head = hf["num_attention_heads"]
+        if hf.get("head_dim", hf["hidden_size"] // n_head) != hf["hidden_size"] // n_head:
+            raise ValueError(f"{path}: head_dim {hf['head_dim']} != hidden_size / heads; not supported")
+        eos = hf.get("eos_token_id", 1)
+        return cls(
+            vocab_size=hf["vocab_size"],
+            dim=hf["hidden_size"],
+            n_layer=hf["num_hidden_layers"],
+            n_head=n_head,
+            n_kv_head=hf.get("num_key_value_heads", n_head),
+            intermediate_size=hf["intermediate_size"],
+            max_seq_len=hf.get("max_position_embeddings", 4096),
+            rope_theta=float(hf.get("rope_theta", rope.get("rope_theta", 10000.0))),
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            tie_embeddings=hf.get("tie_word_embeddings", False),
+            init_std=hf.get("initializer_range", 0.02),
+            bos_id=hf.get("bos_token_id", 0),
+            eos_id=eos[0] if isinstance(eos, list) else eos,
+        )
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * w, computed in float32 as Llama does."""
+
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rope_tables(args, device=None):
+    """cos/sin tables (max_seq_len, d) for RoPE, theta_j = base^(-2j/d).
+
+    Hugging Face's layout rotates the two halves of each head (dimension j with j + d/2),
+    not interleaved pairs, and Llama checkpoints' q/k weights are permuted to match; we use
+    the same layout so those weights load unchanged."""
+    d = args.head_dim
+    inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, d, 2, device=device, dtype=torch.float32) / d))
+    angles = torch.outer(torch.arange(args.max_seq_len, device=device, dtype=torch.float32), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)  # (max_seq_len, d)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """x (B, H, T, d) rotated by position: x*cos + rotate_half(x)*sin; cos/sin (B, 1, T, d)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class KVCache:
+    """Preallocated keys/values of every layer: (B, K, S_max, d) each, filled left to right."""
+
+    def __init__(self, args, batch_size, max_len, device, dtype):
+        shape = (batch_size, args.n_kv_head, max_len, args.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layer)]
+        self.length = 0  # positions filled so far (the same for every row: prompts are left-padded)
+
+
+class Attention(nn.Module):
+    def __init__(self, args):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = args.n_head, args.n_kv_head, args.head_dim
+        self.q_proj = nn.Linear(args.dim, args.n_head * args.head_dim, bias=False)
+        self.k_proj = nn.Linear(args.dim, args.n_kv_head * args.head_dim, bias=False)
+        self.v_proj = nn.Linear(args.dim, args.n_kv_head * args.head_dim, bias=False)
+        self.o_proj = nn.Linear(args.n_head * args.head_dim, args.dim, bias=False)
+
+    def forward(self, x, cos, sin, attn_mask, cache, layer):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, d)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, T, d)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:  # write this step's keys/values, attend over everything so far
+            start = cache.length
+            cache.k[layer][:, :, start:start + T] = k
+            cache.v[layer][:, :, start:start + T] = v
+            k, v = cache.k[layer][:, :, :start + T], cache.v[layer][:, :, :start + T]  # (B, K, S, d)
+        # softmax(q k^T / sqrt(d) + mask) v; K < H shares each kv head among H/K query heads (GQA)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+                                           enable_gqa=self.n_kv_head != self.n_head)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, args):
+        super().__init__()
+        self.gate_proj = nn.Linear(args.dim, args.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(args.dim, args.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(args.intermediate_size, args.dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, args):
+        super().__init__()
+        self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
+        self.self_attn = Attention(args)
+        self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
+        self.mlp = SwiGLU(args)
+
+    def forward(self, x, cos, sin, attn_mask, cache, layer):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    """Llama decoder. head="lm": next-token logits (B, T, V); head="scalar": one value per
+    token (B, T), the reward / value model of paper section 4 (HF's LlamaForSequenceClassification
+    names this head `score`)."""
+
+    def __init__(self, args, head="lm"):
+        super().__init__()
+        assert head in ("lm", "scalar"), head
+        self.args, self.head_kind = args, head
+        # Module names follow Hugging Face's (minus the "model." prefix), so state dicts map 1:1.
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layer))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        if head == "lm":
+            self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
+            if args.tie_embeddings:
+                self.lm_head.weight = self.embed_tokens.weight
+        else:
+            self.score = nn.Linear(args.dim, 1, bias=False)
+        self.gradient_checkpointing = False
+        self.reset_rope()
+        self.apply(self._init_weights)
+
+    def reset_rope(self):
+        """(Re)build the RoPE tables: after loading on the meta device they must be real."""
+        device = self.embed_tokens.weight.device
+        cos, sin = rope_tables(self.args, None if device.type == "meta" else device)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def _init_weights(self, module):
+        """Llama init: N(0, 0.02); the projections that write into the residual stream
+        (o_proj, down_proj) scaled by 1/sqrt(2 * n_layer) so the stream's variance stays O(1)
+        at depth (GPT-2's rule). The scalar head starts at 0: a value model that knows nothing."""
+        std = self.args.init_std
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, Attention):
+            nn.init.normal_(module.o_proj.weight, std=std / math.sqrt(2 * self.args.n_layer))
+        if isinstance(module, SwiGLU):
+            nn.init.normal_(module.down_proj.weight, std=std / math.sqrt(2 * self.args.n_layer))
+        if module is getattr(self, "score", None):
+            nn.init.zeros_(module.weight)
+
+    def trunk(self, tokens, positions=None, attn_mask=None, cache=None):
+        """Hidden states after the final norm, (B, T, D).
+
+        positions (B, T): RoPE positions (default 0..T-1); attn_mask (B, 1, T, S) bool, True =
+        may attend (default causal); cache: a KVCache continued from cache.length."""
+        B, T = tokens.shape
+        if positions is None:
+            start = cache.length if cache is not None else 0
+            positions = torch.arange(start, start + T, device=tokens.device).expand(B, T)
+        cos = self.rope_cos[positions].unsqueeze(1)  # (B, 1, T, d)
+        sin = self.rope_sin[positions].unsqueeze(1)
+        x = self.embed_tokens(tokens)  # (B, T, D)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        for i, layer in enumerate(self.layers):
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(layer, x, cos, sin, attn_mask, cache, i, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, attn_mask, cache, i)
+        if cache is not None:
+            cache.length += T
+        return self.norm(x)
+
+    def forward(self, tokens, positions=None, attn_mask=None, cache=None):
+        h = self.trunk(tokens, positions, attn_mask, cache)
+        if self.head_kind == "lm":
+            return self.lm_head(h)  # (B, T, V)
+        return self.score(h).squeeze(-1)  # (B, T)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    # ------------------------------------------------------------------ Hugging Face checkpoints
+    @staticmethod
+    def hf_name(name):
+        return name if name.startswith(("lm_head.", "score.")) else "model." + name
+
+    def save_pretrained(self, folder, state_dict=None, max_shard_bytes=5 * 2**30):
+        """Write config.json and model.safetensors (or shards + index) in HF's Llama layout.
+
+        The folder is written beside its final place and renamed into it, so a crash mid-save
+        leaves the previous checkpoint (if any) intact. state_dict: a full (gathered) state
+        dict, for FSDP models whose own tensors are shards."""
+        from safetensors.torch import save_file
+
+        state = state_dict if state_dict is not None else self.state_dict()
+        tensors = {self.hf_name(k): v.detach().cpu().contiguous() for k, v in state.items()}
+        if self.args.tie_embeddings:
+            tensors.pop("lm_head.weight", None)
+        dtype = next(iter(tensors.values())).dtype
+        shards, current, size = [], {}, 0
+        for name, t in tensors.items():
+            nbytes = t.numel() * t.element_size()
+            if current and size + nbytes > max_shard_bytes:
+                shards.append(current)
+                current, size = {}, 0
+            current[name], size = t, size + nbytes
+        shards.append(current)
+        with staged_folder(folder) as tmp:
+            with open(os.path.join(tmp, "config.json"), "w") as f:
+                json.dump(self.args.to_hf(self.head_kind, dtype), f, indent=2)
+            if len(shards) == 1:
+                save_file(shards[0], os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+                return
+            weight_map = {}
+            for i, shard in enumerate(shards, 1):
+                name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, os.path.join(tmp, name), metadata={"format": "pt"})
+                weight_map.update({k: name for k in shard})
+            total = sum(t.numel() * t.element_size() for t in tensors.values())
+            with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+                json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+
+    @classmethod
+    def from_pretrained(cls, folder, head="lm", dtype=None, device="cpu"):
+        """Load an HF Llama folder. head="scalar" on an LM checkpoint keeps the trunk and starts
+        a fresh (zero) scalar head: how a value model is initialised from the policy."""
+        from safetensors import safe_open
+
+        config_path = os.path.join(folder, "config.json")
+        if not os.path.exists(config_path):
+            raise FileNotFoundError(f"{folder}: no config.json; expected a Hugging Face Llama "
+                                    "checkpoint folder (config.json + model.safetensors)")
+        with open(config_path) as f:
+            hf = json.load(f)
+        args = ModelArgs.from_hf(hf, config_path)
+        with torch.device("meta"):
+            model = cls(args, head)
+        index = os.path.join(folder, "model.safetensors.index.json")
+        if os.path.exists(index):
+            with open(index) as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+        elif os.path.exists(os.path.join(folder, "model.safetensors")):
+            files = ["model.safetensors"]
+        else:
+            raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+        stored = {}
+        for name in files:
+            with safe_open(os.path.join(folder, name), framework="pt", device=str(device)) as f:
+                for key in f.keys():
+                    stored[key] = f.get_tensor(key)
+        expected = {cls.hf_name(k): (k, p) for k, p in model.state_dict(keep_vars=True).items()}
+        state = {}
+        for hf_key, (key, param) in expected.items():
+            if hf_key not in stored:
+                if hf_key == "lm_head.weight" and args.tie_embeddings:
+                    continue
+                if hf_key == "score.weight":  # a value model started from an LM checkpoint
+                    stored[hf_key] = torch.zeros(1, args.dim, device=device)
+                else:
+                    raise KeyError(f"{folder}: checkpoint has no tensor '{hf_key}' (expected shape "
+                                   f"{tuple(param.shape)}); is this a Llama checkpoint of this config?")
+            t = stored[hf_key]
+            if tuple(t.shape) != tuple(param.shape):
+                raise ValueError(f"{folder}: tensor '{hf_key}' has shape {tuple(t.shape)} in the "
+                                 f"checkpoint but the model built from config.json expects "
+                                 f"{tuple(param.shape)}")
+            state[key] = t.to(dtype) if dtype is not None else t
+        model.load_state_dict(state, strict=False, assign=True)
+        if args.tie_embeddings and head == "lm":
+            model.lm_head.weight = model.embed_tokens.weight
+        model.reset_rope()
+        return model
+
+
+class staged_folder:
+    """Write a folder under a temporary name, then swap it into place (old one removed)."""
+
+    def __init__(self, folder):
+        self.folder = os.path.abspath(folder)
+
+    def __enter__(self):
+        parent = os.path.dirname(self.folder)
+        os.makedirs(parent, exist_ok=True)
+        self.tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(self.folder) + ".")
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        old = None
+        if os.path.exists(self.folder):
+            old = self.tmp + ".old"
+            os.replace(self.folder, old)
+        os.replace(self.tmp, self.folder)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+        return False
+
+
+# ---------------------------------------------------------------------- masks and log-probs
+def padding_positions_and_mask(mask):
+    """From a (B, T) bool mask of real tokens (left or right padding), the RoPE positions
+    (B, T) that count only real tokens, and the (B, 1, T, T) causal mask that hides padding.
+
+    A padding query sees only itself, so no softmax row is empty (which would give NaN);
+    its output is never used. This makes a row's result independent of its padding."""
+    B, T = mask.shape
+    positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+    causal = torch.ones(T, T, dtype=torch.bool, device=mask.device).tril()
+    attn = causal & mask[:, None, None, :]  # (B, 1, T, T)
+    attn = attn | torch.eye(T, dtype=torch.bool, device=mask.device)
+    return positions, attn
+
+
+def _chunk_logprobs(lm_head, hidden, targets, temperature, with_entropy):
+    logits = lm_head(hidden).float() / temperature  # (B, c, V), the only place logits exist
+    logp_all = F.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, c)
+    if not with_entropy:
+        return logp, None
+    entropy = -(logp_all.exp() * logp_all).sum(-1)  # H = -sum_v p_v log p_v, (B, c)
+    return logp, entropy
+
+
+def sequence_logprobs(model, tokens, mask=None, temperature=1.0, chunk_size=256, with_entropy=False,
+                      positions=None, attn_mask=None):
+    """log pi(tokens[:, t+1] | tokens[:, :t+1]) for every t: (B, T-1), float32.
+
+    This is pi_theta / pi_old / pi_ref of the RL objectives. temperature must be the one the
+    samples were drawn at, or the ratio pi_theta/pi_old is wrong from the first step. The
+    lm_head runs on chunks of the sequence; with gradients on, each chunk is checkpointed, so
+    only one (B, chunk, V) float32 logits tensor exists at a time, in forward and backward.
+    Returns (logp, entropy) when with_entropy, entropy being that of the sampling distribution."""
+    if mask is not None and positions is None:
+        positions, attn_mask = padding_positions_and_mask(mask)
+    hidden = model.trunk(tokens, positions, attn_mask)[:, :-1]  # (B, T-1, D)
+    targets = tokens[:, 1:]
+    lm_head = model.lm_head
+    logps, entropies = [], []
+    for s in range(0, hidden.shape[1], chunk_size):
+        h, y = hidden[:, s:s + chunk_size], targets[:, s:s + chunk_size]
+        if torch.is_grad_enabled():
+            logp, ent = checkpoint(_chunk_logprobs, lm_head, h, y, temperature, with_entropy,
+                                   use_reentrant=False)
+        else:
+            logp, ent = _chunk_logprobs(lm_head, h, y, temperature, with_entropy)
+        logps.append(logp)
+        entropies.append(ent)
+    logp = torch.cat(logps, dim=1)
+    return (logp, torch.cat(entropies, dim=1)) if with_entropy else logp
+
+
+# ---------------------------------------------------------------------- generation
+@dataclass
+class Generation:
+    tokens: torch.Tensor  # (B, N) new tokens; after a row stops, the model's EOS as filler
+    mask: torch.Tensor  # (B, N) bool, True for real generated tokens (the EOS included)
+    logprobs: torch.Tensor  # (B, N) float32 log-prob of each token under the sampled distribution
+    truncated: torch.Tensor  # (B,) bool, True where the row hit max_new_tokens without stopping
+
+
+def sample_next(logits, temperature, top_p, generator=None):
+    """Draw one token per row from softmax(logits / temperature), optionally truncated to the
+    top-p nucleus; temperature 0 is greedy. Returns the tokens (B,) and their log-probs under
+    the distribution actually sampled from (the nucleus renormalised when top_p < 1)."""
+    logits = logits.float()
+    if temperature == 0:
+        token = logits.argmax(-1)
+        return token, F.log_softmax(logits, -1).gather(-1, token[:, None]).squeeze(-1)
+    logits = logits / temperature
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix reaching p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    logp = F.log_softmax(logits, -1)  # (B, V)
+    token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+    return token, logp.gather(-1, token[:, None]).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, eos_id=None,
+             stop_sequences=(), generator=None):
+    """Continue each prompt (a list of token ids) until EOS, a stop sequence, or max_new_tokens.
+
+    Prompts are left-padded to the longest, so every row's next token sits at the same cache
+    index; positions count only real tokens, so a row's result does not depend on its padding.
+    One prefill pass fills the KV cache; each decode step then costs one token per row."""
+    args = model.args
+    eos_id = args.eos_id if eos_id is None else eos_id
+    device = model.embed_tokens.weight.device
+    B, P = len(prompts), max(len(p) for p in prompts)
+    max_new_tokens = min(max_new_tokens, args.max_seq_len - P)
+    if max_new_tokens <= 0:
+        raise ValueError(f"prompt of {P} tokens leaves no room under max_seq_len={args.max_seq_len}")
+    pad_id = args.eos_id  # filler for left padding and finished rows; masked out everywhere
+    tokens = torch.full((B, P), pad_id, dtype=torch.long, device=device)
+    key_mask = torch.zeros(B, P + max_new_tokens, dtype=torch.bool, device=device)
+    for i, p in enumerate(prompts):
+        tokens[i, P - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
+        key_mask[i, P - len(p):] = True
+    key_mask[:, P:] = True
+    positions, attn = padding_positions_and_mask(key_mask[:, :P])
+    cache = KVCache(args, B, P + max_new_tokens, device, model.embed_tokens.weight.dtype)
+    logits = model.lm_head(model.trunk(tokens, positions, attn, cache)[:, -1])  # (B, V)
+    next_pos = positions[:, -1] + 1  # (B,)
+
+    out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    out_logp = torch.zeros(B, max_new_tokens, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)
+    for t in range(max_new_tokens):
+        token, logp = sample_next(logits, temperature, top_p, generator)
+        token = token.masked_fill(done, pad_id)
+        out[:, t], out_logp[:, t] = token, logp.masked_fill(done, 0.0)
+        stopped = ~done & (token == eos_id)
+        for seq in stop_sequences:
+            if t + 1 >= len(seq):
+                tail = out[:, t + 1 - len(seq):t + 1]
+                stopped |= ~done & (tail == torch.tensor(seq, device=device)).all(-1)
+        lengths = torch.where(stopped, t + 1, lengths)
+        done |= stopped
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        # the next query sees every real prompt key and every generated key so far
+        step_mask = key_mask[:, None, None, :P + t + 1]  # (B, 1, 1, S)
+        logits = model.lm_head(model.trunk(token[:, None], next_pos[:, None], step_mask, cache))[:, -1]
+        next_pos = next_pos + 1
+    n = int(lengths.max())
+    mask = torch.arange(n, device=device)[None, :] < lengths[:, None]
+    return Generation(out[:, :n], mask, out_logp[:, :n] * mask, ~done)
