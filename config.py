@@ -38,6 +38,15 @@ DEFAULTS = dict(
     # ---------------------------------------------------------------- tokenizer
     tokenizer_path="",  # a .tiktoken ranks file, or a Hugging Face tokenizer.json; "" = ours in out_dir
     # ---------------------------------------------------------------- tasks (math problems)
+    train_problems="classroom",  # SFT/RL problems: "classroom", "gsm8k" / "math" (hub, online) or a .jsonl/.parquet file
+    test_problems="classroom",  # held-out problems, same choices (the paper: GSM8K and MATH test sets)
+    classroom_seed=1234,  # seed of the generated problems, apart from `seed` so every run sees the same splits
+    classroom_train_size=20000,  # generated training problems
+    classroom_test_size=500,  # generated held-out problems (disjoint from train by construction)
+    classroom_min_steps=2,  # fewest equations in a solution
+    classroom_max_steps=3,  # most equations in a solution
+    classroom_max_number=99,  # bound on every number in a question and every intermediate result
+    classroom_ops="+-",  # step operations: "+" and any of "-", "*" ("*": a one-digit count of groups, 2 steps)
     # ---------------------------------------------------------------- corpus.py
     # ---------------------------------------------------------------- pretrain.py
     # ---------------------------------------------------------------- sft.py
