@@ -1,0 +1,604 @@
+"""Build the math pretraining corpus: DeepSeekMath section 2.1, on a page pool you point it at.
+
+    python corpus.py configs/classroom.py                        # the generated classroom web
+    python corpus.py configs/7b.py --corpus_pool_files="['cc/*.warc.wet.gz']"
+    torchrun --nproc_per_node=8 corpus.py configs/7b.py          # each rank takes its pool shards
+
+The paper's pipeline, in the order this file runs it:
+1. Inputs. Seed math pages (their OpenWebMath: JSONL/Parquet with `text`, or `hf:NAME` from the
+   hub) and a page pool (their Common Crawl: WET files read directly, or page JSONL/Parquet).
+   Malformed records are counted and reported, never fatal.
+2. Deduplication: URL dedup, then near-duplicate removal with MinHash + LSH banding.
+3. The iterative loop. A fastText classifier is trained on the seed (positive) against pages
+   sampled from the pool (negative) and scores the whole pool; the pages scoring over a
+   threshold are "collected". Domains (hostnames) with over 10% of their pages collected are
+   math-related; their uncollected pages under a URL path prefix seen among the collected ones
+   join the seed (the paper had people annotate those URLs; a file of URL patterns a person
+   writes is our hook for that). Retrain, rescore; stop after N iterations or when an iteration
+   adds few new pages (the paper's 4th iteration re-collected ~98% of the 3rd's).
+4. Decontamination: drop every page holding a 10-gram of a benchmark question or answer, or the
+   whole text of a benchmark question/answer of 3 to 9 words.
+5. Output in {out_dir}/corpus/: selected-NNNNN.jsonl (the corpus, one file per pool shard),
+   tokens/{train,val}-NNNNN.bin (token shards, documents ended by EOS, see shards.py),
+   metrics.jsonl (one line per iteration), summary.json; with corpus_train_tokenizer the BPE
+   tokenizer is trained on the selected text (plus corpus_tokenizer_extra) and saved to
+   {out_dir}/tokenizer.tiktoken, where the later stages load it.
+
+Scale: pool files are shards; rank r of a torchrun job reads files r, r + W, ... and does the
+per-page work (parsing, MinHash, scoring, decontamination, tokenizing) on them. What must be
+global is small and exchanged with all_gather: URL hashes and MinHash signatures for dedup,
+per-domain counts for discovery, the classifier's training lines (rank 0 trains; the model file
+in the output folder is read by every rank, so multi-node runs need a shared file system).
+Results do not depend on the number of ranks: pages are ordered by (shard, position) and every
+random draw is a hash of the page's URL.
+"""
+
+import fnmatch
+import glob
+import gzip
+import hashlib
+import os
+import re
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+import numpy as np
+from tqdm import tqdm
+
+import classroom_web
+import config
+import distributed
+import shards
+import tasks
+import tokenizer as bpe
+from fileio import BadInput, read_jsonl, read_records, write_json, write_jsonl
+
+MATH, OTHER = "__label__math", "__label__other"
+
+
+# ---------------------------------------------------------------- reading pages
+
+def read_wet(path, malformed):
+    """Yield {url, text} for every 'conversion' record of a Common Crawl WET file (.gz or not).
+
+    A WARC record is a version line ("WARC/1.0"), header lines "Name: value", an empty line, then
+    exactly Content-Length bytes of content. A record without WARC-Target-URI or Content-Length,
+    with a bad length, or cut short is counted in malformed[path]; reading resumes at the next
+    version line.
+    """
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        line = f.readline()
+        while line:
+            if not line.startswith(b"WARC/"):
+                malformed[path] = malformed.get(path, 0) + 1
+                while line and not line.startswith(b"WARC/"):  # resynchronise
+                    line = f.readline()
+                continue
+            headers = {}
+            line = f.readline()
+            while line and line.strip():
+                name, _, value = line.decode("utf-8", "replace").partition(":")
+                headers[name.strip().lower()] = value.strip()
+                line = f.readline()
+            try:
+                length = int(headers["content-length"])
+                content = f.read(length)
+                if len(content) < length or length < 0:
+                    raise ValueError("record cut short")
+            except (KeyError, ValueError):
+                malformed[path] = malformed.get(path, 0) + 1
+                line = f.readline()
+                continue
+            if headers.get("warc-type") == "conversion":
+                if "warc-target-uri" in headers:
+                    yield {"url": headers["warc-target-uri"], "text": content.decode("utf-8", "replace")}
+                else:
+                    malformed[path] = malformed.get(path, 0) + 1
+            line = f.readline()
+            while line and not line.strip():  # the blank lines that end a record
+                line = f.readline()
+
+
+def read_pages(path, malformed, need_url=True):
+    """Yield the pages ({url, text, ...labels}) of a WET, JSONL or Parquet file."""
+    if not os.path.exists(path):
+        raise BadInput(f"{path}: no such page file; check corpus_pool_files / corpus_seed_files")
+    if ".wet" in os.path.basename(path) or ".warc" in os.path.basename(path):
+        yield from read_wet(path, malformed)
+        return
+    if not path.endswith((".jsonl", ".parquet")):
+        raise BadInput(f"{path}: unknown page file type; use WET (.warc.wet[.gz]), .jsonl or .parquet")
+    for record in read_records(path, malformed):
+        if not isinstance(record.get("text"), str) or (need_url and not isinstance(record.get("url"), str)):
+            malformed[path] = malformed.get(path, 0) + 1
+            continue
+        yield record
+
+
+def expand(patterns, what):
+    """The files named by a list of paths and glob patterns, sorted, each once."""
+    paths = []
+    for pattern in patterns:
+        found = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not found:
+            raise BadInput(f"{what}: the pattern {pattern!r} matches no file")
+        paths += [p for p in found if p not in paths]
+    return paths
+
+
+def read_seed(sources, max_pages, malformed):
+    """Texts of the seed math pages: files (JSONL / Parquet / WET) or "hf:NAME" hub datasets."""
+    texts = []
+    for source in sources:
+        if source.startswith("hf:"):
+            texts += hub_texts(source[3:], max_pages - len(texts) if max_pages else 0)
+        else:
+            for path in expand([source], "corpus_seed_files"):
+                texts += [page["text"] for page in read_pages(path, malformed, need_url=False)]
+        if max_pages and len(texts) >= max_pages:
+            return texts[:max_pages]
+    return texts
+
+
+def hub_texts(name, limit):
+    """The `text` column of a hub dataset's train split, streamed (e.g. open-web-math/open-web-math)."""
+    import datasets  # slow to import; only the hub path needs it
+
+    try:
+        rows = datasets.load_dataset(name, split="train", streaming=True)
+        return [row["text"] for _, row in zip(range(limit) if limit else iter(int, 1), rows)]
+    except Exception as e:  # offline, unknown name: one message either way
+        raise BadInput(f"cannot stream hf:{name} from the Hugging Face hub ({type(e).__name__}: {e}); "
+                       "offline, download its rows to a .jsonl/.parquet file and list that in corpus_seed_files")
+
+
+# ---------------------------------------------------------------- hashing text
+
+WORD = re.compile(r"\w+")
+MASK64 = np.uint64(2**64 - 1)
+
+
+@lru_cache(maxsize=2**20)
+def word_hash(word):
+    """A stable 64-bit hash of a word (Python's hash() differs between processes)."""
+    return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+
+
+def word_hashes(text):
+    """(L,) uint64: one hash per lowercased word of text; punctuation is ignored."""
+    return np.array([word_hash(w) for w in WORD.findall(text.lower())], dtype=np.uint64)
+
+
+def ngram_hashes(hashes, n):
+    """(L - n + 1,) uint64: a hash of every run of n consecutive words,
+    h = sum_j hashes[i + j] * P^(n - 1 - j) mod 2^64 (polynomial rolling hash; numpy wraps)."""
+    if len(hashes) < n:
+        return np.zeros(0, np.uint64)
+    out = np.zeros(len(hashes) - n + 1, np.uint64)
+    for j in range(n):
+        out = out * np.uint64(0x100000001B3) + hashes[j:len(hashes) - n + 1 + j]
+    return out
+
+
+def url_hash(url):
+    """64-bit hash of a URL normalised for dedup: lowercase host, no scheme, fragment or trailing /."""
+    parts = urlsplit(url.strip())
+    key = f"{parts.netloc.lower()}{parts.path.rstrip('/')}?{parts.query}"
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
+def uniform(hashes, salt):
+    """A uniform draw in [0, 1) per page, a pure function of (page hash, salt): splitmix64."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(hashes, np.uint64) + np.uint64(salt) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / 2.0**53
+
+
+# ---------------------------------------------------------------- near-duplicates: MinHash + LSH
+
+def minhash_signature(text, n_perm, shingle_words, seed):
+    """(n_perm,) uint32 MinHash signature of the page's set of `shingle_words`-word shingles.
+
+    For a random hash function h, P[min h(A) == min h(B)] = |A & B| / |A | B| (the Jaccard
+    similarity of the shingle sets), so the fraction of equal entries of two signatures estimates
+    it. The n_perm hash functions are h_k(s) = high 32 bits of (a_k * s + b_k) mod 2^64, a_k odd.
+    """
+    a, b = permutation_params(n_perm, seed)
+    hashes = word_hashes(text)
+    shingles = np.unique(ngram_hashes(hashes, min(shingle_words, max(len(hashes), 1))))
+    if len(shingles) == 0:  # a page without words: its signature matches only other empty pages
+        return np.zeros(n_perm, np.uint32)
+    with np.errstate(over="ignore"):
+        permuted = (a[:, None] * shingles[None, :] + b[:, None]) >> np.uint64(32)  # (n_perm, n_shingles)
+    return permuted.min(axis=1).astype(np.uint32)
+
+
+@lru_cache(maxsize=4)
+def permutation_params(n_perm, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(1, 2**63, n_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    b = rng.integers(0, 2**63, n_perm, dtype=np.uint64)
+    return a, b
+
+
+def near_duplicates(signatures, bands, threshold):
+    """(N,) bool: True for a page that is a near-duplicate of an earlier page (row order).
+
+    LSH banding: cut each signature into `bands` bands of r = n_perm / bands rows. Two pages
+    with Jaccard similarity s share at least one identical band with probability
+    1 - (1 - s^r)^bands, an S-curve that is steep around (1 / bands)^(1 / r); only pages that
+    share a band are compared. Within a band's bucket every page is compared with the bucket's
+    first page, and dropped when their signatures agree on >= threshold of the entries.
+    """
+    n, n_perm = signatures.shape
+    rows = n_perm // bands
+    duplicate = np.zeros(n, bool)
+    index = np.arange(n)
+    for band in range(bands):
+        cols = signatures[:, band * rows:(band + 1) * rows].astype(np.uint64)
+        keys = np.zeros(n, np.uint64)
+        with np.errstate(over="ignore"):
+            for col in cols.T:
+                keys = keys * np.uint64(0x100000001B3) + col
+        order = np.lexsort((index, keys))  # by bucket, then page order
+        starts = np.r_[True, keys[order][1:] != keys[order][:-1]]  # first page of each bucket
+        first = order[np.maximum.accumulate(np.where(starts, index, 0))]  # its bucket's first page
+        members, heads = order[~starts], first[~starts]
+        similarity = (signatures[members] == signatures[heads]).mean(axis=1)
+        duplicate[members[similarity >= threshold]] = True
+    return duplicate
+
+
+def deduplicate(pages, cfg, d):
+    """Keep-masks for URL duplicates and near duplicates over all ranks' pages: (url_dup, near_dup)."""
+    signatures = np.stack([minhash_signature(p["text"], cfg.corpus_minhash_perms, cfg.corpus_shingle_words, cfg.seed)
+                           for p in tqdm(pages, desc="minhash", disable=not d.is_main, unit=" pages")]
+                          ) if pages else np.zeros((0, cfg.corpus_minhash_perms), np.uint32)
+    order_keys = np.array([p["order"] for p in pages], np.int64)
+    urls = np.array([p["url_hash"] for p in pages], np.uint64)
+    parts = all_gather((order_keys, urls, signatures), d)
+    all_keys, all_urls, all_sigs = (np.concatenate(column) for column in zip(*parts))
+    order = np.argsort(all_keys, kind="stable")  # global page order: (shard, position)
+    _, first = np.unique(all_urls[order], return_index=True)
+    url_dup = np.ones(len(order), bool)
+    url_dup[first] = False  # the first page of each URL stays
+    near_dup = np.zeros(len(order), bool)
+    kept = np.flatnonzero(~url_dup)
+    near_dup[kept] = near_duplicates(all_sigs[order][kept], cfg.corpus_lsh_bands, cfg.corpus_dup_jaccard)
+    mine = np.searchsorted(all_keys[order], order_keys)  # this rank's pages in the global order
+    return url_dup[mine], near_dup[mine]
+
+
+# ---------------------------------------------------------------- fastText classifier
+
+def fasttext_text(text):
+    """One line of fastText input: lowercase, punctuation split off words, no newlines."""
+    return " ".join(re.sub(r"([^\w\s])", r" \1 ", text.lower()).split())
+
+
+def train_classifier(positives, negatives, cfg, model_path):
+    """Train fastText (paper: dim 256, lr 0.1, word n-grams 3, min count 3, 3 epochs) on
+    positives (math) vs negatives, from a file in its `__label__x text` format; save it."""
+    import fasttext
+
+    lines = [f"{MATH} {t}" for t in positives] + [f"{OTHER} {t}" for t in negatives]
+    np.random.default_rng(cfg.seed).shuffle(lines)  # fastText reads its file in order
+    with tempfile.TemporaryDirectory() as tmp:
+        train_file = os.path.join(tmp, "train.txt")
+        with open(train_file, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        model = fasttext.train_supervised(
+            input=train_file, dim=cfg.fasttext_dim, lr=cfg.fasttext_lr, wordNgrams=cfg.fasttext_word_ngrams,
+            minCount=cfg.fasttext_min_count, epoch=cfg.fasttext_epoch, bucket=cfg.fasttext_bucket,
+            thread=cfg.fasttext_threads, seed=cfg.seed, verbose=0)
+    os.makedirs(os.path.dirname(model_path), exist_ok=True)
+    model.save_model(model_path)
+
+
+def math_scores(model, lines):
+    """(N,) P(math | page) from the classifier, for fastText-ready lines."""
+    if not lines:
+        return np.zeros(0)
+    labels, probs = model.predict(lines, k=2)
+    return np.array([p[list(l).index(MATH)] if MATH in l else 0.0 for l, p in zip(labels, probs)])
+
+
+# ---------------------------------------------------------------- domain discovery
+
+def domain_and_prefix(url, depth):
+    """("mathoverflow.net", "questions") for https://mathoverflow.net/questions/123/slug, depth 1."""
+    parts = urlsplit(url)
+    segments = [s for s in parts.path.split("/") if s][:depth]
+    return (parts.hostname or "").lower(), "/".join(segments)
+
+
+def read_url_patterns(path):
+    """The URL patterns a person wrote (one glob per line over "host/path", # comments), or []."""
+    if not path:
+        return []
+    if not os.path.exists(path):
+        raise BadInput(f"{path}: no such URL pattern file (corpus_url_patterns); write one glob per "
+                       "line such as mathoverflow.net/questions/* or set corpus_url_patterns=''")
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+
+
+def matches_patterns(url, patterns):
+    bare = url.split("://", 1)[-1]
+    return any(fnmatch.fnmatch(bare, p) for p in patterns)
+
+
+def discover(domains, prefixes, collected, cfg, d):
+    """Domain discovery (paper 2.1). A domain with over corpus_domain_share of its pages
+    collected is math-related. In it, a URL path prefix with over that share of its own pages
+    collected holds math (our stand-in for the paper's people annotating URLs such as
+    mathoverflow.net/questions), and its uncollected pages become seeds.
+    Returns (new seed mask over this rank's pages, sorted math domains, sorted "domain/prefix")."""
+    counts = Counter(zip(domains, prefixes, collected))  # (domain, prefix, collected) -> pages
+    merged = sum((Counter(part) for part in all_gather(counts, d)), Counter())
+    pages, hits = Counter(), Counter()
+    for (domain, prefix, is_collected), n in merged.items():
+        for key in (domain, (domain, prefix)):
+            pages[key] += n
+            hits[key] += n * is_collected
+    share = cfg.corpus_domain_share
+    math_domains = {key for key in pages if isinstance(key, str) and hits[key] > share * pages[key]}
+    math_prefixes = {key for key in pages if isinstance(key, tuple) and key[0] in math_domains
+                     and hits[key] > share * pages[key]}
+    new_seeds = np.array([not c and (dom, pre) in math_prefixes for dom, pre, c in zip(domains, prefixes, collected)], bool)
+    return new_seeds, sorted(math_domains), sorted(f"{dom}/{pre}" for dom, pre in math_prefixes)
+
+
+# ---------------------------------------------------------------- decontamination
+
+class Benchmarks:
+    """Hashed n-grams of benchmark texts, so each page is checked against all benchmarks at once.
+
+    A page is contaminated (paper 2.1) when it holds any n-gram (n = corpus_decontam_ngram, 10)
+    of a benchmark question or answer, or the whole word sequence of a benchmark text with
+    corpus_decontam_min_ngram (3) to n - 1 words. Every text is hashed once into sorted arrays;
+    a page costs one binary search (np.searchsorted) per n-gram length, whatever the number
+    of benchmarks.
+    """
+
+    def __init__(self, named_texts, n, min_n):
+        self.n, self.owner = n, {}
+        by_length = defaultdict(list)
+        for name, text in named_texts:
+            hashes = word_hashes(text)
+            if len(hashes) >= n:
+                grams = ngram_hashes(hashes, n)
+                by_length[n].append(grams)
+            elif len(hashes) >= min_n:
+                grams = ngram_hashes(hashes, len(hashes))
+                by_length[len(hashes)].append(grams)
+            else:
+                continue
+            for g in grams.tolist():
+                self.owner.setdefault(g, name)
+        self.grams = {length: np.unique(np.concatenate(parts)) for length, parts in by_length.items()}
+
+    def match(self, text):
+        """The name of a benchmark the page quotes, or None."""
+        hashes = word_hashes(text)
+        for length, grams in self.grams.items():
+            page_grams = ngram_hashes(hashes, length)
+            found = grams[np.minimum(np.searchsorted(grams, page_grams), len(grams) - 1)] == page_grams
+            if found.any():
+                return self.owner[int(page_grams[found.argmax()])]
+        return None
+
+
+def benchmark_texts(benchmarks):
+    """(benchmark name, text) for every question and answer of {name: [tasks.Problem]}. The
+    answer is the worked solution when there is one (GSM8K's and MATH's answer fields are)."""
+    return [(name, text) for name, problems in benchmarks.items() for problem in problems
+            for text in (problem.question, problem.solution or problem.answer)]
+
+
+def decontaminate(pages, benchmarks, cfg, d):
+    """(the pages that quote no benchmark, {benchmark name: pages removed} over all ranks)."""
+    index = Benchmarks(benchmark_texts(benchmarks), cfg.corpus_decontam_ngram, cfg.corpus_decontam_min_ngram)
+    quoted = [index.match(p["text"]) for p in tqdm(pages, desc="decontaminating", disable=not d.is_main, unit=" pages")]
+    removed = sum((Counter(part) for part in all_gather(Counter(q for q in quoted if q), d)), Counter())
+    return [p for p, q in zip(pages, quoted) if not q], dict(removed)
+
+
+# ---------------------------------------------------------------- distributed helpers
+
+def all_gather(obj, d):
+    """[obj of rank 0, obj of rank 1, ...] (just [obj] in a one-process run)."""
+    if d.world_size == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * d.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def total(value, d):
+    return sum(all_gather(value, d))
+
+
+def barrier(d):
+    if d.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# ---------------------------------------------------------------- the pipeline
+
+def inputs(cfg, folder, benchmarks, d):
+    """(seed sources, pool files): the configured files, or the classroom web, which rank 0
+    writes to {folder}/web/ with pages quoting the classroom benchmark's test problems."""
+    if cfg.corpus_pool_files:
+        if not cfg.corpus_seed_files:
+            raise BadInput("corpus_seed_files is empty: name seed math pages (.jsonl/.parquet with 'text', or hf:NAME)")
+        return cfg.corpus_seed_files, expand(cfg.corpus_pool_files, "corpus_pool_files")
+    web = os.path.join(folder, "web")
+    if d.is_main:
+        quoted = [(p.question, p.solution or p.answer) for p in benchmarks.get("classroom", [])]
+        classroom_web.write_web(web, cfg.seed, cfg.web_pool_pages, cfg.web_seed_pages, cfg.web_shards,
+                                quoted, cfg.web_contaminated_pages)
+    barrier(d)
+    return [os.path.join(web, "seed.jsonl")], [os.path.join(web, f"pool-{k:05d}.jsonl") for k in range(cfg.web_shards)]
+
+
+def load_pool(pool_files, d, malformed):
+    """This rank's pages: every W-th pool file from the rank-th, in order."""
+    pages = []
+    for shard in tqdm(range(d.rank, len(pool_files), d.world_size), desc="reading pool",
+                      disable=not d.is_main, unit=" files"):
+        for position, page in enumerate(read_pages(pool_files[shard], malformed)):
+            page["shard"], page["order"] = shard, (shard << 32) + position
+            page["url_hash"] = url_hash(page["url"])
+            pages.append(page)
+    return pages
+
+
+def iterate(pages, seed_texts, cfg, folder, d):
+    """The iterative fastText loop. Returns (P(math) per page, metrics rows, math domains)."""
+    import fasttext
+
+    lines = [fasttext_text(p["text"]) for p in pages]
+    seed_lines = [fasttext_text(t) for t in seed_texts]
+    hashes = np.array([p["url_hash"] for p in pages], np.uint64)
+    domains = [domain_and_prefix(p["url"], cfg.corpus_url_prefix_depth)[0] for p in pages]
+    prefixes = [domain_and_prefix(p["url"], cfg.corpus_url_prefix_depth)[1] for p in pages]
+    patterns = read_url_patterns(cfg.corpus_url_patterns)
+    positive = np.array([matches_patterns(p["url"], patterns) for p in pages], bool)
+    is_math = np.array([bool(p.get("is_math")) for p in pages], bool)
+    has_labels = all(all_gather(all("is_math" in p for p in pages), d))  # the classroom web's
+    collected = np.zeros(len(pages), bool)
+    known_domains, rows = set(), []
+    model_path = os.path.join(folder, "fasttext.bin")
+    for iteration in range(1, cfg.corpus_iterations + 1):
+        started = time.time()
+        # Negatives: a uniform sample of the pool pages that are not seeds, about
+        # corpus_negative_ratio times as many as the positives (the paper: 500K vs 500K).
+        n_positive = len(seed_texts) + total(int(positive.sum()), d)
+        rate = cfg.corpus_negative_ratio * n_positive / max(total(int((~positive).sum()), d), 1)
+        negative = ~positive & (uniform(hashes, 1000 * cfg.seed + iteration) < rate)
+        parts = all_gather(([(p["order"], lines[i]) for i, p in enumerate(pages) if positive[i]],
+                            [(p["order"], lines[i]) for i, p in enumerate(pages) if negative[i]]), d)
+        if d.is_main:  # in page order, so the model does not depend on the number of ranks
+            train_classifier(seed_lines + [line for _, line in sorted(x for pos, _ in parts for x in pos)],
+                             [line for _, line in sorted(x for _, neg in parts for x in neg)], cfg, model_path)
+        barrier(d)
+        scores = math_scores(fasttext.load_model(model_path), lines)
+        previous, collected = collected, scores >= cfg.corpus_min_score
+        new_seeds, math_domains, math_prefixes = discover(domains, prefixes, collected, cfg, d)
+        positive |= new_seeds
+        row = {"iteration": iteration, "positives": n_positive, "negatives": total(int(negative.sum()), d),
+               "collected": total(int(collected.sum()), d), "new": total(int((collected & ~previous).sum()), d),
+               "math_domains": len(math_domains), "new_math_domains": len(set(math_domains) - known_domains),
+               "new_seeds": total(int(new_seeds.sum()), d)}
+        if has_labels:
+            true_positive = total(int((collected & is_math).sum()), d)
+            row["precision"] = round(true_positive / max(row["collected"], 1), 4)
+            row["recall"] = round(true_positive / max(total(int(is_math.sum()), d), 1), 4)
+        row["seconds"] = round(time.time() - started, 2)
+        known_domains |= set(math_domains)
+        rows.append(row)
+        if d.is_main:
+            write_jsonl(os.path.join(folder, "metrics.jsonl"), rows)
+        distributed.print0(f"iteration {iteration}: " + ", ".join(f"{k} {v}" for k, v in list(row.items())[1:]))
+        if iteration > 1 and row["new"] < cfg.corpus_stop_new_share * row["collected"]:
+            distributed.print0(f"stopping: {row['new']} new pages is under {cfg.corpus_stop_new_share:.0%} of those collected")
+            break
+    return scores, rows, {"domains": math_domains, "prefixes": math_prefixes}
+
+
+def train_tokenizer(cfg, selected_files, path):
+    """Train the BPE on the selected corpus plus, for the SFT formats, the problems named in
+    corpus_tokenizer_extra (each question in the chat template and every solution format)."""
+    def texts():
+        for selected in selected_files:
+            yield from (page["text"] for page in read_jsonl(selected))
+        for source in cfg.corpus_tokenizer_extra:
+            for problem in tasks.load_problems(source, "train", cfg):
+                yield bpe.chat_prompt(problem.question)
+                yield from (tasks.render_solution(problem, fmt) for fmt in (tasks.FORMATS if problem.program else ("cot",)))
+
+    bpe.train_bpe(texts(), cfg.vocab_size).save(path)
+
+
+def write_tokens(pages, tok, folder, shard, cfg):
+    """Token shards of one pool shard's selected pages, train and val, each document ended by EOS.
+    Returns {split: tokens}."""
+    is_val = uniform(np.array([p["url_hash"] for p in pages], np.uint64), 7) < cfg.corpus_val_share
+    counts = {}
+    for split, in_split in (("train", ~is_val), ("val", is_val)):
+        docs = [tok.encode(p["text"]) + [tok.eos_id] for p, keep in zip(pages, in_split) if keep]
+        tokens = np.array([t for doc in docs for t in doc], shards.token_dtype(tok.n_vocab))
+        shards.write_shard(os.path.join(folder, "tokens", f"{split}-{shard:05d}.bin"), tokens)
+        counts[split] = len(tokens)
+    return counts
+
+
+def main():
+    cfg = config.main_config()
+    d = distributed.setup("cpu")
+    folder = os.path.join(cfg.out_dir, "corpus")
+    started = time.time()
+    benchmarks = {os.path.basename(source): tasks.load_problems(source, "test", cfg) for source in cfg.corpus_benchmarks}
+    seed_sources, pool_files = inputs(cfg, folder, benchmarks, d)
+    malformed = {}
+    pages = load_pool(pool_files, d, malformed)
+    seed_texts = read_seed(seed_sources, cfg.corpus_seed_max_pages, malformed) if d.is_main else []
+    summary = {"pool_files": len(pool_files), "pool_pages": total(len(pages), d), "seed_pages": len(seed_texts)}
+    distributed.print0(f"read {summary['pool_pages']} pool pages from {len(pool_files)} files and "
+                       f"{len(seed_texts)} seed pages; malformed records skipped: {total(sum(malformed.values()), d)}")
+
+    url_dup, near_dup = deduplicate(pages, cfg, d)
+    pages = [p for p, dup in zip(pages, url_dup | near_dup) if not dup]
+    summary.update(url_duplicates=total(int(url_dup.sum()), d), near_duplicates=total(int(near_dup.sum()), d))
+    distributed.print0(f"dedup: {summary['url_duplicates']} URL duplicates, {summary['near_duplicates']} near duplicates")
+
+    scores, summary["iterations"], summary["math"] = iterate(pages, seed_texts, cfg, folder, d)
+    collected = [dict(p, score=round(float(s), 4)) for p, s in zip(pages, scores) if s >= cfg.corpus_min_score]
+    selected, summary["decontaminated"] = decontaminate(collected, benchmarks, cfg, d)
+    distributed.print0(f"decontamination removed {sum(summary['decontaminated'].values())} pages: {summary['decontaminated']}")
+
+    my_shards = range(d.rank, len(pool_files), d.world_size)
+    selected_files = [os.path.join(folder, f"selected-{k:05d}.jsonl") for k in range(len(pool_files))]
+    for shard in my_shards:
+        write_jsonl(selected_files[shard], ({"url": p["url"], "text": p["text"], "score": p["score"]}
+                                            for p in selected if p["shard"] == shard))
+    barrier(d)
+    tokenizer_path = cfg.tokenizer_path or os.path.join(cfg.out_dir, "tokenizer.tiktoken")
+    if cfg.corpus_train_tokenizer and d.is_main:
+        train_tokenizer(cfg, selected_files, tokenizer_path)
+    barrier(d)
+    tok = bpe.Tokenizer.load(tokenizer_path)
+    tokens = Counter()
+    for shard in tqdm(my_shards, desc="tokenizing", disable=not d.is_main, unit=" shards"):
+        tokens.update(write_tokens([p for p in selected if p["shard"] == shard], tok, folder, shard, cfg))
+
+    summary.update(
+        malformed={path: n for part in all_gather(malformed, d) for path, n in part.items()},
+        pages_after_dedup=total(len(pages), d), collected=total(len(collected), d), selected=total(len(selected), d),
+        tokens=dict(sum((Counter(part) for part in all_gather(tokens, d)), Counter())),
+        tokenizer=tokenizer_path, seconds=round(time.time() - started, 1))
+    if d.is_main:
+        write_json(os.path.join(folder, "summary.json"), summary)
+    distributed.print0(f"corpus: {summary['selected']} pages, {summary['tokens'].get('train', 0):,} train and "
+                       f"{summary['tokens'].get('val', 0):,} val tokens in {folder} ({summary['seconds']} s)")
+    distributed.cleanup()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BadInput as e:
+        sys.exit(f"corpus.py: {e}")
