@@ -51,6 +51,8 @@ DEFAULTS = dict(
     # ---------------------------------------------------------------- pretrain.py
     # ---------------------------------------------------------------- sft.py
     # ---------------------------------------------------------------- evaluate.py
+    grader_workers=0,  # answer-grading processes (evaluation and RL rewards); 0 = one per CPU core, at most 8
+    grader_timeout=3,  # seconds math-verify may spend on one parse or comparison (an int: signal.alarm)
     # ---------------------------------------------------------------- grpo.py
 )
 

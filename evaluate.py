@@ -1,0 +1,550 @@
+"""Evaluation: grading math answers, greedy accuracy, maj@k, pass@k, and sandboxed programs.
+
+DeepSeekMath (Shao et al., 2024) reports accuracy on GSM8K and MATH with chain-of-thought
+(section 3.2.1, tables 3-5), with programs (program-of-thought, tool-integrated reasoning), and
+compares Maj@K with Pass@K (section 5.2.2, figure 7) to show that RL sharpens the output
+distribution (Maj@K rises) rather than adding new abilities (Pass@K does not). This file holds
+everything that needs:
+
+1. answer extraction (`extract_answer`) and equivalence (`answers_equal`, through math-verify);
+2. a pool of grading processes (`Grader`), which is also the RL reward function of grpo.py;
+3. the metrics: `pass_at_k` (the unbiased estimator) and `majority_answer` (maj@k);
+4. `run_program`: generated Python run in a locked-down subprocess, for program-of-thought and
+   tool-integrated evaluation.
+
+Run it:  python evaluate.py configs/classroom.py --eval_checkpoint=out/classroom/sft
+"""
+
+import contextlib
+import ctypes
+import inspect
+import json
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+from math_verify import parse, verify
+
+# ---------------------------------------------------------------------------------------------
+# 1. Answer extraction
+# ---------------------------------------------------------------------------------------------
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
+_GSM8K_ANSWER = re.compile(r"####\s*(.+)")
+_ANSWER_IS = re.compile(r"answer is\s*:?\s*(.+)", re.IGNORECASE)
+_MATH_SPAN = re.compile(r"\$+(.+?)\$+")
+_NUMBER = re.compile(r"(?:(?<![\w)\]])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")  # "5-3": 3, not -3
+
+
+def _last_boxed(text):
+    """Content of the last complete \\boxed{...} (braces may nest), or of `\\boxed 5`; else None."""
+    for match in reversed(list(_BOXED.finditer(text))):
+        start = match.end()
+        if text.startswith("{", start):
+            depth = 0
+            for i in range(start, len(text)):
+                depth += {"{": 1, "}": -1}.get(text[i], 0)
+                if depth == 0:
+                    return text[start + 1 : i].strip()
+            continue  # unbalanced: the output was cut off inside this box; try an earlier one
+        token = re.match(r"[^\s$]+", text[start:])
+        if token:
+            return token.group(0)
+    return None
+
+
+def _after_answer_is(line):
+    """'$\\frac12$. I hope it is correct.' -> '\\frac12'; '18 dollars.' -> '18 dollars'."""
+    span = _MATH_SPAN.search(line)
+    if span:
+        return span.group(1).strip()
+    return re.split(r"\.(?:\s|$)", line, maxsplit=1)[0].strip()
+
+
+def extract_answer(text):
+    """The final answer a solution states, as a string, or None when it states none.
+
+    In order: the last \\boxed{...} (our chat format and MATH's solutions), GSM8K's `#### N`,
+    "The answer is ..." (the few-shot format of GSM8K; MATH's Minerva prompt says "The final
+    answer is $...$"), and as a fallback the last number in the text.
+    """
+    boxed = _last_boxed(text)
+    if boxed:
+        return boxed
+    for pattern in (_GSM8K_ANSWER, _ANSWER_IS):
+        matches = pattern.findall(text)
+        if matches and _after_answer_is(matches[-1]):
+            return _after_answer_is(matches[-1])
+    numbers = _NUMBER.findall(text)
+    return numbers[-1] if numbers else None
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Answer equivalence
+# ---------------------------------------------------------------------------------------------
+# Deciding that "\dfrac{3}{4}", "0.75" and "3/4" are one answer, that "\{1,2\}" equals
+# "\{2,1\}", "(1,2]" differs from "[1,2]", "x=3" answers "3", "2\sqrt{3}" is "\sqrt{12}" and
+# "5\text{ cm}" is "5", is a long tail of LaTeX and algebra. math-verify (Hugging Face) does it for
+# us: `parse` turns LaTeX or plain text into a sympy object (it knows \frac, \dfrac, \sqrt, \%,
+# \text{units}, ^\circ, thousands separators, sets, intervals, tuples, matrices, equations), and
+# `verify(gold, answer)` compares two of them by string, by numbers (rounded to 6 decimals) and
+# by symbolic simplification. sympy can take very long on a hostile expression, so math-verify
+# bounds each call with signal.alarm - which works only in a process's main thread; hence the
+# Grader below runs it in worker processes.
+
+_PLAIN_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|-?\.\d+")
+_FRACTION = re.compile(r"(-?)\\[dt]?frac(?:\{(-?\d+)\}\{(\d+)\}|(\d)(\d))|(-?\d+)/(\d+)")  # \frac{-3}{4}, \frac12, 3/4
+_UNITS = re.compile(r"(-?[\d,.]*\d)\s+[A-Za-z]{2,}[A-Za-z ]*")  # "18 dollars", "5 apples" -> the number
+
+
+def _clean(answer):
+    """Strip what only dresses an answer: $ delimiters, a dollar sign, a final period, units."""
+    answer = re.sub(r"\\[,;:! ]", "", answer)  # LaTeX spacing, e.g. the thin space of 1\,000
+    answer = answer.strip().strip("$").strip()
+    answer = re.sub(r"^(-?)\\?\$\s*", r"\1", answer)  # "\$18", "$18", "-$5" (currency)
+    answer = answer.rstrip(".").strip()
+    units = _UNITS.fullmatch(answer)
+    return units.group(1) if units else answer
+
+
+def _rational(answer):
+    """The exact value of a plain number or fraction: '1,234.5' -> 2469/2, '-\\frac{3}{4}' -> -3/4;
+    None for anything else (radicals, expressions, sets, ...)."""
+    if _PLAIN_NUMBER.fullmatch(answer):
+        return Fraction(answer.replace(",", "").rstrip("."))
+    fraction = _FRACTION.fullmatch(answer)
+    if not fraction:
+        return None
+    sign, *parts = fraction.groups()
+    numerator, denominator = [int(p) for p in parts if p is not None]
+    return (-1 if sign else 1) * Fraction(numerator, denominator) if denominator else None
+
+
+def answers_equal(answer, gold, timeout=3):
+    """Whether `answer` states the same mathematical value as `gold` (both extracted strings).
+
+    Plain numbers and fractions (all of GSM8K's answers and ours, many of MATH's) are compared
+    exactly here, in microseconds: 0.75 = 3/4, but 0.333333 is not 1/3 (math-verify, which
+    rounds to 6 decimals, would accept it). Everything else goes to math-verify (its LaTeX
+    parser takes tens of milliseconds), with `timeout` seconds per parse or comparison. It uses
+    signal.alarm: call this from a main thread (the Grader does).
+    """
+    if answer is None:
+        return False
+    answer, gold = _clean(answer), _clean(gold)
+    if answer == gold:
+        return True
+    answer_value, gold_value = _rational(answer), _rational(gold)
+    if answer_value is not None and gold_value is not None:
+        return answer_value == gold_value
+    parsed_gold = parse(f"${gold}$", parsing_timeout=timeout)
+    parsed_answer = parse(f"${answer}$", parsing_timeout=timeout)
+    return bool(parsed_gold and parsed_answer and verify(parsed_gold, parsed_answer, timeout_seconds=timeout))
+
+
+def _needs_math_verify(answer, gold):
+    """False when answers_equal decides without sympy (numbers, fractions, identical strings)."""
+    if answer is None:
+        return False
+    answer, gold = _clean(answer), _clean(gold)
+    return answer != gold and (_rational(answer) is None or _rational(gold) is None)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. The Grader: a pool of grading processes (also the RL reward function)
+# ---------------------------------------------------------------------------------------------
+
+
+def _grading_worker(conn, parent_end, timeout):
+    """Worker process: receives lists of (index, answer, gold), sends back (index, equal) each."""
+    parent_end.close()  # our fork's copy of the parent's end: held open, we would never see EOF
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    while True:
+        try:
+            jobs = conn.recv()
+        except EOFError:  # the parent closed the pipe or died: nothing left to grade
+            return
+        for index, answer, gold in jobs:
+            conn.send((index, answers_equal(answer, gold, timeout)))
+
+
+class Grader:
+    """Grades many answers at once in worker processes; a context manager owning them.
+
+        with Grader() as grader:
+            rewards = grader.grade(responses, golds)   # [1.0, 0.0, ...]
+
+    Why processes: math-verify's time limit is signal.alarm, main-thread only, and sympy holds
+    the GIL, so threads would neither bound nor parallelise it. Plain numbers and fractions are
+    decided here in the parent (microseconds); only LaTeX and the like go to the workers, in chunks.
+
+    Two time limits: math-verify's own `timeout` (seconds per parse or comparison) inside the
+    worker, and, for a computation that never returns to Python to see the alarm (a huge
+    integer power in C), the parent kills a worker that makes no progress for
+    2 * timeout + 1 seconds, scores that answer 0 and restarts the worker.
+
+    Start method: fork. The workers only run math-verify/sympy, never torch, so the threads that
+    torch may have started in the parent (and whose locks a forked child inherits) are never
+    touched; spawn and forkserver would instead re-import the calling script in every worker.
+    A worker exits when its pipe closes, also when the parent is killed.
+    """
+
+    def __init__(self, n_workers=0, timeout=3):
+        self.timeout = timeout
+        self.stall_limit = 2 * timeout + 1
+        self.context = multiprocessing.get_context("fork")
+        n_workers = n_workers or min(8, os.cpu_count() or 1)
+        self.workers = [self._start_worker() for _ in range(n_workers)]
+
+    def _start_worker(self):
+        conn, worker_conn = self.context.Pipe()
+        process = self.context.Process(target=_grading_worker, args=(worker_conn, conn, self.timeout), daemon=True)
+        process.start()
+        worker_conn.close()
+        return process, conn
+
+    def close(self):
+        # A worker forked later holds copies of the earlier workers' pipe ends: close every pipe
+        # before waiting, and the workers see end-of-file one after the other.
+        for process, conn in self.workers:
+            conn.close()
+        deadline = time.monotonic() + 2
+        for process, conn in self.workers:
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if process.is_alive():  # a worker of another Grader, forked later, holds our pipe
+                process.kill()
+        self.workers = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def grade(self, responses, golds):
+        """1.0 where the answer extracted from a response equals its gold answer, else 0.0."""
+        answers = [extract_answer(response) for response in responses]
+        return [float(equal) for equal in self.check(answers, golds)]
+
+    def check(self, answers, golds):
+        """answers_equal(answer, gold) for each pair (None answers are unequal), in parallel."""
+        if len(answers) != len(golds):
+            raise ValueError(f"{len(answers)} answers but {len(golds)} gold answers")
+        unique = {}  # an RL group often repeats one answer: grade each distinct pair once
+        for pair in zip(answers, golds):
+            unique.setdefault(pair, None)
+        pairs = list(unique)
+        slow = {i for i, (answer, gold) in enumerate(pairs) if _needs_math_verify(answer, gold)}
+        results = {i: answers_equal(*pairs[i]) for i in range(len(pairs)) if i not in slow}
+        results.update(self._check_in_workers([(i, *pairs[i]) for i in sorted(slow)]))
+        equal = {pairs[i]: results[i] for i in range(len(pairs))}
+        return [equal[pair] for pair in zip(answers, golds)]
+
+    def _check_in_workers(self, jobs):
+        """Send chunks of jobs to idle workers; collect results; kill and replace stalled ones."""
+        chunk = max(1, math.ceil(len(jobs) / (4 * len(self.workers))))
+        queue = deque(jobs[i : i + chunk] for i in range(0, len(jobs), chunk))
+        results = {}
+        busy = {}  # worker slot -> [jobs not answered yet, time of its last progress]
+        while queue or busy:
+            for slot in range(len(self.workers)):
+                if slot not in busy and queue:
+                    busy[slot] = [list(queue.popleft()), time.monotonic()]
+                    self.workers[slot][1].send(busy[slot][0])
+            conns = {self.workers[slot][1]: slot for slot in busy}
+            for conn in multiprocessing.connection.wait(list(conns), timeout=0.5):
+                slot = conns[conn]
+                try:
+                    index, equal = conn.recv()
+                except EOFError:  # the worker died (e.g. out of memory): treat like a stall
+                    busy[slot][1] = -math.inf
+                    continue
+                results[index] = equal
+                busy[slot][0].pop(0)  # a worker answers its jobs in order
+                busy[slot][1] = time.monotonic()
+                if not busy[slot][0]:
+                    del busy[slot]
+            for slot, (pending, last_progress) in list(busy.items()):
+                if time.monotonic() - last_progress > self.stall_limit:
+                    results[pending[0][0]] = False  # the answer it was stuck on scores 0
+                    if pending[1:]:
+                        queue.appendleft(pending[1:])
+                    del busy[slot]
+                    process, conn = self.workers[slot]
+                    process.kill()
+                    conn.close()
+                    process.join()
+                    self.workers[slot] = self._start_worker()
+        return results
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def pass_at_k(n, c, k):
+    """Probability that at least one of k samples, drawn without replacement from n samples of
+    which c are correct, is correct: the unbiased estimator of Chen et al. (2021),
+
+        pass@k = 1 - C(n-c, k) / C(n, k) = 1 - prod_{i=n-c+1}^{n} (1 - k/i),
+
+    the product form avoiding the huge binomials.
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:  # every k-subset holds a correct sample
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def majority_answer(answers, equal):
+    """The answer most samples agree on (maj@k), grouping answers by equivalence, not by string.
+
+    `answers` are extracted answers (None for none); `equal(a, b)` decides equivalence. Each
+    answer joins the first group whose first answer it equals; the largest group wins, ties
+    going to the group formed first. Returns that group's first answer, or None.
+    """
+    groups = []  # [representative, count]
+    for answer in answers:
+        if answer is None:
+            continue
+        for group in groups:
+            if equal(group[0], answer):
+                group[1] += 1
+                break
+        else:
+            groups.append([answer, 1])
+    return max(groups, key=lambda group: group[1])[0] if groups else None
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Sandboxed program execution
+# ---------------------------------------------------------------------------------------------
+# Program-of-thought and tool-integrated solutions are Python programs written by a model. Each
+# runs in a fresh interpreter (`python -I`: no user site-packages, no PYTHON* variables, no
+# current directory on sys.path) that locks itself down before it runs the program:
+#   - an empty environment (only thread-count variables), so no inherited secret (tokens, keys)
+#     is in os.environ; a temporary working directory that is deleted afterwards;
+#   - rlimits: address space (memory), CPU seconds, file size (which also bounds its output,
+#     captured in a file), open files, no core dumps, RLIMIT_NPROC 0 (no new process or thread
+#     for a non-root user);
+#   - Linux seccomp (x86-64, arm64): fork, vfork, clone, clone3 and socket fail with EPERM. This
+#     is what stops a fork bomb when we run as root (RLIMIT_NPROC does not bind root) and it
+#     closes the network; 32-bit system calls kill the program;
+#   - Linux Landlock (kernel >= 5.13): it may write only in its working directory (and
+#     /dev/null), and read and execute only outside /proc, /home and /root, except the Python
+#     installation itself. So it cannot read other processes' environments (/proc/PID/environ),
+#     nor home-directory secrets (~/.ssh, ~/.netrc, ~/.cache/huggingface/token);
+#   - a wall-clock timeout, after which its whole process group is killed.
+# What it does NOT protect against: it runs as our user (no separate uid, no container, no
+# namespaces), so it can read every file outside /proc, /home and /root that we can read (the
+# repository, data files with the gold answers, /etc, /tmp); it can fill its working directory
+# with files up to the size limit, many of them, until the timeout; it can use CPU and memory up
+# to the limits; the seccomp filter does not restrict other system calls (ptrace is harmless
+# without new processes, and our own processes are off limits through /proc but not through
+# every kernel interface). Without Landlock (older kernels, non-Linux) it can write wherever we
+# can; without seccomp (other architectures, non-Linux) a root user has no fork limit and the
+# network is open. `sandbox_layers()` tells which layers this machine has. Use a container or a
+# VM for code you have reason to distrust more than a model's arithmetic.
+
+_SECCOMP_ARCH = {  # platform.machine() -> (AUDIT_ARCH_*, blocked syscall numbers, x32 guard)
+    "x86_64": (0xC000003E, {"fork": 57, "vfork": 58, "clone": 56, "clone3": 435, "socket": 41}, True),
+    "aarch64": (0xC00000B7, {"clone": 220, "clone3": 435, "socket": 198}, False),
+}
+_SANDBOX_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+_SETUP_FAILED = 121  # exit status of the sandboxed interpreter when it could not lock itself down
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not be set up on this machine (not a failure of the program)."""
+
+
+@dataclass
+class ProgramResult:
+    output: str  # stdout and stderr together, truncated
+    returncode: int  # negative: killed by that signal
+    timed_out: bool
+
+    @property
+    def ok(self):
+        return self.returncode == 0 and not self.timed_out
+
+
+def _seccomp_instructions(machine):
+    """Classic-BPF seccomp filter (code, jt, jf, k) that fails the blocked system calls.
+
+    seccomp hands the filter a struct seccomp_data: nr (the syscall number) at offset 0, arch
+    at offset 4. A conditional jump skips jt instructions when true and jf when false.
+    """
+    arch, blocked, x32_guard = _SECCOMP_ARCH[machine]
+    load, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, JGE|K, BPF_RET|K
+    allow, deny, kill = 0x7FFF0000, 0x00050000 | 1, 0x80000000  # ALLOW, ERRNO(EPERM), KILL_PROCESS
+    tests = [(jge, 0x40000000)] if x32_guard else []  # x32 syscalls bypass the numbers below
+    tests += [(jeq, nr) for nr in blocked.values()]
+    program = [(load, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, kill), (load, 0, 0, 0)]
+    for i, (code, k) in enumerate(tests):
+        program.append((code, len(tests) - i, 0, k))  # true: jump to `deny`, past the rest and `allow`
+    return program + [(ret, 0, 0, allow), (ret, 0, 0, deny)]
+
+
+def _landlock_abi():
+    """The Landlock ABI version of this kernel, 0 when it has none."""
+    if sys.platform != "linux":
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    version = libc.syscall(444, None, 0, 1)  # landlock_create_ruleset(NULL, 0, ..._VERSION)
+    return max(version, 0)
+
+
+def _landlock_read_roots():
+    """Directories the program may read: all of / but /proc, /home, /root, plus Python itself."""
+    roots = [os.path.join("/", name) for name in sorted(os.listdir("/")) if name not in ("proc", "home", "root")]
+    roots += [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+    return sorted({os.path.realpath(root) for root in roots if os.path.isdir(os.path.realpath(root))})
+
+
+def sandbox_layers():
+    """Names of the protections run_program has on this machine, beyond rlimits and timeout."""
+    layers = []
+    if _landlock_abi() > 0:
+        layers.append("landlock")
+    if sys.platform == "linux" and platform.machine() in _SECCOMP_ARCH:
+        layers.append("seccomp")
+    return layers
+
+
+def _sandboxed_main():
+    """What the sandboxed interpreter runs first: lock itself down, then run ./program.py.
+
+    run_program ships this function's source (`python -I -c SOURCE SETTINGS`): importing
+    evaluate.py there would import torch, seconds per program. Everything it needs is computed
+    by the parent and passed as JSON in argv[1].
+    """
+    import ctypes
+    import json
+    import os
+    import resource
+    import sys
+
+    settings = json.loads(sys.argv[1])
+    try:
+        for name, value in settings["rlimits"].items():
+            resource.setrlimit(getattr(resource, name), (value, value))
+        if settings["landlock_abi"] or settings["seccomp"]:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: required by both below
+                raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+        if settings["landlock_abi"]:
+            # Rights: execute 1, write_file 2, read_file 4, read_dir 8, then remove, make_* up to
+            # 1<<12; refer 1<<13 from ABI 2; truncate 1<<14 from ABI 3. Handled rights are denied
+            # unless a rule beneath a directory grants them.
+            abi = settings["landlock_abi"]
+            handled = (1 << 13) - 1 | (1 << 13 if abi >= 2 else 0) | (1 << 14 if abi >= 3 else 0)
+            read, file_rw = 1 | 4 | 8, 2 | 4 | (1 << 14 if abi >= 3 else 0)
+            ruleset = ctypes.c_uint64(handled)  # struct landlock_ruleset_attr {handled_access_fs}
+            ruleset_fd = libc.syscall(444, ctypes.byref(ruleset), 8, 0)  # landlock_create_ruleset
+            rules = [(path, read) for path in settings["read_roots"]]
+            rules += [(".", handled), ("/dev/null", file_rw)]
+            for path, access in rules:
+                path_fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+                rule = ctypes.create_string_buffer(12)  # packed {u64 allowed_access; s32 parent_fd}
+                ctypes.memmove(rule, ctypes.byref(ctypes.c_uint64(access)), 8)
+                ctypes.memmove(ctypes.byref(rule, 8), ctypes.byref(ctypes.c_int32(path_fd)), 4)
+                if ruleset_fd < 0 or libc.syscall(445, ruleset_fd, 1, rule, 0) != 0:  # PATH_BENEATH
+                    raise OSError(ctypes.get_errno(), f"landlock_add_rule({path})")
+                os.close(path_fd)
+            if libc.syscall(446, ruleset_fd, 0) != 0:  # landlock_restrict_self
+                raise OSError(ctypes.get_errno(), "landlock_restrict_self")
+        if settings["seccomp"]:
+
+            class SockFilter(ctypes.Structure):
+                _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+            class SockFprog(ctypes.Structure):
+                _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+            instructions = (SockFilter * len(settings["seccomp"]))(*[SockFilter(*i) for i in settings["seccomp"]])
+            program = SockFprog(len(settings["seccomp"]), instructions)
+            if libc.prctl(22, 2, ctypes.byref(program), 0, 0) != 0:  # PR_SET_SECCOMP, MODE_FILTER
+                raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
+    except (OSError, ValueError) as e:
+        print(f"sandbox setup failed: {e}", file=sys.stderr)
+        sys.exit(121)
+    source = open("program.py", encoding="utf-8").read()
+    sys.argv = ["program.py"]
+    try:
+        exec(compile(source, "program.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+    except Exception as e:  # the traceback from program.py on, without this function's frame
+        import traceback
+
+        traceback.print_exception(type(e), e, e.__traceback__.tb_next)
+        sys.exit(1)
+
+
+def run_program(code, timeout=10.0, memory_mb=2048, max_output_chars=4000, max_file_mb=16):
+    """Run Python `code` in the sandbox described above; return its captured output.
+
+    timeout: wall-clock seconds (CPU time is limited to the same, rounded up); memory_mb: its
+    address space; max_file_mb: the largest file it may write, its output included.
+    Raises SandboxError only when the sandbox itself cannot be set up on this machine.
+    """
+    workdir = tempfile.mkdtemp(prefix="sandbox-")
+    try:
+        with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8") as f:
+            f.write(code)
+        settings = {
+            "rlimits": {
+                "RLIMIT_AS": memory_mb << 20,
+                "RLIMIT_CPU": math.ceil(timeout),
+                "RLIMIT_FSIZE": max_file_mb << 20,
+                "RLIMIT_NOFILE": 64,
+                "RLIMIT_CORE": 0,
+                "RLIMIT_NPROC": 0,
+            },
+            "landlock_abi": min(_landlock_abi(), 3),
+            "read_roots": _landlock_read_roots(),
+            "seccomp": _seccomp_instructions(platform.machine()) if "seccomp" in sandbox_layers() else [],
+        }
+        prelude = inspect.getsource(_sandboxed_main) + "\n_sandboxed_main()\n"
+        command = [sys.executable, "-I", "-c", prelude, json.dumps(settings)]
+        with tempfile.TemporaryFile() as output:  # outside workdir: the program cannot reach it by name
+            process = subprocess.Popen(command, cwd=workdir, env=_SANDBOX_ENV, stdin=subprocess.DEVNULL,
+                                       stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                process.wait(timeout=timeout)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            with contextlib.suppress(ProcessLookupError):  # the whole group, should it have forked
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            output.seek(0)
+            text = output.read(4 * max_output_chars).decode("utf-8", errors="replace")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if process.returncode == _SETUP_FAILED and text.startswith("sandbox setup failed"):
+        raise SandboxError(f"{text.strip()}; this machine cannot run programs in the sandbox")
+    if len(text) > max_output_chars:
+        text = text[:max_output_chars] + "\n[... output truncated]"
+    return ProgramResult(text, process.returncode, timed_out)
+
+
+def run_programs(codes, n_workers=0, **limits):
+    """run_program over many programs, several at a time (threads: each one waits on a process)."""
+    with ThreadPoolExecutor(max_workers=n_workers or os.cpu_count() or 1) as pool:
+        return list(pool.map(lambda code: run_program(code, **limits), codes))
