@@ -1,0 +1,307 @@
+"""tokenizer.py: BPE training against a from-scratch recount, exact round-trips on random Unicode,
+the .tiktoken file, the chat template, and Hugging Face tokenizer.json files giving the very ids
+of the `tokenizers` library (BPEs trained by it with GPT-2's and Llama-3's pre-tokenizers, with
+DeepSeek's Sequence of Split pre-tokenizers, and with ^/$ anchors), and their unsupported parts."""
+
+import json
+import random
+from collections import Counter
+
+import pytest
+import regex
+import tiktoken.load
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
+
+from fileio import BadInput
+from tokenizer import (BOS, COT_SUFFIX, EOS, PAD, PAT_STR, TOOL_SUFFIX, Tokenizer, chat_prompt,
+                       train_bpe)
+
+WORDS = ("the of and a to in is you that it he was for on are as with his they I at be this "
+         "have from or one had by word but not what all were we when your can said there use an "
+         "each which she do how their if will up other about out many then them these so some "
+         "her would make like him into time has look two more write go see number no way could "
+         "people my than first water been call who oil its now find long down day did get come "
+         "made may part triangle sum prime factor equation solve answer").split()
+EXTRAS = ["数学", "方程式", "한국어", "ひらがな", "Ωμέγα", "Привет", "naïve", "😀", "🚀", "$x^2+1$",
+          "\\frac{1}{2}", "don't", "it's", "...", "?!", "\t", "  "]
+
+
+def make_corpus(n_docs, seed=0):
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n_docs):
+        parts = []
+        for _ in range(rng.randint(20, 80)):
+            roll = rng.random()
+            if roll < 0.1:
+                parts.append(str(rng.randint(0, 10**rng.randint(1, 7))))
+            elif roll < 0.15:
+                parts.append(rng.choice(EXTRAS))
+            else:
+                word = rng.choice(WORDS)
+                parts.append(word.capitalize() if roll > 0.95 else word)
+            if rng.random() < 0.1:
+                parts.append(rng.choice([".", ",", ":", "!", "\n", "\n\n", " (", ")"]))
+        docs.append(" ".join(parts))
+    return docs
+
+
+def random_unicode(rng, n_chars):
+    """Text drawn from many scripts: ASCII, C0/C1 controls, Latin, Greek/Cyrillic, combining
+    marks, punctuation, CJK, Hangul, kana, emoji, and any code point at all (no surrogates:
+    they are not Unicode scalar values and have no UTF-8 encoding)."""
+    ranges = [(0x20, 0x7E), (0x30, 0x39), (0x00, 0x1F), (0x7F, 0x9F), (0xA0, 0x24F),
+              (0x370, 0x4FF), (0x300, 0x36F), (0x2000, 0x206F), (0x3000, 0x303F),
+              (0x4E00, 0x9FFF), (0xAC00, 0xD7A3), (0x3040, 0x30FF), (0x1F300, 0x1FAFF),
+              (0x0, 0x10FFFF)]
+    chars = []
+    for _ in range(n_chars):
+        low, high = rng.choice(ranges)
+        code = rng.randint(low, high)
+        chars.append(chr(0xFFFD if 0xD800 <= code <= 0xDFFF else code))
+        if rng.random() < 0.15:
+            chars.append(rng.choice([" ", "  ", "\n", "\r\n", "\t"]))
+    return "".join(chars)
+
+
+SAMPLE = (
+    "The quick brown fox jumps over 13 lazy dogs; 2+2=4, 3.14159 and 1,000,000.\n"
+    "Let $f(x) = x^2 - 5x + 6$. Then \\frac{1}{2} + \\sqrt{16} = 4.5!!\n\n"
+    "数学很有趣：方程 x²=4 有两个解。한국어 문장입니다. ひらがなとカタカナ。\n"
+    "  indented line\twith tab   and trailing spaces   \r\n"
+    "Ωμέγα Привет naïve café ℂ Kelvin emoji 😀🚀✨ ... ?!? (don't) it's I'LL\n"
+    "    def f(n):\n        return n * 12345\n\n\n   \n"
+)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_bpe(make_corpus(400), vocab_size=700)
+
+
+def textbook_bpe(docs, n_merges):
+    """BPE as first described, independent of the trainer's bookkeeping: every pre-token
+    occurrence kept separately, every pair recounted from scratch before each merge; ties go to
+    the smaller (left, right). Returns the token bytes by rank."""
+    words = [list(chunk.encode("utf-8")) for doc in docs for chunk in regex.findall(PAT_STR, doc)]
+    tokens = [bytes([b]) for b in range(256)]
+    for new_id in range(256, 256 + n_merges):
+        counts = Counter(pair for word in words for pair in zip(word, word[1:]))
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        tokens.append(tokens[best[0]] + tokens[best[1]])
+        for k, word in enumerate(words):
+            out, i = [], 0
+            while i < len(word):
+                if tuple(word[i:i + 2]) == best:
+                    out.append(new_id)
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            words[k] = out
+    return tokens
+
+
+def test_training_equals_textbook_bpe():
+    # Repeated letters and digit runs exercise overlapping occurrences (aaa -> aa a).
+    docs = make_corpus(40, seed=1) + ["aaaaaaa aaaa aaa abababab aaab baaa 1111 ...."]
+    n_merges = 150
+    tok = train_bpe(docs, 256 + n_merges + 3)
+    learned = [tok.encoding.decode_single_token_bytes(rank) for rank in range(256 + n_merges)]
+    assert learned == textbook_bpe(docs, n_merges)
+
+
+def test_vocabulary_layout(tok):
+    assert tok.n_vocab == 700
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (697, 698, 699)
+    assert tok.decode([tok.bos_id, tok.eos_id, tok.pad_id]) == BOS + EOS + PAD
+    assert [tok.decode([b]) for b in range(ord("a"), ord("d"))] == ["a", "b", "c"]
+
+
+def test_round_trip_random_unicode(tok):
+    rng = random.Random(0)
+    for n_chars in [0, 1, 2, 5, 50, 500, 5000]:
+        text = random_unicode(rng, n_chars)
+        assert tok.decode(tok.encode(text)) == text
+    assert tok.decode(tok.encode(SAMPLE)) == SAMPLE
+
+
+def test_special_token_strings_are_plain_text(tok):
+    text = f"{BOS}User: hi{EOS}{PAD}"
+    ids = tok.encode(text)
+    assert not {tok.bos_id, tok.eos_id, tok.pad_id} & set(ids)
+    assert tok.decode(ids) == text
+
+
+def test_numbers_are_split_into_digits(tok):
+    ids = tok.encode("x = 1234567890 + 3.14 and 2024 apples, 007")
+    pieces = [tok.decode([i]) for i in ids]
+    assert all(len(p) == 1 for p in pieces if any(c.isdigit() for c in p))
+    assert "".join(pieces) == "x = 1234567890 + 3.14 and 2024 apples, 007"
+    # Common words did become single tokens: the BPE learned something.
+    assert len(tok.encode(" the")) == 1
+
+
+def test_save_load_round_trip(tok, tmp_path, monkeypatch):
+    path = str(tmp_path / "tokenizer.tiktoken")
+    tok.save(path)
+    loaded = Tokenizer.load(path)
+    assert loaded.encode(SAMPLE) == tok.encode(SAMPLE)
+    assert (loaded.n_vocab, loaded.bos_id, loaded.eos_id, loaded.pad_id) == \
+        (tok.n_vocab, tok.bos_id, tok.eos_id, tok.pad_id)
+    # The ranks file is tiktoken's own format: its loader reads it (cache off: a temp path).
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")
+    assert tiktoken.load.load_tiktoken_bpe(path) == tok.mergeable_ranks
+
+
+def test_load_errors(tok, tmp_path):
+    with pytest.raises(BadInput, match="no such tokenizer file"):
+        Tokenizer.load(str(tmp_path / "missing.tiktoken"))
+    path = str(tmp_path / "tokenizer.tiktoken")
+    tok.save(path)
+    lines = open(path).read().splitlines()
+    lines[3] = "not-base64!! x"
+    open(path, "w").write("\n".join(lines))
+    with pytest.raises(BadInput, match="tokenizer.tiktoken:4: expected 'base64-token rank'"):
+        Tokenizer.load(path)
+    tok.save(path)
+    (tmp_path / "tokenizer.tiktoken.json").unlink()
+    with pytest.raises(BadInput, match="tokenizer.tiktoken.json: missing"):
+        Tokenizer.load(path)
+
+
+def test_training_errors():
+    with pytest.raises(BadInput, match="vocab_size=100 is too small"):
+        train_bpe(["some text"], vocab_size=100)
+    with pytest.raises(BadInput, match="give more text or a smaller vocab_size"):
+        train_bpe(["tiny text"], vocab_size=400)
+
+
+def test_chat_template(tok):
+    question, response = "What is 2+3?", "We add: 2+3=5. The answer is \\boxed{5}."
+    assert chat_prompt(question) == (
+        "User: What is 2+3?\nPlease reason step by step, and put your final answer within "
+        "\\boxed{}.\n\nAssistant:")
+    assert chat_prompt(question, TOOL_SUFFIX).endswith("within \\boxed{}.\n\nAssistant:")
+    assert chat_prompt(question, "") == "User: What is 2+3?\n\nAssistant:"
+    prompt, answer = tok.encode_prompt(question), tok.encode_response(response)
+    assert prompt[0] == tok.bos_id and tok.decode(prompt[1:]) == chat_prompt(question, COT_SUFFIX)
+    assert answer[-1] == tok.eos_id and tok.decode(answer[:-1]) == " " + response
+    # Prompt and response tokenized apart equal the whole conversation tokenized at once, so
+    # SFT/RL training sequences match what the model sees when it generates.
+    assert prompt[1:] + answer[:-1] == tok.encode(chat_prompt(question) + " " + response)
+
+
+# ---------------------------------------------------------------- Hugging Face tokenizer.json
+
+# DeepSeek LLM's pre-tokenizer (also DeepSeek-V2's, and DeepSeekMath's, which share its
+# tokenizer): newlines alone; letters of cased scripts with one optional leading space;
+# punctuation runs; trailing whitespace; CJK runs; then every digit alone; then ByteLevel.
+DEEPSEEK_LETTERS = (
+    "A-Za-z\xb5\xc0-\xd6\xd8-\xf6\xf8-\u01ba\u01bc-\u01bf\u01c4-\u0293\u0295-\u02af"
+    "\u0370-\u0373\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c\u038e-\u03a1"
+    "\u03a3-\u03f5\u03f7-\u0481\u048a-\u052f\u0531-\u0556\u10a0-\u10c5\u13a0-\u13f5"
+    "\u13f8-\u13fd\u1c90-\u1cba\u1cbd-\u1cbf\u1d00-\u1d2b\u1d6b-\u1d77\u1d79-\u1d9a"
+    "\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45\u1f48-\u1f4d\u1f50-\u1f57\u1f59\u1f5b\u1f5d"
+    "\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe\u1fc2-\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3"
+    "\u1fd6-\u1fdb\u1fe0-\u1fec\u1ff2-\u1ff4\u1ff6-\u1ffc\u2102\u2107\u210a-\u2113\u2115"
+    "\u2119-\u211d\u2124\u2126\u2128\u212a-\u212d\u212f-\u2134\u2139\u213c-\u213f"
+    "\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4\u2ceb-\u2cee\u2cf2\u2cf3"
+    "\ua640-\ua66d\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf"
+    "\ufb00-\ufb06\ufb13-\ufb17\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f"
+    "\U000104b0-\U000104d3\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2"
+    "\U000118a0-\U000118df\U0001e900-\U0001e943"
+)
+DEEPSEEK_SPLITS = [
+    "[\r\n]",
+    "\\s?[" + DEEPSEEK_LETTERS + "]+",
+    "\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+",
+    "\\s+$",
+    "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+",
+]
+LLAMA3_PATTERN = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}"
+                  "| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+
+HF_PRE_TOKENIZERS = {
+    "gpt2": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    "llama3": lambda: pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]),
+    "deepseek": lambda: pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(p), behavior="isolated") for p in DEEPSEEK_SPLITS]
+        + [pre_tokenizers.Digits(individual_digits=True),
+           pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]),
+    # ^ and $ match at every line start/end in the library's Oniguruma: one split (tiktoken's
+    # regex) and several (Python's regex) must both follow that.
+    "anchors-one": lambda: pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex("\\s+$|^ ?\\p{L}+|\\p{N}"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]),
+    "anchors-many": lambda: pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex("\\s+$"), behavior="isolated"),
+        pre_tokenizers.Split(Regex("^ ?\\p{L}+"), behavior="isolated"),
+        pre_tokenizers.Digits(individual_digits=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]),
+}
+
+
+def hf_tokenizer_json(tmp_path, kind):
+    """Train a byte-level BPE with the `tokenizers` library and save its tokenizer.json."""
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = HF_PRE_TOKENIZERS[kind]()
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=900, special_tokens=[BOS, EOS, PAD],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    hf.train_from_iterator(make_corpus(300, seed=2), trainer)
+    path = str(tmp_path / f"{kind}-tokenizer.json")
+    hf.save(path)
+    return hf, path
+
+
+@pytest.mark.parametrize("kind", list(HF_PRE_TOKENIZERS))
+def test_hugging_face_ids_identical(tmp_path, kind):
+    hf, path = hf_tokenizer_json(tmp_path, kind)
+    ours = Tokenizer.load(path)
+    # One split regex goes to tiktoken; a Sequence of several is split in Python.
+    assert bool(ours.split_patterns) == (kind in ("deepseek", "anchors-many"))
+    rng = random.Random(1)
+    texts = [SAMPLE, "", " ", "\n", "a  \n  b  ", "12345 678", "x\r\n\r\ny   \n",
+             "one two  \nthree four \n five\n\nsix  ", "word\n word 12\n34 \n"]
+    texts += make_corpus(20, seed=3) + [random_unicode(rng, n) for n in [3, 30, 300, 3000]]
+    for text in texts:
+        ids = ours.encode(text)
+        assert ids == hf.encode(text, add_special_tokens=False).ids, text
+        assert ours.decode(ids) == text
+        if ours.split_patterns:  # the Python pre-tokenizer gives the library's very pieces
+            to_byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+            ours_pieces = [to_byte_level.pre_tokenize_str(p)[0][0] for p in ours._pre_tokenize(text)]
+            assert ours_pieces == [p for p, _ in hf.pre_tokenizer.pre_tokenize_str(text)]
+    assert ours.bos_id == hf.token_to_id(BOS) and ours.eos_id == hf.token_to_id(EOS)
+    assert ours.pad_id == hf.token_to_id(PAD)
+    # Saved as .tiktoken (with its split steps) and loaded again: the same ids.
+    ours.save(str(tmp_path / "converted.tiktoken"))
+    assert Tokenizer.load(str(tmp_path / "converted.tiktoken")).encode(SAMPLE) == ours.encode(SAMPLE)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda j: j.update(normalizer={"type": "NFC"}), "unsupported normalizer NFC"),
+    (lambda j: j.update(pre_tokenizer={"type": "Metaspace", "replacement": "_"}),
+     "ByteLevel must be the last step"),
+    (lambda j: j["pre_tokenizer"]["pretokenizers"][0].update(behavior="Removed"),
+     "pre_tokenizer step Split\\(behavior=Removed"),
+    (lambda j: j["pre_tokenizer"]["pretokenizers"][-1].update(add_prefix_space=True),
+     "add_prefix_space=true"),
+    (lambda j: j["model"].update(type="WordPiece"), "unsupported model WordPiece"),
+    (lambda j: j["model"].update(byte_fallback=True), "BPE option byte_fallback"),
+    (lambda j: j["model"]["merges"].insert(0, j["model"]["merges"].pop(40)),
+     "ids must follow merge order"),
+    (lambda j: j.update(decoder={"type": "Metaspace"}), "unsupported decoder Metaspace"),
+])
+def test_hugging_face_unsupported(tmp_path, edit, message):
+    _, path = hf_tokenizer_json(tmp_path, "deepseek")
+    spec = json.load(open(path, encoding="utf-8"))
+    edit(spec)
+    json.dump(spec, open(path, "w", encoding="utf-8"))
+    with pytest.raises(BadInput, match=message):
+        Tokenizer.load(path)

@@ -1,0 +1,452 @@
+"""The tokenizer: byte-level BPE trained on our own text, served by tiktoken; the chat template.
+
+DeepSeekMath's models use the DeepSeek LLM tokenizer (DeepSeek LLM paper, section 2.1): byte-level
+BPE (so any text, in any script, is encoded without an unknown token), a pre-tokenizer that keeps
+pieces of different kinds apart (letters, punctuation, newlines, CJK) and splits numbers into
+single digits, and a 100K vocabulary plus special tokens (102,400 rows in the embedding). We do
+the same at classroom size:
+
+  * `train_bpe(texts, vocab_size)` learns merges on our text (fast: see `_learn_merges`);
+  * the learned ranks are served by a `tiktoken.Encoding` (Rust BPE, fast encode/decode);
+  * `Tokenizer.save(path)` writes tiktoken's `.tiktoken` ranks file (one "base64(token) rank"
+    line per token) plus a JSON sidecar `path + ".json"` holding the pre-tokenizer (pat_str and
+    split_patterns, see `Tokenizer`) and the special tokens {string: id};
+  * `Tokenizer.load(path)` reads that, or a Hugging Face `tokenizer.json` (a real
+    DeepSeekMath-7B checkpoint's), giving ids identical to the `tokenizers` library's
+    (see `_hf_tokenizer_parts` for exactly what is and is not supported);
+  * `chat_prompt` / `encode_prompt` / `encode_response`: the one DeepSeekMath-Instruct/RL template
+    that SFT, RL and evaluation share: BOS, `User: {question}{suffix}\n\nAssistant:`, then the
+    response as ` {response}` and EOS. No system prompt.
+
+Use:
+    tok = train_bpe(texts, vocab_size=4096); tok.save("out/classroom/tokenizer.tiktoken")
+    tok = Tokenizer.load("out/classroom/tokenizer.tiktoken")   # or ".../tokenizer.json"
+    ids = tok.encode_prompt("What is 2+3?") + tok.encode_response("2+3=5. \\boxed{5}")
+Training speed: `python bench/bench_tokenizer.py`. Tests: `pytest -q tests/test_tokenizer.py`.
+"""
+
+import base64
+import binascii
+import heapq
+import json
+import os
+from collections import Counter, defaultdict
+
+import regex  # tiktoken's own dependency; the same Unicode-aware regex syntax as its Rust engine
+import tiktoken
+from tqdm import tqdm
+
+from fileio import BadInput, atomic_path, write_json
+
+# DeepSeek's spelling (full-width bars, U+2581 for spaces): a real checkpoint's ids 100000/100001.
+BOS = "<｜begin▁of▁sentence｜>"
+EOS = "<｜end▁of▁sentence｜>"
+PAD = "<｜pad▁token｜>"
+
+COT_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
+TOOL_SUFFIX = (
+    "\nPlease integrate natural language reasoning with programs to solve the problem above, "
+    "and put your final answer within \\boxed{}."
+)
+
+# Our pre-tokenizer: GPT-4's (cl100k) pattern, but numbers go one digit per piece as in DeepSeek
+# LLM, so "1234" can never become one token and arithmetic sees every digit. Each alternative is
+# one kind of piece; BPE never merges across pieces.
+PAT_STR = "|".join([
+    r"'(?i:[sdmt]|ll|ve|re)",  # English contractions: 's 'd 'm 't 'll 've 're
+    r" ?\p{L}+",  # a word with its leading space
+    r"\p{N}",  # ONE digit
+    r" ?[^\s\p{L}\p{N}]+[\r\n]*",  # a run of punctuation/symbols (with its leading space)
+    r"\s*[\r\n]+",  # whitespace that ends in newlines
+    r"\s+(?!\S)",  # whitespace, leaving the last space to the word that follows
+    r"\s+",
+])
+
+# Hugging Face's ByteLevel pre-tokenizer with use_regex=true splits with GPT-2's pattern.
+GPT2_PAT_STR = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# A tiktoken pattern that makes the whole input one piece (used when Python pre-tokenizes).
+WHOLE_PIECE_PAT_STR = r"[\s\S]+"
+
+
+def chat_prompt(question, suffix=COT_SUFFIX):
+    """The DeepSeekMath-Instruct/RL prompt (after BOS): the model answers after "Assistant:"."""
+    return f"User: {question}{suffix}\n\nAssistant:"
+
+
+class Tokenizer:
+    """Byte-level BPE: tiktoken does the BPE; the pre-tokenizer splits text into pieces first.
+
+    mergeable_ranks: {token bytes: id}; tiktoken merges the adjacent pair whose concatenation has
+        the lowest rank, so ranks are merge priorities and ids at once.
+    special_tokens: {string: id}; decoded by `decode`, never produced by `encode` (a special
+        token's string inside a text is plain text: user text cannot inject a BOS or an EOS).
+    pat_str: the regex tiktoken splits text with (its matches are the pieces).
+    split_patterns: for pre-tokenizers that are no single regex (DeepSeek's: a Sequence of Split
+        steps), the regexes applied one after the other in Python, each splitting every piece
+        into its matches and the text between them; tiktoken then encodes each piece whole.
+    """
+
+    def __init__(self, mergeable_ranks, special_tokens, pat_str, split_patterns=()):
+        missing = [t for t in (BOS, EOS) if t not in special_tokens]
+        if missing:
+            raise BadInput(f"tokenizer has no special token {missing[0]!r}; "
+                           f"BOS {BOS!r} and EOS {EOS!r} are required (DeepSeek's spelling)")
+        self.mergeable_ranks = mergeable_ranks
+        self.special_tokens = special_tokens
+        self.pat_str = pat_str
+        self.split_patterns = list(split_patterns)
+        # Hugging Face runs these with Oniguruma, where `$` and `^` match at every line end/start;
+        # MULTILINE gives Python's `regex` the same meaning.
+        self._splitters = [regex.compile(p, regex.MULTILINE) for p in self.split_patterns]
+        self._memo = {}
+        self.encoding = tiktoken.Encoding(
+            "deepseekmath-bpe", pat_str=pat_str,
+            mergeable_ranks=mergeable_ranks, special_tokens=special_tokens,
+        )
+        self.bos_id = special_tokens[BOS]
+        self.eos_id = special_tokens[EOS]
+        # Without a PAD token (a checkpoint may have none) EOS pads: padding is masked out anyway.
+        self.pad_id = special_tokens.get(PAD, self.eos_id)
+        self.n_vocab = self.encoding.n_vocab
+
+    def encode(self, text):
+        """Token ids of `text` (no BOS/EOS; special-token strings in `text` are plain text)."""
+        if not self._splitters:
+            return self.encoding.encode_ordinary(text)
+        return list(self._encode_from_step(0, text))
+
+    def _encode_from_step(self, step, text):
+        """Ids of `text` split by split steps `step`, `step` + 1, ... then BPE-encoded piece by
+        piece. Short texts (words, mostly) recur, so their ids are memoised per step."""
+        if step == len(self._splitters):
+            return self.encoding.encode_ordinary(text)
+        ids = self._memo.get((step, text))
+        if ids is None:
+            ids = [i for piece in _split_isolated(self._splitters[step], text)
+                   for i in self._encode_from_step(step + 1, piece)]
+            if len(text) <= 32:
+                if len(self._memo) >= 1 << 17:
+                    self._memo.clear()
+                self._memo[step, text] = ids
+        return ids
+
+    def _pre_tokenize(self, text):
+        """The pieces that BPE encodes one by one (for tests; `encode` does this itself)."""
+        pieces = [text]
+        for splitter in self._splitters:
+            pieces = [part for piece in pieces for part in _split_isolated(splitter, piece)]
+        return pieces
+
+    def decode(self, ids):
+        """The text of `ids`; a token sequence cut inside a UTF-8 character decodes to U+FFFD."""
+        return self.encoding.decode(list(ids))
+
+    def encode_prompt(self, question, suffix=COT_SUFFIX):
+        return [self.bos_id] + self.encode(chat_prompt(question, suffix))
+
+    def encode_response(self, response):
+        """The response after "Assistant:" (one space, then the text), ended by EOS."""
+        return self.encode(" " + response) + [self.eos_id]
+
+    def save(self, path):
+        """Write the `.tiktoken` ranks file at `path` and the JSON sidecar `path + ".json"`."""
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="ascii") as f:
+            for token, rank in sorted(self.mergeable_ranks.items(), key=lambda item: item[1]):
+                f.write(f"{base64.b64encode(token).decode('ascii')} {rank}\n")
+        write_json(path + ".json", {
+            "pat_str": self.pat_str,
+            "split_patterns": self.split_patterns,
+            "special_tokens": self.special_tokens,
+        })
+
+    @classmethod
+    def load(cls, path):
+        """Our `.tiktoken` file (with its `.json` sidecar), or a Hugging Face `tokenizer.json`."""
+        if not os.path.isfile(path):
+            raise BadInput(f"{path}: no such tokenizer file; set tokenizer_path to a .tiktoken "
+                           "file written by Tokenizer.save or to a Hugging Face tokenizer.json")
+        if path.endswith(".json"):
+            return cls(*_hf_tokenizer_parts(path))
+        return cls(*_read_tiktoken(path))
+
+
+def _split_isolated(pattern, text):
+    """Hugging Face's Split(behavior="Isolated"): every match is a piece, and so is the text
+    between two matches. Empty pieces are dropped."""
+    pieces, end = [], 0
+    for match in pattern.finditer(text):
+        if match.start() > end:
+            pieces.append(text[end:match.start()])
+        if match.end() > match.start():
+            pieces.append(match.group())
+        end = match.end()
+    if end < len(text):
+        pieces.append(text[end:])
+    return pieces
+
+
+# ----------------------------------------------------------------------------- training
+
+def train_bpe(texts, vocab_size):
+    """Learn a byte-level BPE with `vocab_size` ids in all: 256 bytes, the merges, BOS, EOS, PAD.
+
+    Byte b has rank b; merge k (0-based) creates rank 256 + k; the special tokens take the last
+    three ids. Ties between equally frequent pairs go to the smaller (left id, right id).
+    """
+    special_tokens = (BOS, EOS, PAD)
+    n_merges = vocab_size - 256 - len(special_tokens)
+    if n_merges < 0:
+        raise BadInput(f"vocab_size={vocab_size} is too small: it needs 256 byte tokens and "
+                       f"{len(special_tokens)} special tokens")
+    # BPE never merges across pre-token pieces, so a piece that occurs a million times needs
+    # counting once, with weight a million: we count the distinct pieces ("chunks").
+    pattern = regex.compile(PAT_STR)
+    chunk_counts = Counter()
+    for text in tqdm(texts, desc="pre-tokenizing", unit=" texts"):
+        chunk_counts.update(pattern.findall(text))
+    words, freqs = [], []
+    for chunk, count in chunk_counts.items():
+        word = list(chunk.encode("utf-8"))
+        if len(word) > 1:  # a single byte has no pair to merge
+            words.append(word)
+            freqs.append(count)
+    merges = _learn_merges(words, freqs, n_merges)
+    if len(merges) < n_merges:
+        raise BadInput(f"the training text has only {len(merges)} merges to learn, but "
+                       f"vocab_size={vocab_size} needs {n_merges}: give more text or a smaller "
+                       "vocab_size")
+    token_bytes = [bytes([b]) for b in range(256)]
+    for left, right in merges:
+        token_bytes.append(token_bytes[left] + token_bytes[right])
+    mergeable_ranks = {token: rank for rank, token in enumerate(token_bytes)}
+    special_ids = {token: len(token_bytes) + i for i, token in enumerate(special_tokens)}
+    return Tokenizer(mergeable_ranks, special_ids, PAT_STR)
+
+
+def _learn_merges(words, freqs, n_merges):
+    """Greedy BPE: repeatedly merge the most frequent adjacent pair into a new token 256, 257, ...
+
+    words: distinct chunks as lists of token ids (modified in place); freqs: their counts.
+    count(a, b) = sum over words w of freq(w) * (occurrences of a,b in w). Nothing is ever
+    recounted from scratch: `words_with[pair]` holds the words that contain the pair, so a merge
+    rewrites only those words, and only the pairs next to each merged occurrence change count;
+    a heap of (-count, pair), whose stale entries are skipped on pop, yields the top pair.
+    """
+    pair_counts = defaultdict(int)
+    words_with = defaultdict(set)
+    for i, word in enumerate(words):
+        for pair in zip(word, word[1:]):
+            pair_counts[pair] += freqs[i]
+            words_with[pair].add(i)
+    heap = [(-count, pair) for pair, count in pair_counts.items()]
+    heapq.heapify(heap)
+    merges = []
+    for new_id in tqdm(range(256, 256 + n_merges), desc="BPE merges"):
+        best = _pop_most_frequent(heap, pair_counts)
+        if best is None:  # every chunk is a single token already
+            break
+        merges.append(best)
+        delta = defaultdict(int)
+        for i in words_with.pop(best):
+            words[i], new_pairs = _merge_word(words[i], best, new_id, freqs[i], delta)
+            for pair in new_pairs:
+                words_with[pair].add(i)
+        for pair, change in delta.items():
+            if change:
+                pair_counts[pair] += change
+                if pair_counts[pair]:
+                    heapq.heappush(heap, (-pair_counts[pair], pair))
+                else:
+                    del pair_counts[pair]
+    return merges
+
+
+def _pop_most_frequent(heap, pair_counts):
+    """The pair with the highest current count (heap entries whose count is stale are dropped)."""
+    while heap:
+        neg_count, pair = heapq.heappop(heap)
+        if pair_counts.get(pair) == -neg_count:
+            return pair
+    return None
+
+
+def _merge_word(word, pair, new_id, freq, delta):
+    """`word` with every occurrence of `pair`, left to right without overlaps, made `new_id`,
+    and the pairs with `new_id` in it; adds to delta[pair] the change of that pair's count.
+
+    An occurrence L R between neighbours p and q turns the pairs (p,L) (L,R) (R,q) into (p,N)
+    (N,q). When q starts the next occurrence, that occurrence accounts for the pair between them
+    (as its (p,L), which becomes (N,N)), so no pair is counted twice.
+    """
+    left, right = pair
+    merged, new_pairs, i, n = [], [], 0, len(word)
+    while i < n:
+        if word[i] == left and i + 1 < n and word[i + 1] == right:
+            delta[pair] -= freq
+            if merged:
+                delta[word[i - 1], left] -= freq
+                new_pairs.append((merged[-1], new_id))
+                delta[new_pairs[-1]] += freq
+            next_starts_pair = i + 3 < n and word[i + 2] == left and word[i + 3] == right
+            if i + 2 < n and not next_starts_pair:
+                delta[right, word[i + 2]] -= freq
+                new_pairs.append((new_id, word[i + 2]))
+                delta[new_pairs[-1]] += freq
+            merged.append(new_id)
+            i += 2
+        else:
+            merged.append(word[i])
+            i += 1
+    return merged, new_pairs
+
+
+# ----------------------------------------------------------------------------- files
+
+def _read_tiktoken(path):
+    """(ranks, special tokens, pat_str, split_patterns) from a `.tiktoken` file and its sidecar.
+    (tiktoken.load caches files by path in a temp folder, so a retrained file could be read stale.)
+    """
+    ranks = {}
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                token, rank = line.split()
+                ranks[base64.b64decode(token, validate=True)] = int(rank)
+            except (ValueError, binascii.Error):
+                raise BadInput(f"{path}:{lineno}: expected 'base64-token rank', got {line[:80]!r}; "
+                               "the file is damaged: re-create it with Tokenizer.save")
+    sidecar = path + ".json"
+    if not os.path.isfile(sidecar):
+        raise BadInput(f"{sidecar}: missing; Tokenizer.save writes it beside {path} (it holds the "
+                       "special tokens and the pre-tokenizer)")
+    with open(sidecar, encoding="utf-8") as f:
+        meta = json.load(f)
+    return ranks, meta["special_tokens"], meta["pat_str"], meta["split_patterns"]
+
+
+def _byte_level_chars():
+    """{character: byte} of Hugging Face's ByteLevel (GPT-2's bytes_to_unicode): printable bytes
+    stand for themselves; the 68 others become chr(256), chr(257), ... in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    chars = {chr(b): b for b in printable}
+    chars.update({chr(256 + n): b for n, b in enumerate(others)})
+    return chars
+
+
+def _hf_tokenizer_parts(path):
+    """(ranks, special tokens, pat_str, split_patterns) of a Hugging Face byte-level BPE
+    `tokenizer.json`, for ids identical to the `tokenizers` library's.
+
+    Supported (anything else is a BadInput naming it):
+      normalizer: null (or an empty Sequence);
+      pre_tokenizer: ByteLevel(add_prefix_space=false), alone, or last in a Sequence whose other
+        steps are Split(pattern, behavior="Isolated", invert=false) and Digits; a ByteLevel with
+        use_regex=true adds GPT-2's pattern as a last split;
+      model: BPE, no dropout, no byte_fallback, no continuing_subword_prefix/end_of_word_suffix,
+        all 256 ByteLevel characters in the vocab, every other vocab entry the result of a merge
+        or an added token, and merge results' ids ascending in merge order (what a BPE trainer
+        writes);
+      decoder: ByteLevel; added_tokens become tiktoken special tokens.
+    Differences by design: the post_processor is ignored (`encode` adds no BOS; encode_prompt
+    does), and added tokens are not recognised inside text (the library's encode splits them out).
+    Why it is exact: the library merges pairs by their rank in `merges`; tiktoken merges by the
+    rank of the resulting token and takes a piece that is a whole token at once. With ids in merge
+    order and each token made by one merge, both give the same tokens (as tiktoken's GPT-2 does).
+    Split regexes run in Python's `regex` (with ^ $ per line, as in Hugging Face's Oniguruma):
+    one split step becomes tiktoken's own pat_str; a sequence of several stays in Python.
+    """
+    with open(path, encoding="utf-8") as f:
+        try:
+            hf = json.load(f)
+        except json.JSONDecodeError as e:
+            raise BadInput(f"{path}: not valid JSON ({e})")
+    if not isinstance(hf, dict) or "model" not in hf:
+        raise BadInput(f"{path}: not a Hugging Face tokenizer.json (no 'model' key)")
+
+    def unsupported(what):
+        return BadInput(f"{path}: unsupported {what}; we read byte-level BPE tokenizers like "
+                        "DeepSeek's (see tokenizer._hf_tokenizer_parts for what is supported)")
+
+    normalizer = hf.get("normalizer")
+    if normalizer and not (normalizer.get("type") == "Sequence" and not normalizer["normalizers"]):
+        raise unsupported(f"normalizer {normalizer.get('type')}")
+    decoder = hf.get("decoder") or {}
+    if decoder.get("type") != "ByteLevel":
+        raise unsupported(f"decoder {decoder.get('type')} (byte-level BPE decodes with ByteLevel)")
+    patterns = _hf_split_patterns(hf.get("pre_tokenizer"), unsupported)
+    ranks = _hf_mergeable_ranks(hf["model"], unsupported)
+    rank_ids = set(ranks.values())
+    special_tokens = {t["content"]: t["id"] for t in hf.get("added_tokens", [])
+                      if t["id"] not in rank_ids}
+    orphans = [token for token, i in hf["model"]["vocab"].items()
+               if i not in rank_ids and i not in special_tokens.values()]
+    if orphans:
+        raise unsupported(f"vocab: {len(orphans)} tokens (e.g. {orphans[0]!r}) are neither bytes, "
+                          "merge results nor added tokens")
+    if len(patterns) == 1:
+        # One split step: the matches AND the text between them are pieces; tiktoken keeps only
+        # matches, so a second alternative takes the characters where no match starts.
+        pat_str = f"(?m:{patterns[0]})|(?:(?!(?m:{patterns[0]}))[\\s\\S])+"
+        return ranks, special_tokens, pat_str, []
+    return ranks, special_tokens, WHOLE_PIECE_PAT_STR, patterns
+
+
+def _hf_split_patterns(pre_tokenizer, unsupported):
+    """The pre-tokenizer as a list of regexes, each applied to every piece (Split "Isolated")."""
+    if not pre_tokenizer:
+        raise unsupported("pre_tokenizer null (byte-level BPE needs ByteLevel)")
+    steps = pre_tokenizer["pretokenizers"] if pre_tokenizer["type"] == "Sequence" else [pre_tokenizer]
+    if not steps or steps[-1]["type"] != "ByteLevel":
+        raise unsupported("pre_tokenizer: ByteLevel must be the last step")
+    patterns = []
+    for step in steps[:-1]:
+        if step["type"] == "Split" and step.get("behavior") == "Isolated" and not step.get("invert"):
+            pattern = step["pattern"]
+            patterns.append(pattern["Regex"] if "Regex" in pattern else regex.escape(pattern["String"]))
+        elif step["type"] == "Digits":
+            # Digits isolates every numeric character (individual_digits) or every run of them.
+            patterns.append(r"\p{N}" if step.get("individual_digits") else r"\p{N}+")
+        else:
+            kind = step["type"] + (f"(behavior={step.get('behavior')}, invert={step.get('invert')})"
+                                   if step["type"] == "Split" else "")
+            raise unsupported(f"pre_tokenizer step {kind}")
+    byte_level = steps[-1]
+    if byte_level.get("add_prefix_space", True):
+        raise unsupported("ByteLevel add_prefix_space=true (it changes the text)")
+    if byte_level.get("use_regex", True):
+        patterns.append(GPT2_PAT_STR)
+    return patterns
+
+
+def _hf_mergeable_ranks(model, unsupported):
+    """{token bytes: id} for the 256 bytes and every merge result, checked to be in merge order."""
+    if model.get("type") != "BPE":
+        raise unsupported(f"model {model.get('type')}")
+    for key in ("dropout", "byte_fallback", "continuing_subword_prefix", "end_of_word_suffix"):
+        if model.get(key):
+            raise unsupported(f"BPE option {key}={model[key]!r}")
+    vocab = model["vocab"]
+    to_byte = _byte_level_chars()
+    missing = [c for c in to_byte if c not in vocab]
+    if missing:
+        raise unsupported(f"vocab: byte {to_byte[missing[0]]:#04x} ({missing[0]!r}) has no token")
+    ranks = {bytes([b]): vocab[c] for c, b in to_byte.items()}
+    previous = -1
+    for k, merge in enumerate(model["merges"]):
+        left, right = merge.split(" ") if isinstance(merge, str) else merge
+        merged_id = vocab.get(left + right)
+        if merged_id is None or left not in vocab or right not in vocab:
+            raise unsupported(f"merge #{k} {left!r} {right!r}: a token is not in the vocab")
+        if merged_id <= previous:
+            raise unsupported(f"merge #{k} {left!r} {right!r} -> id {merged_id}, not above the "
+                              f"previous merge's id {previous} (ids must follow merge order)")
+        previous = merged_id
+        try:
+            ranks[bytes(to_byte[c] for c in left + right)] = merged_id
+        except KeyError:
+            raise unsupported(f"vocab token {left + right!r}: not made of ByteLevel characters")
+    return ranks
