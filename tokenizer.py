@@ -354,10 +354,12 @@ def _hf_tokenizer_parts(path):
     Differences by design: the post_processor is ignored (`encode` adds no BOS; encode_prompt
     does), and added tokens are not recognised inside text (the library's encode splits them out).
     Why it is exact: the library merges pairs by their rank in `merges`; tiktoken merges by the
-    rank of the resulting token and takes a piece that is a whole token at once. With ids in merge
-    order and each token made by one merge, both give the same tokens (as tiktoken's GPT-2 does).
-    Split regexes run in Python's `regex` (with ^ $ per line, as in Hugging Face's Oniguruma):
-    one split step becomes tiktoken's own pat_str; a sequence of several stays in Python.
+    rank of the resulting token and takes a piece that is a whole token at once (the library's
+    ignore_merges). With ids in merge order and each token made by one merge, both give the same
+    tokens (as tiktoken's GPT-2 does). A single split regex becomes tiktoken's pat_str (Rust
+    fancy-regex); several run in Python's `regex`; both with ^ and $ per line, as in the library's
+    Oniguruma. Not covered: regex syntax only Oniguruma knows, and patterns that can match the
+    empty string (the engines step past empty matches differently).
     """
     with open(path, encoding="utf-8") as f:
         try:
