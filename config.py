@@ -48,6 +48,37 @@ DEFAULTS = dict(
     classroom_max_number=99,  # bound on every number in a question and every intermediate result
     classroom_ops="+-",  # step operations: "+" and any of "-", "*" ("*": a one-digit count of groups, 2 steps)
     # ---------------------------------------------------------------- corpus.py
+    corpus_seed_files=[],  # seed math pages: .jsonl/.parquet with 'text' (OpenWebMath), WET files, or "hf:NAME"; [] with no pool = the classroom web
+    corpus_seed_max_pages=0,  # most seed pages read, 0 = all (the paper: 500K OpenWebMath pages)
+    corpus_pool_files=[],  # the page pool: WET files (.warc.wet[.gz], Common Crawl) or page .jsonl/.parquet; globs; [] = the classroom web
+    corpus_benchmarks=["classroom"],  # test sets to decontaminate against: "classroom", "gsm8k", "math" or problem files (tasks.load_problems)
+    corpus_shingle_words=5,  # MinHash shingle length in words
+    corpus_minhash_perms=128,  # MinHash signature length (hash functions)
+    corpus_lsh_bands=16,  # LSH bands; rows per band = perms / bands; candidates from about (1/bands)^(1/rows) similarity
+    corpus_dup_jaccard=0.8,  # estimated Jaccard similarity at or above which a page is a near duplicate of an earlier one
+    fasttext_dim=32,  # classifier embedding size (paper: 256; smaller is faster and enough for the classroom)
+    fasttext_lr=0.1,  # learning rate (paper: 0.1)
+    fasttext_word_ngrams=3,  # word n-gram features (paper: 3)
+    fasttext_min_count=3,  # words seen fewer times are dropped (paper: 3)
+    fasttext_epoch=10,  # passes over the training lines (paper: 3, over 1M lines; the classroom's few thousand need more)
+    fasttext_bucket=100000,  # hash buckets for the n-gram features (fastText default 2,000,000)
+    fasttext_threads=1,  # training threads; 1 makes training deterministic
+    corpus_iterations=4,  # most collection iterations (the paper ran 4)
+    corpus_negative_ratio=1.0,  # negatives sampled from the pool per positive (paper: 500K vs 500K)
+    corpus_min_score=0.5,  # P(math) at or above which a page is collected
+    corpus_domain_share=0.1,  # a domain with more than this share of its pages collected is math-related (paper: 10%)
+    corpus_url_prefix_depth=1,  # URL path segments that make a page's prefix in domain discovery (/questions/...)
+    corpus_url_patterns="",  # a file of URL globs ("host/path*") a person marked as math: pool pages matching them are seeds
+    corpus_stop_new_share=0.02,  # stop when an iteration collects fewer new pages than this share of all collected
+    corpus_decontam_ngram=10,  # a page holding any n-gram of a benchmark question/answer is removed (paper: 10)
+    corpus_decontam_min_ngram=3,  # benchmark texts of this many to n-1 words are matched whole (paper: 3)
+    corpus_val_share=0.02,  # share of selected pages whose tokens go to the validation shards
+    corpus_train_tokenizer=True,  # train the BPE on the selected corpus and save {out_dir}/tokenizer.tiktoken
+    corpus_tokenizer_extra=["classroom"],  # problem sources whose prompts and solutions also train the BPE (SFT formats)
+    web_pool_pages=30000,  # classroom web: pages in the crawl, ~13% math (plus ~4% URL repeats and mirrors)
+    web_seed_pages=1500,  # classroom web: seed math pages (worked examples only)
+    web_shards=4,  # classroom web: pool files (the unit of work of a torchrun rank)
+    web_contaminated_pages=12,  # classroom web: forum pages quoting a held-out test problem verbatim
     # ---------------------------------------------------------------- pretrain.py
     # ---------------------------------------------------------------- sft.py
     # ---------------------------------------------------------------- evaluate.py
