@@ -13,8 +13,8 @@ laptop, offline, this module writes a web whose ground truth is known:
   questions and answers ("forum");
 - a seed corpus (our OpenWebMath) of worked pages only, from the worked-example sites: the
   first classifier knows one style, and the others are found by iterating and by domain
-  discovery (a board whose math section has a few worked answers gets its chatty threads
-  added as seeds, after which the classifier finds the Q&A sites the seed never covered);
+  discovery (a board whose math section has a few worked posts gets its chatty threads added
+  as seeds, after which the classifier finds the Q&A sites the seed never covered);
 - exact URL repeats and near-duplicate mirrors, for deduplication;
 - a few forum pages quoting held-out test problems verbatim, for decontamination.
 
@@ -35,24 +35,25 @@ from fileio import write_jsonl
 
 MATH_STYLES = ("worked", "rules", "drill", "forum")
 # Sites: (kind, number of domains, relative size, [(path prefix, page style, share of its pages)]).
-# A style is a math style above or a non-math topic below; "forum-mixed" threads are forum threads
-# of which WORKED_REPLY_SHARE have a worked-style answer, the hook domain discovery pulls on.
+# A style is a math style above or a non-math topic below. Only the worked sites are in the seed.
+# Drill, board and school sites keep some worked pages under the same prefix as their other math
+# pages, so the first classifier collects enough of them for domain discovery; the Q&A and lesson
+# sites have no worked page at all, so only a classifier that learned the new styles finds them.
 SITES = (
     ("worked", 4, 1.0, [("examples", "worked", 0.85), ("blog", "news", 0.15)]),
-    ("lessons", 4, 1.0, [("rules", "rules", 0.8), ("blog", "news", 0.2)]),
-    ("drills", 3, 1.0, [("practice", "drill", 0.6), ("examples", "worked", 0.3), ("shop", "shop", 0.1)]),
-    ("askmath", 4, 1.0, [("questions", "forum", 0.9), ("meta", "chat", 0.1)]),
-    ("boards", 6, 1.5, [("math", "forum-mixed", 0.35), ("cooking", "recipe-chat", 0.2),
+    ("drills", 3, 1.0, [("practice", "worked", 0.3), ("practice", "drill", 0.6), ("shop", "shop", 0.1)]),
+    ("boards", 6, 1.5, [("math", "worked", 0.1), ("math", "forum", 0.25), ("cooking", "recipe-chat", 0.2),
                         ("sports", "sports-chat", 0.2), ("offtopic", "chat", 0.25)]),
-    ("school", 5, 1.0, [("math", "worked", 0.2), ("math", "rules", 0.15), ("history", "history", 0.25),
-                        ("science", "science", 0.2), ("news", "news", 0.2)]),
-    ("shop", 8, 1.0, [("product", "shop", 0.9), ("help", "chat", 0.1)]),
-    ("recipes", 6, 1.0, [("recipe", "recipe", 1.0)]),
-    ("sports", 6, 1.0, [("match", "sports", 0.8), ("news", "news", 0.2)]),
-    ("town", 5, 1.0, [("news", "news", 0.7), ("weather", "weather", 0.3)]),
-    ("travel", 5, 1.0, [("trip", "travel", 1.0)]),
+    ("school", 5, 1.0, [("math", "worked", 0.15), ("math", "rules", 0.15), ("math", "drill", 0.05),
+                        ("history", "history", 0.25), ("science", "science", 0.2), ("news", "news", 0.2)]),
+    ("askmath", 4, 1.0, [("questions", "forum", 0.9), ("meta", "chat", 0.1)]),
+    ("lessons", 4, 1.0, [("rules", "rules", 0.8), ("blog", "news", 0.2)]),
+    ("shop", 8, 3.5, [("product", "shop", 0.9), ("help", "chat", 0.1)]),
+    ("recipes", 6, 3.5, [("recipe", "recipe", 1.0)]),
+    ("sports", 6, 3.5, [("match", "sports", 0.8), ("news", "news", 0.2)]),
+    ("town", 5, 3.5, [("news", "news", 0.7), ("weather", "weather", 0.3)]),
+    ("travel", 5, 3.5, [("trip", "travel", 1.0)]),
 )
-WORKED_REPLY_SHARE = 0.35  # of board math threads answered in the worked style (found by the seed classifier)
 URL_REPEAT_SHARE = 0.01  # pages crawled twice under the same URL
 MIRROR_SHARE = 0.03  # pages copied to a mirror URL with a changed footer (near duplicates)
 
@@ -195,7 +196,7 @@ def page_worked(rng):
              rng.choice(("Read each problem, then follow the steps.",
                          "Each example shows every step of the calculation.",
                          "Try each problem yourself before reading the solution."))]
-    for k in range(1, rng.randint(2, 4) + 1):
+    for k in range(1, rng.randint(3, 6) + 1):
         question, steps, answer = random_problem(rng)
         parts.append(f"Example {k}. {question}\nSolution:\n" + "\n".join(worked_lines(steps)) +
                      f"\nThe answer is {answer}.")
@@ -236,7 +237,7 @@ def rule_examples(rng):
 
 def page_rules(rng):
     parts = []
-    for _ in range(rng.randint(2, 3)):
+    for _ in range(rng.randint(3, 4)):
         title, text = rule_examples(rng)
         parts.append(f"Lesson: {title}\n{text}")
     a, b = rng.randint(11, 60), rng.randint(2, 9)
@@ -264,21 +265,17 @@ def thread(rng, title, opening, replies):
     return "\n\n".join(posts)
 
 
-def page_forum(rng, worked_reply=False, quoted=None):
+def page_forum(rng, quoted=None):
     """A math question and its answers. `quoted` = (question, solution) quotes that problem verbatim."""
     question, steps, answer = random_problem(rng)
-    if quoted is not None:
-        question, answer = quoted
-        steps = []
     asking = rng.choice(("I'm stuck on this one from my homework:", "Can someone explain this?",
                          "My kid brought this home and I can't remember how to do it.",
                          "Is my answer right?"))
-    if worked_reply:
-        reply = "Here it is step by step.\n" + "\n".join(worked_lines(steps)) + f"\nThe answer is {answer}."
-    elif steps:
+    if quoted is None:
         reply = " ".join(chatty_lines(rng, steps)) + f" So the answer is {answer}."
-    else:  # a quoted problem: `answer` is its worked solution
-        reply = f"Here is how I worked it out.\n{answer}"
+    else:
+        question, solution = quoted
+        reply = f"Here is how I worked it out.\n{solution}"
     thanks = rng.choice(("Thanks, that makes sense now!", "Oh I see, thank you.",
                          "Got it. I was doing the steps in the wrong order."))
     return thread(rng, f"Help with a word problem ({rng.choice(('money', 'sharing', 'homework', 'grade 4'))})",
@@ -416,8 +413,6 @@ def page_text(rng, style):
         return page_drill(rng)
     if style == "forum":
         return page_forum(rng)
-    if style == "forum-mixed":
-        return page_forum(rng, worked_reply=rng.random() < WORKED_REPLY_SHARE)
     if style in ("chat", "recipe-chat", "sports-chat"):
         return page_chat(rng, style)
     return {"shop": page_shop, "recipe": page_recipe, "sports": page_sports, "news": page_news,
@@ -446,7 +441,7 @@ def page_record(rng, domain, prefix, style, number):
     text = page_text(rng, style) + "\n\n" + rng.choice(FOOTERS)
     slug = "-".join(re.findall(r"[a-z0-9]+", text.split("\n", 1)[0].lower())[:5])
     return {"url": f"https://{domain}/{prefix}/{number}-{slug}", "text": text,
-            "is_math": style in MATH_STYLES or style == "forum-mixed", "style": style,
+            "is_math": style in MATH_STYLES, "style": style,
             "contaminated": False, "near_duplicate": False}
 
 

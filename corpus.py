@@ -33,6 +33,8 @@ Results do not depend on the number of ranks: pages are ordered by (shard, posit
 random draw is a hash of the page's URL.
 """
 
+import contextlib
+import ctypes
 import fnmatch
 import glob
 import gzip
@@ -284,6 +286,29 @@ def fasttext_text(text):
     return " ".join(re.sub(r"([^\w\s])", r" \1 ", text.lower()).split())
 
 
+@contextlib.contextmanager
+def zeroed_allocations():
+    """Make new heap memory read as zeros while fastText trains.
+
+    fastText initialises its input matrix (words + n-gram buckets, by dim) in 10 blocks, one per
+    training thread, so with fewer than 10 threads most rows keep their initial memory. Upstream
+    that memory is zeroed; the fasttext-numpy2 build leaves it as the allocator returns it, so
+    rows can hold garbage such as 1e35 and training fails with "Encountered NaN". glibc's
+    M_PERTURB option set to 255 fills every allocation with zero bytes (~255), which restores
+    upstream's zeros and makes training deterministic. Without glibc this does nothing; use
+    fasttext_threads >= 10 there.
+    """
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    M_PERTURB = -6
+    if mallopt:
+        mallopt(M_PERTURB, 255)
+    try:
+        yield
+    finally:
+        if mallopt:
+            mallopt(M_PERTURB, 0)
+
+
 def train_classifier(positives, negatives, cfg, model_path):
     """Train fastText (paper: dim 256, lr 0.1, word n-grams 3, min count 3, 3 epochs) on
     positives (math) vs negatives, from a file in its `__label__x text` format; save it."""
@@ -291,7 +316,7 @@ def train_classifier(positives, negatives, cfg, model_path):
 
     lines = [f"{MATH} {t}" for t in positives] + [f"{OTHER} {t}" for t in negatives]
     np.random.default_rng(cfg.seed).shuffle(lines)  # fastText reads its file in order
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, zeroed_allocations():
         train_file = os.path.join(tmp, "train.txt")
         with open(train_file, "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
