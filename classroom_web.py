@@ -55,7 +55,7 @@ SITES = (
     ("travel", 5, 3.5, [("trip", "travel", 1.0)]),
 )
 URL_REPEAT_SHARE = 0.01  # pages crawled twice under the same URL
-MIRROR_SHARE = 0.03  # pages copied to a mirror URL with a changed footer (near duplicates)
+MIRROR_SHARE = 0.03  # pages copied to a mirror URL with a line added (near duplicates)
 
 NAMES = ("Amir", "Bella", "Carlos", "Dina", "Eli", "Fatima", "George", "Hana", "Isaac", "Julia",
          "Kofi", "Lena", "Mateo", "Nora", "Oscar", "Priya", "Quinn", "Rita", "Simon", "Tess",
@@ -65,13 +65,13 @@ USERS = ("mathfan", "curious_cat", "night_owl", "pencil_pusher", "dad_of_three",
 ITEMS = ("notebooks", "oranges", "muffins", "tickets", "seeds", "bottles", "toy cars", "paint brushes",
          "jars of jam", "packets of tea", "bags of rice", "plants")
 WORDS = {"+": "plus", "-": "minus", "*": "times", "/": "divided by"}
-# The footer line of a page; mirrors swap in another one.
+# The last line of a page.
 FOOTERS = ("All rights reserved.", "Share this page with a friend.", "Thanks for reading!",
            "Comments are closed.", "Page last updated this spring.", "Back to the top.")
 
 
 def compute(a, op, b):
-    return {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
+    return a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a // b
 
 
 # ---------------------------------------------------------------- word problems (math content)
@@ -218,12 +218,14 @@ def rule_examples(rng):
         return ("Checking a subtraction", f"Every subtraction can be checked with an addition. "
                 f"If {a + c} minus {c} is {a}, then {a} plus {c} must give back {a + c}, and it does.")
     if pick == 3:
-        q, r = a // b, a % b
+        q, r = a // b, rng.randint(1, b - 1)
+        a = b * q + r
         return ("Division with a remainder", f"When a number does not divide evenly, the part left over is "
                 f"the remainder. {a} divided by {b} is {q} with remainder {r}, because {b} times {q} is "
                 f"{b * q}, and {b * q} plus {r} is {a}.")
     if pick == 4:
-        tens, ones = c - c % 10, c % 10
+        tens, ones = rng.randint(1, 4) * 10, rng.randint(1, 9)
+        c = tens + ones
         return ("Splitting a number to multiply", f"To multiply by a two-digit number, split it into tens and "
                 f"ones. {b} times {c} is {b} times {tens} plus {b} times {ones}, which is {b * tens} plus "
                 f"{b * ones}, or {b * c}.")
@@ -461,7 +463,7 @@ def generate_web(seed, pool_pages, seed_pages, test_problems=(), contaminated_pa
         prefix, style, _ = rng.choices(sections, [share for _, _, share in sections])[0]
         pool.append(page_record(rng, domain, prefix, style, number))
     mirrors = [dict(page, url=page["url"].replace("https://", "https://mirror."), near_duplicate=True,
-                    text=page["text"].rsplit("\n\n", 1)[0] + "\n\n" + rng.choice(FOOTERS) + " Mirrored copy.")
+                    text=page["text"] + " Mirrored from the original site.")
                for page in rng.sample(pool, int(MIRROR_SHARE * len(pool)))]
     repeats = [dict(page, near_duplicate=True) for page in rng.sample(pool, int(URL_REPEAT_SHARE * len(pool)))]
     forums = [(domain, sections[0][0]) for domain, kind, _, sections in sites if kind in ("boards", "askmath")]

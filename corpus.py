@@ -511,7 +511,7 @@ def iterate(pages, seed_texts, cfg, folder, d):
         started = time.time()
         # Negatives: a uniform sample of the pool pages that are not seeds, about
         # corpus_negative_ratio times as many as the positives (the paper: 500K vs 500K).
-        n_positive = len(seed_texts) + total(int(positive.sum()), d)
+        n_positive = total(len(seed_texts) + int(positive.sum()), d)  # the seed is read on rank 0 only
         rate = cfg.corpus_negative_ratio * n_positive / max(total(int((~positive).sum()), d), 1)
         negative = ~positive & (uniform(hashes, 1000 * cfg.seed + iteration) < rate)
         parts = all_gather(([(p["order"], lines[i]) for i, p in enumerate(pages) if positive[i]],
