@@ -39,6 +39,7 @@ import fnmatch
 import glob
 import gzip
 import hashlib
+import itertools
 import os
 import re
 import sys
@@ -153,7 +154,7 @@ def hub_texts(name, limit):
 
     try:
         rows = datasets.load_dataset(name, split="train", streaming=True)
-        return [row["text"] for _, row in zip(range(limit) if limit else iter(int, 1), rows)]
+        return [row["text"] for row in itertools.islice(rows, limit or None)]
     except Exception as e:  # offline, unknown name: one message either way
         raise BadInput(f"cannot stream hf:{name} from the Hugging Face hub ({type(e).__name__}: {e}); "
                        "offline, download its rows to a .jsonl/.parquet file and list that in corpus_seed_files")
@@ -162,7 +163,6 @@ def hub_texts(name, limit):
 # ---------------------------------------------------------------- hashing text
 
 WORD = re.compile(r"\w+")
-MASK64 = np.uint64(2**64 - 1)
 
 
 @lru_cache(maxsize=2**20)
@@ -260,7 +260,8 @@ def near_duplicates(signatures, bands, threshold):
 
 
 def deduplicate(pages, cfg, d):
-    """Keep-masks for URL duplicates and near duplicates over all ranks' pages: (url_dup, near_dup)."""
+    """(url_dup, near_dup): masks over this rank's pages of the URL repeats and near duplicates
+    found among all ranks' pages; of each group the first page in (shard, position) order stays."""
     signatures = np.stack([minhash_signature(p["text"], cfg.corpus_minhash_perms, cfg.corpus_shingle_words, cfg.seed)
                            for p in tqdm(pages, desc="minhash", disable=not d.is_main, unit=" pages")]
                           ) if pages else np.zeros((0, cfg.corpus_minhash_perms), np.uint32)
@@ -369,15 +370,16 @@ def discover(domains, prefixes, collected, cfg, d):
     Returns (new seed mask over this rank's pages, sorted math domains, sorted "domain/prefix")."""
     counts = Counter(zip(domains, prefixes, collected))  # (domain, prefix, collected) -> pages
     merged = sum((Counter(part) for part in all_gather(counts, d)), Counter())
-    pages, hits = Counter(), Counter()
+    domain_pages, domain_hits, prefix_pages, prefix_hits = Counter(), Counter(), Counter(), Counter()
     for (domain, prefix, is_collected), n in merged.items():
-        for key in (domain, (domain, prefix)):
-            pages[key] += n
-            hits[key] += n * is_collected
+        domain_pages[domain] += n
+        domain_hits[domain] += n * is_collected
+        prefix_pages[domain, prefix] += n
+        prefix_hits[domain, prefix] += n * is_collected
     share = cfg.corpus_domain_share
-    math_domains = {key for key in pages if isinstance(key, str) and hits[key] > share * pages[key]}
-    math_prefixes = {key for key in pages if isinstance(key, tuple) and key[0] in math_domains
-                     and hits[key] > share * pages[key]}
+    math_domains = {dom for dom in domain_pages if domain_hits[dom] > share * domain_pages[dom]}
+    math_prefixes = {key for key in prefix_pages
+                     if key[0] in math_domains and prefix_hits[key] > share * prefix_pages[key]}
     new_seeds = np.array([not c and (dom, pre) in math_prefixes for dom, pre, c in zip(domains, prefixes, collected)], bool)
     return new_seeds, sorted(math_domains), sorted(f"{dom}/{pre}" for dom, pre in math_prefixes)
 
@@ -395,7 +397,7 @@ class Benchmarks:
     """
 
     def __init__(self, named_texts, n, min_n):
-        self.n, self.owner = n, {}
+        self.owner = {}  # n-gram hash -> the benchmark it came from
         by_length = defaultdict(list)
         for name, text in named_texts:
             hashes = word_hashes(text)
