@@ -84,6 +84,19 @@ DEFAULTS = dict(
     # ---------------------------------------------------------------- evaluate.py
     grader_workers=0,  # answer-grading processes (evaluation and RL rewards); 0 = one per CPU core, at most 8
     grader_timeout=3,  # seconds math-verify may spend on one parse or comparison (an int: signal.alarm)
+    eval_checkpoint="",  # the checkpoint folder evaluate.py evaluates (ours, or a Hugging Face Llama folder)
+    eval_tasks=[],  # problem sources to evaluate, split "test" ("classroom", "gsm8k", "math", files); [] = [test_problems]
+    eval_n_problems=0,  # the first N problems of each task; 0 = all (the paper: GSM8K's 1,319, MATH's 5,000)
+    eval_mode="chat",  # "chat": the chat template (tuned models); "fewshot": few-shot prompts (base models)
+    eval_format="cot",  # "cot" chain-of-thought, "pot" a program prints the answer, "tool" tool-integrated
+    eval_shots=0,  # few-shot examples; 0 = the paper's 8 (GSM8K) / 4 (MATH), 3 for the classroom
+    eval_k=1,  # samples per problem for maj@k and pass@k (paper figure 7: K up to 64); 1 = greedy only
+    eval_temperature=0.7,  # sampling temperature of the k samples (paper section 5.2.2: 0.7)
+    eval_max_new_tokens=512,  # most tokens per response (tool-integrated: per round)
+    eval_batch_size=32,  # responses generated together (rows of one KV cache)
+    eval_tool_rounds=4,  # most code executions in one tool-integrated response
+    eval_program_timeout=10.0,  # wall-clock seconds for a sandboxed program (its CPU limit too)
+    eval_program_memory_mb=2048,  # address-space limit of a sandboxed program, MiB
     # ---------------------------------------------------------------- grpo.py
 )
 

@@ -18,6 +18,7 @@ Run it:  python evaluate.py configs/classroom.py --eval_checkpoint=out/classroom
 import contextlib
 import ctypes
 import inspect
+import itertools
 import json
 import math
 import multiprocessing
@@ -37,7 +38,19 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
+import torch
+import torch.distributed as dist
 from math_verify import parse, verify
+from tqdm import tqdm
+
+import config
+import distributed
+import tasks
+import training
+from fileio import BadInput, write_json, write_jsonl
+from model import Transformer, generate
+from tasks import POT_SUFFIX
+from tokenizer import COT_SUFFIX, TOOL_SUFFIX, Tokenizer, chat_prompt
 
 # ---------------------------------------------------------------------------------------------
 # 1. Answer extraction
@@ -548,3 +561,364 @@ def run_programs(codes, n_workers=0, **limits):
     """run_program over many programs, several at a time (threads: each one waits on a process)."""
     with ThreadPoolExecutor(max_workers=n_workers or os.cpu_count() or 1) as pool:
         return list(pool.map(lambda code: run_program(code, **limits), codes))
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Prompts
+# ---------------------------------------------------------------------------------------------
+# Base models are evaluated few-shot (paper section 3.2.1): GSM8K with the 8 chain-of-thought
+# exemplars of Wei et al. (2022) as `Q: ...\nA: ...`, MATH with the 4 of Minerva (Lewkowycz et
+# al., 2022) as `Problem:\n...\n\nSolution:\n...`, and classroom problems with solved problems
+# of the classroom TRAIN split (disjoint from the test split by construction). Tuned models get
+# the chat template with the format's instruction. A few-shot model goes on to invent the next
+# problem after its answer: generation stops at the next `Q:` / `Problem:`, and the text is cut.
+
+GSM8K_EXEMPLARS = [
+    ("There are 15 trees in the grove. Grove workers will plant trees in the grove today. After they are done, there will be 21 trees. How many trees did the grove workers plant today?",
+     "There are 15 trees originally. Then there were 21 trees after some more were planted. So there must have been 21 - 15 = 6. The answer is 6."),
+    ("If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in the parking lot?",
+     "There are originally 3 cars. 2 more cars arrive. 3 + 2 = 5. The answer is 5."),
+    ("Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces do they have left in total?",
+     "Originally, Leah had 32 chocolates. Her sister had 42. So in total they had 32 + 42 = 74. After eating 35, they had 74 - 35 = 39. The answer is 39."),
+    ("Jason had 20 lollipops. He gave Denny some lollipops. Now Jason has 12 lollipops. How many lollipops did Jason give to Denny?",
+     "Jason started with 20 lollipops. Then he had 12 after giving some to Denny. So he gave Denny 20 - 12 = 8. The answer is 8."),
+    ("Shawn has five toys. For Christmas, he got two toys each from his mom and dad. How many toys does he have now?",
+     "Shawn started with 5 toys. If he got 2 toys each from his mom and dad, then that is 4 more toys. 5 + 4 = 9. The answer is 9."),
+    ("There were nine computers in the server room. Five more computers were installed each day, from monday to thursday. How many computers are now in the server room?",
+     "There were originally 9 computers. For each of 4 days, 5 more computers were added. So 5 * 4 = 20 computers were added. 9 + 20 is 29. The answer is 29."),
+    ("Michael had 58 golf balls. On tuesday, he lost 23 golf balls. On wednesday, he lost 2 more. How many golf balls did he have at the end of wednesday?",
+     "Michael started with 58 golf balls. After losing 23 on tuesday, he had 58 - 23 = 35. After losing 2 more, he had 35 - 2 = 33 golf balls. The answer is 33."),
+    ("Olivia has $23. She bought five bagels for $3 each. How much money does she have left?",
+     "Olivia had 23 dollars. 5 bagels for 3 dollars each will be 5 x 3 = 15 dollars. So she has 23 - 15 dollars left. 23 - 15 is 8. The answer is 8."),
+]
+
+MATH_EXEMPLARS = [
+    ("Find the domain of the expression $\\frac{\\sqrt{x-2}}{\\sqrt{5-x}}$.",
+     "The expressions inside each square root must be non-negative. Therefore, $x-2 \\ge 0$, so $x\\ge2$, and $5 - x \\ge 0$, so $x \\le 5$. Also, the denominator cannot be equal to zero, so $5-x>0$, which gives $x<5$. Therefore, the domain of the expression is $\\boxed{[2,5)}$.\nFinal Answer: The final answer is $[2,5)$. I hope it is correct."),
+    ("If $\\det \\mathbf{A} = 2$ and $\\det \\mathbf{B} = 12,$ then find $\\det (\\mathbf{A} \\mathbf{B}).$",
+     "We have that $\\det (\\mathbf{A} \\mathbf{B}) = (\\det \\mathbf{A})(\\det \\mathbf{B}) = (2)(12) = \\boxed{24}.$\nFinal Answer: The final answer is $24$. I hope it is correct."),
+    ("Terrell usually lifts two 20-pound weights 12 times. If he uses two 15-pound weights instead, how many times must Terrell lift them in order to lift the same total weight?",
+     "If Terrell lifts two 20-pound weights 12 times, he lifts a total of $2\\cdot 12\\cdot20=480$ pounds of weight.  If he lifts two 15-pound weights instead for $n$ times, he will lift a total of $2\\cdot15\\cdot n=30n$ pounds of weight.  Equating this to 480 pounds, we can solve for $n$:\n\\begin{align*}\n30n&=480\\\\\n\\Rightarrow\\qquad n&=480/30=\\boxed{16}\n\\end{align*}\nFinal Answer: The final answer is $16$. I hope it is correct."),
+    ("If the system of equations\n\n\\begin{align*}\n6x-4y&=a,\\\\\n6y-9x &=b.\n\\end{align*}has a solution $(x, y)$ where $x$ and $y$ are both nonzero, find $\\frac{a}{b},$ assuming $b$ is nonzero.",
+     "If we multiply the first equation by $-\\frac{3}{2}$, we obtain\n\n$$6y-9x=-\\frac{3}{2}a.$$Since we also know that $6y-9x=b$, we have\n\n$$-\\frac{3}{2}a=b\\Rightarrow\\frac{a}{b}=\\boxed{-\\frac{2}{3}}.$$\nFinal Answer: The final answer is $-\\frac{2}{3}$. I hope it is correct."),
+]
+
+SUFFIXES = {"cot": COT_SUFFIX, "pot": POT_SUFFIX, "tool": TOOL_SUFFIX}
+DEFAULT_SHOTS = {"gsm8k": 8, "math": 4, "classroom": 3}  # classroom: its model has 512 positions
+FEWSHOT_STOP = {"gsm8k": "Q:", "math": "Problem:", "classroom": "Q:"}
+
+
+def task_style(task, problems):
+    """Which few-shot prompt a task gets: "classroom", "math" (MATH-shaped rows) or "gsm8k"."""
+    if task == "classroom":
+        return "classroom"
+    if task == "math" or any("level" in p.meta or "type" in p.meta for p in problems):
+        return "math"
+    return "gsm8k"
+
+
+def fewshot_exemplars(style, fmt, shots, cfg):
+    """(question, solution) pairs for a few-shot prompt."""
+    if style == "classroom":
+        solved = tasks.classroom_problems("train", shots, cfg.classroom_seed, tasks.Difficulty.from_config(cfg))
+        return [(p.question, tasks.render_solution(p, fmt)) for p in solved]
+    if fmt != "cot":
+        raise BadInput(f"few-shot {fmt} prompts need solved example programs, which only the classroom "
+                       f"problems carry: evaluate {style} with eval_format=cot, or a tuned model with eval_mode=chat")
+    return (GSM8K_EXEMPLARS if style == "gsm8k" else MATH_EXEMPLARS)[:shots]
+
+
+def make_prompt(question, mode, fmt, style, exemplars):
+    """The prompt text (BOS goes before it): the chat template, or few-shot exemplars."""
+    if mode == "chat":
+        return chat_prompt(question, SUFFIXES[fmt])
+    if style == "math":
+        return "".join(f"Problem:\n{q}\n\nSolution:\n{a}\n\n" for q, a in exemplars) + f"Problem:\n{question}\n\nSolution:\n"
+    return "".join(f"Q: {q}\nA: {a}\n\n" for q, a in exemplars) + f"Q: {question}\nA:"
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Decoding: greedy, k samples, programs and tool rounds
+# ---------------------------------------------------------------------------------------------
+
+_PYTHON_BLOCK = re.compile(r"```python\n(.*?)(?:```|$)", re.DOTALL)
+OUTPUT_MARKER = "```output"  # tool-integrated format (tasks.render_solution): the runtime's output follows
+
+
+@dataclass
+class Decoding:
+    """How to turn prompts into responses (from the eval_* config keys)."""
+    fmt: str  # "cot", "pot" or "tool"
+    max_new_tokens: int
+    batch_size: int
+    stop_text: str  # few-shot: cut the response where the next problem starts; "" in chat mode
+    tool_rounds: int
+    program_limits: dict  # run_program's timeout and memory_mb
+
+
+def _continue(model, contexts, decoding, temperature, eos_id, stops, generator, progress):
+    """Generate a continuation of every context (token ids), in batches of similar length
+    (less padding). Returns (new ids without EOS, truncated) per context."""
+    order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
+    results = [None] * len(contexts)
+    for start in range(0, len(order), decoding.batch_size):
+        rows = order[start : start + decoding.batch_size]
+        room = model.args.max_seq_len - max(len(contexts[i]) for i in rows)
+        out = generate(model, [contexts[i] for i in rows], min(decoding.max_new_tokens, room),
+                       temperature=temperature, eos_id=eos_id, stop_sequences=stops, generator=generator)
+        for row, i in enumerate(rows):
+            ids = out.tokens[row][out.mask[row]].tolist()
+            results[i] = (ids[:-1] if ids and ids[-1] == eos_id else ids, bool(out.truncated[row]))
+        if progress is not None:
+            progress.update(len(rows))
+    return results
+
+
+def _tool_output(result):
+    """What the model reads back from running a block: the output, or an error's last line."""
+    if result.timed_out:
+        return "TimeoutError: the program ran out of time"
+    if result.ok:
+        return result.output.strip("\n")
+    lines = result.output.strip().splitlines()
+    return lines[-1] if lines else f"the program ended with status {result.returncode}"
+
+
+def respond(model, tokenizer, prompts, decoding, temperature, generator, progress):
+    """One response per prompt: {"text", "truncated"}. Tool-integrated responses pause after a
+    code block's "```output" line, run the block in the sandbox, read its output back and go on,
+    for at most decoding.tool_rounds executions."""
+    contexts = [[tokenizer.bos_id] + tokenizer.encode(prompt) for prompt in prompts]
+    longest = max(map(len, contexts), default=0)
+    if longest >= model.args.max_seq_len:
+        raise BadInput(f"a prompt of {longest} tokens leaves no room in the model's {model.args.max_seq_len} "
+                       "positions: use fewer few-shot examples (eval_shots) or eval_mode=chat")
+    stops = [tokenizer.encode(decoding.stop_text)] if decoding.stop_text else []
+    if decoding.fmt == "tool":
+        stops.append(tokenizer.encode(OUTPUT_MARKER))
+    responses = [[] for _ in prompts]
+    truncated = [False] * len(prompts)
+    active = list(range(len(prompts)))
+    for round_ in range(decoding.tool_rounds + 1):
+        full = {i for i in active if len(contexts[i]) + len(responses[i]) >= model.args.max_seq_len}
+        truncated = [cut or i in full for i, cut in enumerate(truncated)]  # no room to go on after an output
+        active = [i for i in active if i not in full]
+        outs = _continue(model, [contexts[i] + responses[i] for i in active], decoding, temperature,
+                         tokenizer.eos_id, stops, generator, progress if round_ == 0 else None)
+        paused = []
+        for i, (ids, cut_short) in zip(active, outs):
+            responses[i] += ids
+            truncated[i] = cut_short
+            text = tokenizer.decode(responses[i])
+            if decoding.fmt == "tool" and text.endswith(OUTPUT_MARKER) and round_ < decoding.tool_rounds:
+                paused.append(i)
+        codes = [(_PYTHON_BLOCK.findall(tokenizer.decode(responses[i])) or [""])[-1] for i in paused]
+        results = run_programs(codes, **decoding.program_limits)
+        for i, result in zip(paused, results):
+            responses[i] += tokenizer.encode(f"\n{_tool_output(result)}\n```\n")
+        active = paused
+        if not active:
+            break
+    texts = [tokenizer.decode(ids) for ids in responses]
+    if decoding.stop_text:
+        texts = [text.split("\n" + decoding.stop_text)[0] for text in texts]
+    return [{"text": text.strip(), "truncated": cut} for text, cut in zip(texts, truncated)]
+
+
+def answers_of(responses, fmt, program_limits):
+    """The answer each response states; program-of-thought: what its program prints."""
+    if fmt != "pot":
+        return [extract_answer(r["text"]) for r in responses]
+    programs = {i: blocks[-1] for i, r in enumerate(responses) if (blocks := _PYTHON_BLOCK.findall(r["text"]))}
+    results = dict(zip(programs, run_programs(list(programs.values()), **program_limits)))
+    for i, result in results.items():
+        responses[i]["program_output"] = result.output
+    return [extract_answer(results[i].output) if i in results and results[i].ok else None for i in range(len(responses))]
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Evaluating a model on a task, and the script
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Evaluation:
+    metrics: dict  # problems, greedy, [maj@k, pass@k, pass@1,] no_answer, truncated
+    records: list  # one dict per problem: gold, greedy response and, with k > 1, the k samples, each graded
+
+
+def evaluate_model(model, tokenizer, problems, cfg, task="classroom", grader=None):
+    """Answer and grade `problems` with `model`: greedy accuracy, and with cfg.eval_k > 1 the
+    k samples' maj@k, pass@k and pass@1. The eval_* keys of cfg choose prompts and decoding
+    (sft.py and grpo.py can pass a copy with eval_k=1 for a quick held-out accuracy).
+
+    Under torchrun every rank calls this with the same problems and a model it can run on its
+    own (unwrapped from DDP, or unsharded): each rank answers problems[rank::world_size], and
+    every rank returns the metrics and records of all problems.
+    """
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    mine = list(range(rank, len(problems), world))
+    style = task_style(task, problems)
+    exemplars = []
+    if cfg.eval_mode == "fewshot":
+        exemplars = fewshot_exemplars(style, cfg.eval_format, cfg.eval_shots or DEFAULT_SHOTS[style], cfg)
+    prompts = [make_prompt(problems[i].question, cfg.eval_mode, cfg.eval_format, style, exemplars) for i in mine]
+    limits = {"timeout": cfg.eval_program_timeout, "memory_mb": cfg.eval_program_memory_mb}
+    decoding = Decoding(cfg.eval_format, cfg.eval_max_new_tokens, cfg.eval_batch_size,
+                        FEWSHOT_STOP[style] if cfg.eval_mode == "fewshot" else "", cfg.eval_tool_rounds, limits)
+    k = cfg.eval_k
+    device = model.embed_tokens.weight.device
+    generator = torch.Generator(device).manual_seed(cfg.seed + rank)
+    progress = tqdm(total=len(mine) * (1 + k * (k > 1)), desc=f"eval {task}", unit="response", disable=rank != 0)
+    was_training = model.training
+    model.eval()
+    with training.autocast(device, cfg.dtype):
+        greedy = respond(model, tokenizer, prompts, decoding, 0.0, generator, progress)
+        samples = []
+        if k > 1:
+            samples = respond(model, tokenizer, [p for p in prompts for _ in range(k)], decoding,
+                              cfg.eval_temperature, generator, progress)
+    model.train(was_training)
+    progress.close()
+
+    own_grader = grader is None
+    grader = grader or Grader(cfg.grader_workers, cfg.grader_timeout)
+    try:
+        records = graded_records([problems[i] for i in mine], greedy, samples, cfg.eval_format, limits, grader)
+    finally:
+        if own_grader:
+            grader.close()
+    for record, i in zip(records, mine):
+        record["index"] = i
+    if world > 1:
+        shares = [None] * world
+        dist.all_gather_object(shares, records)
+        records = sorted((r for share in shares for r in share), key=lambda r: r["index"])
+    return Evaluation(task_metrics(records, k), records)
+
+
+def graded_records(problems, greedy, samples, fmt, limits, grader):
+    """One record per problem: its greedy response and its samples (k per problem, in order),
+    each with its answer and grade, and the samples' majority answer."""
+    golds = [problem.answer for problem in problems]
+    k = len(samples) // max(1, len(problems))
+    greedy_answers = answers_of(greedy, fmt, limits)
+    sample_answers = answers_of(samples, fmt, limits)
+    correct = grader.check(greedy_answers + sample_answers, golds + [gold for gold in golds for _ in range(k)])
+    greedy_correct, sample_correct = correct[: len(golds)], correct[len(golds) :]
+    groups = [range(j * k, (j + 1) * k) for j in range(len(problems))]
+    # maj@k groups a problem's sampled answers by equivalence: grade each pair of its distinct answers once
+    pairs = set()
+    for group in groups:
+        pairs.update(itertools.combinations(dict.fromkeys(sample_answers[s] for s in group if sample_answers[s]), 2))
+    pairs = sorted(pairs)
+    same = dict(zip(pairs, grader.check([a for a, _ in pairs], [b for _, b in pairs])))
+
+    def equal(a, b):
+        return a == b or same.get((a, b), same.get((b, a), False))
+
+    records = []
+    for j, problem in enumerate(problems):
+        record = {"id": problem.id, "question": problem.question, "gold": golds[j],
+                  "greedy": {**greedy[j], "answer": greedy_answers[j], "correct": greedy_correct[j]}}
+        if k:
+            group = groups[j]
+            record["samples"] = [{**samples[s], "answer": sample_answers[s], "correct": sample_correct[s]} for s in group]
+            majority = majority_answer([sample_answers[s] for s in group], equal)
+            record["majority_answer"] = majority
+            record["majority_correct"] = any(sample_answers[s] == majority and sample_correct[s] for s in group)
+        records.append(record)
+    return records
+
+
+def task_metrics(records, k):
+    """Greedy accuracy; with k samples maj@k, pass@k and pass@1 (the unbiased estimator with
+    n = k); the shares of responses with no answer (format failures) and cut at the length limit."""
+    responses = [r["greedy"] for r in records] + [s for r in records for s in r.get("samples", [])]
+    metrics = {"problems": len(records), "greedy": float(np.mean([r["greedy"]["correct"] for r in records]))}
+    if k > 1:
+        n_correct = [sum(s["correct"] for s in r["samples"]) for r in records]
+        metrics[f"maj@{k}"] = float(np.mean([r["majority_correct"] for r in records]))
+        metrics[f"pass@{k}"] = float(np.mean([pass_at_k(k, c, k) for c in n_correct]))
+        metrics["pass@1"] = float(np.mean([pass_at_k(k, c, 1) for c in n_correct]))
+    metrics["no_answer"] = float(np.mean([s["answer"] is None for s in responses]))
+    metrics["truncated"] = float(np.mean([s["truncated"] for s in responses]))
+    return metrics
+
+
+def results_table(metrics_by_task):
+    """Per task: one row of percentages (and the evaluation's speed)."""
+    columns = list(dict.fromkeys(key for metrics in metrics_by_task.values() for key in metrics))
+    rows = [["task"] + columns]
+    for task, metrics in metrics_by_task.items():
+        cells = [task]
+        for key in columns:
+            value = metrics.get(key, "")
+            cells.append(f"{100 * value:.1f}%" if isinstance(value, float) and key != "problems/s" else
+                         f"{value:.2f}" if isinstance(value, float) else str(value))
+        rows.append(cells)
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.rjust(w) if c else cell.ljust(w) for c, (cell, w) in enumerate(zip(row, widths)))
+                     for row in rows)
+
+
+def load_tokenizer(cfg):
+    """tokenizer_path when set; else the checkpoint's own (ours: tokenizer.tiktoken, a Hugging
+    Face folder: tokenizer.json); else the corpus stage's {out_dir}/tokenizer.tiktoken."""
+    if cfg.tokenizer_path:
+        return Tokenizer.load(cfg.tokenizer_path)
+    for name in ("tokenizer.tiktoken", "tokenizer.json"):
+        path = os.path.join(cfg.eval_checkpoint, name)
+        if os.path.exists(path):
+            return Tokenizer.load(path)
+    return Tokenizer.load(os.path.join(cfg.out_dir, "tokenizer.tiktoken"))
+
+
+def check_eval_config(cfg):
+    if not cfg.eval_checkpoint:
+        raise BadInput("set --eval_checkpoint=FOLDER: a checkpoint written by pretrain.py, sft.py or grpo.py, "
+                       "or a Hugging Face Llama folder such as deepseek-math-7b-rl")
+    if cfg.eval_mode not in ("chat", "fewshot"):
+        raise BadInput(f"eval_mode={cfg.eval_mode!r}: use 'chat' (tuned models) or 'fewshot' (base models)")
+    if cfg.eval_format not in SUFFIXES:
+        raise BadInput(f"eval_format={cfg.eval_format!r}: use one of {', '.join(SUFFIXES)}")
+    if cfg.eval_k < 1 or cfg.eval_batch_size < 1 or cfg.eval_max_new_tokens < 1:
+        raise BadInput("eval_k, eval_batch_size and eval_max_new_tokens must be at least 1")
+
+
+def main():
+    cfg = config.main_config()
+    d = distributed.setup(cfg.device)
+    try:
+        check_eval_config(cfg)
+        tokenizer = load_tokenizer(cfg)
+        task_problems = {}
+        for task in cfg.eval_tasks or [cfg.test_problems]:
+            problems = tasks.load_problems(task, "test", cfg)
+            task_problems[task] = problems[: cfg.eval_n_problems or len(problems)]
+        workers = cfg.grader_workers or max(1, min(8, (os.cpu_count() or 1) // d.world_size))
+        with Grader(workers, cfg.grader_timeout) as grader:  # forked before the model fills memory
+            use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and d.device.type == "cuda")
+            model = Transformer.from_pretrained(cfg.eval_checkpoint, dtype=torch.bfloat16 if use_bf16 else torch.float32,
+                                                device=d.device)
+            metrics = {}
+            out_dir = os.path.join(cfg.out_dir, "eval", os.path.basename(os.path.normpath(cfg.eval_checkpoint)))
+            for task, problems in task_problems.items():
+                name = os.path.splitext(os.path.basename(task))[0]
+                start = time.time()
+                result = evaluate_model(model, tokenizer, problems, cfg, task, grader)
+                metrics[name] = {**result.metrics, "problems/s": len(problems) / (time.time() - start)}
+                if d.is_main:
+                    write_jsonl(os.path.join(out_dir, f"{name}.jsonl"), result.records)
+    except (BadInput, FileNotFoundError, KeyError, ValueError) as e:
+        sys.exit(f"evaluate.py: {e}")
+    if d.is_main:
+        settings = {key: value for key, value in vars(cfg).items() if key.startswith("eval_")}
+        write_json(os.path.join(out_dir, "metrics.json"), {"settings": settings, "metrics": metrics})
+        print(f"\n{cfg.eval_checkpoint}: {cfg.eval_mode} {cfg.eval_format}, k={cfg.eval_k}, sandbox: "
+              f"{', '.join(['rlimits'] + sandbox_layers())}\n{results_table(metrics)}\nevery response and its grade: {out_dir}/")
+    distributed.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -2,14 +2,26 @@
 the program sandbox (hostile programs are contained and score 0 while evaluation goes on)."""
 
 import itertools
+import json
 import math
 import os
+import subprocess
+import sys
 import time
 
 import pytest
+import torch
 
+import config
 import evaluate
+import tasks
 from evaluate import Grader, extract_answer, majority_answer, pass_at_k, run_program, run_programs
+from fileio import BadInput, read_jsonl, write_jsonl
+from model import Generation, ModelArgs, Transformer
+from tasks import POT_SUFFIX
+from tokenizer import COT_SUFFIX, chat_prompt, train_bpe
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ---------------------------------------------------------------- extraction
 
@@ -338,3 +350,143 @@ def test_hostile_programs_are_contained_and_score_zero_while_the_rest_is_graded(
     assert scores == {name: float(name == "good") for name in programs}
     assert results[1].timed_out and results[2].timed_out
     assert not outside.exists()
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def test_prompts_chat_template_and_few_shot_formats():
+    cfg = config.load_config([])
+    question = "Ann has 3 pens and buys 4 more. How many pens does she have?"
+    assert evaluate.make_prompt(question, "chat", "cot", "gsm8k", []) == chat_prompt(question, COT_SUFFIX)
+    assert evaluate.make_prompt(question, "chat", "pot", "gsm8k", []).endswith(POT_SUFFIX + "\n\nAssistant:")
+    gsm8k = evaluate.make_prompt(question, "fewshot", "cot", "gsm8k", evaluate.fewshot_exemplars("gsm8k", "cot", 8, cfg))
+    assert gsm8k.startswith("Q: There are 15 trees") and gsm8k.count("\nA: ") == 8 and gsm8k.endswith(f"Q: {question}\nA:")
+    math_prompt = evaluate.make_prompt(question, "fewshot", "cot", "math", evaluate.fewshot_exemplars("math", "cot", 4, cfg))
+    assert math_prompt.count("Problem:\n") == 5 and math_prompt.endswith(f"Problem:\n{question}\n\nSolution:\n")
+    classroom = evaluate.fewshot_exemplars("classroom", "pot", 3, cfg)
+    assert len(classroom) == 3 and all(not tasks.is_test_question(q) and "```python" in a for q, a in classroom)
+    with pytest.raises(BadInput, match="eval_format=cot"):
+        evaluate.fewshot_exemplars("gsm8k", "pot", 8, cfg)
+    assert evaluate.task_style("x.jsonl", [tasks.Problem("1", "q", "2", meta={"level": "Level 3"})]) == "math"
+
+
+# ---------------------------------------------------------------- evaluation with a scripted model
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
+    problems = tasks.classroom_problems("train", 100, 1234)
+    return train_bpe([p.question + " " + tasks.render_solution(p, f) for p in problems for f in tasks.FORMATS], 400)
+
+
+@pytest.fixture
+def scripted(tiny_tokenizer, monkeypatch):
+    """evaluate_model with generate() replaced by a script: script(context_text, temperature)
+    returns what the 'model' writes next (the prompts, tool rounds and grading are real)."""
+
+    def use(script, problems, **keys):
+        def fake_generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, eos_id=None,
+                          stop_sequences=(), generator=None):
+            rows = []
+            for prompt in prompts:
+                ids = tiny_tokenizer.encode(script(tiny_tokenizer.decode(prompt), temperature))[:max_new_tokens]
+                paused = tiny_tokenizer.decode(ids).endswith(evaluate.OUTPUT_MARKER)
+                rows.append(ids + ([] if paused else [eos_id]))
+            n = max(len(row) for row in rows)
+            tokens = torch.tensor([row + [eos_id] * (n - len(row)) for row in rows])
+            mask = torch.arange(n)[None, :] < torch.tensor([len(row) for row in rows])[:, None]
+            return Generation(tokens, mask, torch.zeros(tokens.shape), torch.zeros(len(rows), dtype=torch.bool))
+
+        monkeypatch.setattr(evaluate, "generate", fake_generate)
+        args = ModelArgs(vocab_size=tiny_tokenizer.n_vocab, dim=16, n_layer=1, n_head=2, n_kv_head=2,
+                         intermediate_size=32, max_seq_len=2048, bos_id=tiny_tokenizer.bos_id, eos_id=tiny_tokenizer.eos_id)
+        overrides = [f"--{key}={value}" for key, value in keys.items()]
+        cfg = config.load_config(["--device=cpu", "--grader_workers=1", *overrides])
+        return evaluate.evaluate_model(Transformer(args), tiny_tokenizer, problems, cfg, task="tests")
+
+    return use
+
+
+def test_tool_integrated_rounds_run_the_code_and_read_its_output_back(scripted):
+    def script(context, temperature):
+        if "```output\n42\n```" in context:
+            return " So the answer is \\boxed{42}."
+        if "TimeoutError" in context:
+            return " The program hung, so I guess \\boxed{0}."
+        if "forever" in context:
+            return " Let me loop.\n```python\nwhile True:\n    pass\n```\n```output"
+        return " Let me compute.\n```python\nprint(6 * 7)\n```\n```output"
+
+    problems = [tasks.Problem("a", "What is 6 times 7?", "42"), tasks.Problem("b", "Loop forever.", "1")]
+    result = scripted(script, problems, eval_format="tool", eval_program_timeout=1.0)
+    first, second = result.records
+    assert first["greedy"]["text"].endswith("```output\n42\n```\n So the answer is \\boxed{42}.")
+    assert first["greedy"]["correct"] and not second["greedy"]["correct"] and second["greedy"]["answer"] == "0"
+    assert result.metrics["greedy"] == 0.5 and result.metrics["no_answer"] == 0.0
+
+
+def test_program_of_thought_grades_what_the_program_prints(scripted):
+    def script(context, temperature):
+        if "secret" in context:
+            return " ```python\nimport os\nprint(os.environ['HOME'])\n```"
+        return " ```python\nprint(sum([20, 22]))\n```"
+
+    problems = [tasks.Problem("a", "Add 20 and 22.", "42"), tasks.Problem("b", "Print a secret.", "1")]
+    result = scripted(script, problems, eval_format="pot")
+    assert [r["greedy"]["correct"] for r in result.records] == [True, False]
+    assert result.records[0]["greedy"]["program_output"] == "42\n"
+    assert "KeyError" in result.records[1]["greedy"]["program_output"] and result.records[1]["greedy"]["answer"] is None
+
+
+def test_few_shot_responses_are_cut_and_samples_voted_by_equivalence(scripted):
+    votes = itertools.cycle(["\\frac{1}{2}", "0.5", "3", "1/2", "3"])
+
+    def script(context, temperature):
+        assert context.count("\nA: ") == 2 and context.endswith("Q: Halve one.\nA:")
+        answer = next(votes) if temperature > 0 else "0.5"
+        return f" Half of 1 is {answer}. The answer is {answer}.\n\nQ: Something made up?\nA: The answer is 9."
+
+    result = scripted(script, [tasks.Problem("a", "Halve one.", "0.5")], eval_mode="fewshot", eval_shots=2, eval_k=5)
+    record = result.records[0]
+    assert record["greedy"]["text"] == "Half of 1 is 0.5. The answer is 0.5." and record["greedy"]["correct"]
+    assert [s["correct"] for s in record["samples"]] == [True, True, False, True, False]
+    assert record["majority_correct"]  # {1/2, 0.5, 1/2}: 3 votes; by string "3" would win with 2
+    assert result.metrics == {"problems": 1, "greedy": 1.0, "maj@5": 1.0, "pass@5": 1.0, "pass@1": 0.6,
+                              "no_answer": 0.0, "truncated": 0.0}
+
+
+# ---------------------------------------------------------------- the script, end to end
+
+
+def test_gsm8k_and_math_files_evaluate_end_to_end_under_torchrun(tiny_tokenizer, tmp_path):
+    """Two processes (gloo) split the problems and rank 0 writes every graded response."""
+    checkpoint = tmp_path / "ckpt"
+    torch.manual_seed(0)
+    args = ModelArgs(vocab_size=tiny_tokenizer.n_vocab, dim=32, n_layer=1, n_head=2, n_kv_head=2,
+                     intermediate_size=64, max_seq_len=256, bos_id=tiny_tokenizer.bos_id, eos_id=tiny_tokenizer.eos_id)
+    Transformer(args).save_pretrained(str(checkpoint))
+    tiny_tokenizer.save(str(checkpoint / "tokenizer.tiktoken"))
+    gsm8k = [{"question": f"Tom has {i} apples and buys 3 more. How many does he have?",
+              "answer": f"He has {i} + 3 = <<{i}+3={i + 3}>>{i + 3} apples.\n#### {i + 3}"} for i in range(5)]
+    math = [{"problem": f"Simplify $\\frac{{{i}}}{{{2 * i}}}$.", "solution": "It is $\\boxed{\\frac{1}{2}}$.",
+             "level": "Level 1", "type": "Prealgebra"} for i in range(1, 4)]
+    write_jsonl(str(tmp_path / "gsm8k_test.jsonl"), gsm8k)
+    write_jsonl(str(tmp_path / "math_test.jsonl"), math)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "evaluate.py",
+               f"--eval_checkpoint={checkpoint}", f"--out_dir={tmp_path}", "--device=cpu", "--grader_workers=1",
+               f"--eval_tasks={[str(tmp_path / 'gsm8k_test.jsonl'), str(tmp_path / 'math_test.jsonl')]}",
+               "--eval_k=2", "--eval_max_new_tokens=8", "--eval_batch_size=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "gsm8k_test" in run.stdout and "maj@2" in run.stdout
+    metrics = json.load(open(tmp_path / "eval" / "ckpt" / "metrics.json"))["metrics"]
+    assert metrics["gsm8k_test"]["problems"] == 5 and metrics["math_test"]["problems"] == 3
+    records = read_jsonl(str(tmp_path / "eval" / "ckpt" / "gsm8k_test.jsonl"))
+    assert [(r["index"], r["gold"], len(r["samples"])) for r in records] == [(i, str(i + 3), 2) for i in range(5)]
+
+
+def test_evaluate_names_a_missing_checkpoint(tmp_path):
+    run = subprocess.run([sys.executable, "evaluate.py", f"--out_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode != 0 and "--eval_checkpoint=FOLDER" in run.stderr
