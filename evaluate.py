@@ -10,9 +10,16 @@ everything that needs:
 2. a pool of grading processes (`Grader`), which is also the RL reward function of grpo.py;
 3. the metrics: `pass_at_k` (the unbiased estimator) and `majority_answer` (maj@k);
 4. `run_program`: generated Python run in a locked-down subprocess, for program-of-thought and
-   tool-integrated evaluation.
+   tool-integrated evaluation;
+5. prompts (few-shot for base models, the chat template for tuned ones), decoding (greedy and k
+   samples; tool-integrated rounds), `evaluate_model` (which sft.py and grpo.py call for their
+   held-out accuracy) and the script: a results table, every response with its grade on disk.
 
-Run it:  python evaluate.py configs/classroom.py --eval_checkpoint=out/classroom/sft
+Run it (eval_mode fewshot|chat, eval_format cot|pot|tool, eval_k samples for maj@k / pass@k):
+    python evaluate.py configs/classroom.py --eval_checkpoint=out/classroom/sft --eval_k=8
+    torchrun --nproc_per_node=8 evaluate.py configs/7b.py --eval_checkpoint=deepseek-math-7b-base \
+        --eval_mode=fewshot --eval_tasks="['data/gsm8k_test.jsonl', 'data/math_test.jsonl']"
+Answers graded per second: python bench/bench_grader.py. Tests: pytest -q tests/test_evaluate.py
 """
 
 import contextlib
