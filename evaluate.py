@@ -17,8 +17,8 @@ everything that needs:
 
 Run it (eval_mode fewshot|chat, eval_format cot|pot|tool, eval_k samples for maj@k / pass@k):
     python evaluate.py configs/classroom.py --eval_checkpoint=out/classroom/sft --eval_k=8
-    torchrun --nproc_per_node=8 evaluate.py configs/7b.py --eval_checkpoint=deepseek-math-7b-base \
-        --eval_mode=fewshot --eval_tasks="['data/gsm8k_test.jsonl', 'data/math_test.jsonl']"
+    torchrun --nproc_per_node=8 evaluate.py configs/7b.py --eval_mode=fewshot
+        --eval_checkpoint=deepseek-math-7b-base --eval_tasks="['data/gsm8k.jsonl', 'data/math.jsonl']"
 Answers graded per second: python bench/bench_grader.py. Tests: pytest -q tests/test_evaluate.py
 """
 
