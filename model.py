@@ -24,6 +24,7 @@ chunks, never holding a whole (B, T, V) float32 logits tensor (V is 102,400 for 
 Shapes: B batch, T query length, S key length (cache), D = dim, H heads, K kv heads, d head dim.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -281,11 +282,20 @@ class Transformer(nn.Module):
             cache.length += T
         return self.norm(x)
 
-    def forward(self, tokens, positions=None, attn_mask=None, cache=None):
+    def forward(self, tokens, positions=None, attn_mask=None, cache=None, last_only=False,
+                targets=None, temperature=1.0, with_entropy=False, chunk_size=256):
+        """Logits (B, T, V) (values (B, T) for the scalar head); last_only: logits of the last
+        position only (B, V), for generation; targets (B, T): log pi(targets[:, t] | tokens[:, :t+1])
+        (B, T) computed in chunks (see sequence_logprobs). Every use goes through forward so that
+        DDP's and FSDP's hooks (gradient sync, weight all-gather) see it."""
         h = self.trunk(tokens, positions, attn_mask, cache)
-        if self.head_kind == "lm":
+        if self.head_kind == "scalar":
+            return self.score(h).squeeze(-1)  # (B, T)
+        if last_only:
+            return self.lm_head(h[:, -1])  # (B, V)
+        if targets is None:
             return self.lm_head(h)  # (B, T, V)
-        return self.score(h).squeeze(-1)  # (B, T)
+        return chunked_logprobs(self.lm_head, h, targets, temperature, with_entropy, chunk_size)
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
@@ -295,11 +305,12 @@ class Transformer(nn.Module):
     def hf_name(name):
         return name if name.startswith(("lm_head.", "score.")) else "model." + name
 
-    def save_pretrained(self, folder, state_dict=None, max_shard_bytes=5 * 2**30):
+    def save_pretrained(self, folder, state_dict=None, max_shard_bytes=5 * 2**30, atomic=True):
         """Write config.json and model.safetensors (or shards + index) in HF's Llama layout.
 
         The folder is written beside its final place and renamed into it, so a crash mid-save
-        leaves the previous checkpoint (if any) intact. state_dict: a full (gathered) state
+        leaves the previous checkpoint (if any) intact (atomic=False: write into `folder` as it
+        is, for a caller that stages the folder itself). state_dict: a full (gathered) state
         dict, for FSDP models whose own tensors are shards."""
         from safetensors.torch import save_file
 
@@ -316,7 +327,8 @@ class Transformer(nn.Module):
                 current, size = {}, 0
             current[name], size = t, size + nbytes
         shards.append(current)
-        with staged_folder(folder) as tmp:
+        with (staged_folder(folder) if atomic else contextlib.nullcontext(folder)) as tmp:
+            os.makedirs(tmp, exist_ok=True)
             with open(os.path.join(tmp, "config.json"), "w") as f:
                 json.dump(self.args.to_hf(self.head_kind, dtype), f, indent=2)
             if len(shards) == 1:
@@ -434,20 +446,10 @@ def _chunk_logprobs(lm_head, hidden, targets, temperature, with_entropy):
     return logp, entropy
 
 
-def sequence_logprobs(model, tokens, mask=None, temperature=1.0, chunk_size=256, with_entropy=False,
-                      positions=None, attn_mask=None):
-    """log pi(tokens[:, t+1] | tokens[:, :t+1]) for every t: (B, T-1), float32.
-
-    This is pi_theta / pi_old / pi_ref of the RL objectives. temperature must be the one the
-    samples were drawn at, or the ratio pi_theta/pi_old is wrong from the first step. The
-    lm_head runs on chunks of the sequence; with gradients on, each chunk is checkpointed, so
-    only one (B, chunk, V) float32 logits tensor exists at a time, in forward and backward.
-    Returns (logp, entropy) when with_entropy, entropy being that of the sampling distribution."""
-    if mask is not None and positions is None:
-        positions, attn_mask = padding_positions_and_mask(mask)
-    hidden = model.trunk(tokens, positions, attn_mask)[:, :-1]  # (B, T-1, D)
-    targets = tokens[:, 1:]
-    lm_head = model.lm_head
+def chunked_logprobs(lm_head, hidden, targets, temperature, with_entropy, chunk_size):
+    """log softmax(lm_head(hidden) / temperature) at targets, (B, T), one sequence chunk at a
+    time; with gradients on, each chunk is checkpointed, so only one (B, chunk, V) float32
+    logits tensor exists at a time, in forward and in backward."""
     logps, entropies = [], []
     for s in range(0, hidden.shape[1], chunk_size):
         h, y = hidden[:, s:s + chunk_size], targets[:, s:s + chunk_size]
@@ -460,6 +462,24 @@ def sequence_logprobs(model, tokens, mask=None, temperature=1.0, chunk_size=256,
         entropies.append(ent)
     logp = torch.cat(logps, dim=1)
     return (logp, torch.cat(entropies, dim=1)) if with_entropy else logp
+
+
+def sequence_logprobs(model, tokens, mask=None, temperature=1.0, chunk_size=256, with_entropy=False,
+                      positions=None, attn_mask=None):
+    """log pi(tokens[:, t+1] | tokens[:, :t+1]) for every t: (B, T-1), float32.
+
+    This is pi_theta / pi_old / pi_ref of the RL objectives. temperature must be the one the
+    samples were drawn at, or the ratio pi_theta/pi_old is wrong from the first step. `model`
+    may be wrapped in DDP/FSDP. Returns (logp, entropy) when with_entropy, entropy being that
+    of the sampling distribution."""
+    if mask is not None and positions is None:
+        positions, attn_mask = padding_positions_and_mask(mask)
+    if positions is not None:
+        positions = positions[:, :-1]
+    if attn_mask is not None:
+        attn_mask = attn_mask[:, :, :-1, :-1]  # the last token predicts nothing we score
+    return model(tokens[:, :-1], positions, attn_mask, targets=tokens[:, 1:], temperature=temperature,
+                 with_entropy=with_entropy, chunk_size=chunk_size)
 
 
 # ---------------------------------------------------------------------- generation
@@ -515,7 +535,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, eos_id=
     key_mask[:, P:] = True
     positions, attn = padding_positions_and_mask(key_mask[:, :P])
     cache = KVCache(args, B, P + max_new_tokens, device, model.embed_tokens.weight.dtype)
-    logits = model.lm_head(model.trunk(tokens, positions, attn, cache)[:, -1])  # (B, V)
+    logits = model(tokens, positions, attn, cache, last_only=True)  # (B, V)
     next_pos = positions[:, -1] + 1  # (B,)
 
     out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -537,7 +557,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, eos_id=
             break
         # the next query sees every real prompt key and every generated key so far
         step_mask = key_mask[:, None, None, :P + t + 1]  # (B, 1, 1, S)
-        logits = model.lm_head(model.trunk(token[:, None], next_pos[:, None], step_mask, cache))[:, -1]
+        logits = model(token[:, None], next_pos[:, None], step_mask, cache, last_only=True)
         next_pos = next_pos + 1
     n = int(lengths.max())
     mask = torch.arange(n, device=device)[None, :] < lengths[:, None]

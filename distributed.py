@@ -1,0 +1,97 @@
+"""torchrun set-up shared by every stage: process group, devices, DDP / FSDP2, rank-0 printing.
+
+    python STAGE.py configs/classroom.py                       # one process
+    torchrun --nproc_per_node=2 STAGE.py configs/classroom.py  # two processes (gloo on CPU)
+    torchrun --nproc_per_node=8 grpo.py configs/7b.py          # eight GPUs (nccl)
+
+torchrun is the only launcher: it sets RANK, LOCAL_RANK and WORLD_SIZE, and `setup` reads them.
+Models that fit one device are replicated with DDP (gradients all-reduced); the 7B is sharded
+with FSDP2 (`fully_shard` per block, then the root), which keeps 1/world of every parameter,
+gradient and optimizer state on each rank and gathers a block's weights only while it runs.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Dist:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+def setup(device_choice="auto"):
+    """Start the process group when launched by torchrun; pick this rank's device."""
+    if device_choice == "auto":
+        device_choice = "cuda" if torch.cuda.is_available() else "cpu"
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_choice == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device(device_choice)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=
+                                device if device.type == "cuda" else None)
+    return Dist(rank, local_rank, world_size, device)
+
+
+def cleanup():
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def print0(*args, **kwargs):
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def wrap(model, parallel, d):
+    """DDP or FSDP2 for a multi-process run; the bare model for one process."""
+    if d.world_size == 1:
+        return model
+    if parallel == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+        return DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+    if parallel == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+        mesh = init_device_mesh(d.device.type, (d.world_size,))
+        for block in model.layers:  # one all-gather per block: only one block is whole at a time
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)  # the rest: embeddings, final norm, head
+        return model
+    raise ValueError(f"parallel={parallel!r}: choose 'ddp' or 'fsdp'")
+
+
+def unwrap(model):
+    """The Transformer inside a DDP wrapper (FSDP2 shards in place and needs no unwrapping)."""
+    return model.module if hasattr(model, "module") else model
+
+
+def full_state_dict(model):
+    """The whole, unsharded state dict on rank 0 (CPU), for saving; every rank must call this."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    if not dist.is_initialized():
+        return unwrap(model).state_dict()
+    return get_model_state_dict(unwrap(model), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def all_reduce_mean(value, d):
+    """Mean of a float over ranks (for logging: every rank logs the same numbers)."""
+    if d.world_size == 1:
+        return float(value)
+    t = torch.tensor(float(value), dtype=torch.float64, device=d.device)
+    dist.all_reduce(t)
+    return t.item() / d.world_size

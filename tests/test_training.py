@@ -1,0 +1,55 @@
+"""Resume is exact, and a 2-process torchrun run (DDP, FSDP2) equals a 1-process run."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from model import Transformer
+from training import load_train_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "tests", "train_steps.py")
+
+
+def run(args, nproc=1):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if nproc == 1:
+        cmd = [sys.executable, SCRIPT, *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+               "--standalone", SCRIPT, *args]
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT, capture_output=True)
+
+
+def weights(folder):
+    return Transformer.from_pretrained(os.path.join(folder, "ckpt")).state_dict()
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    run([str(out), "--steps", "6"])
+    return out
+
+
+def test_resume_is_bit_identical(straight, tmp_path):
+    run([str(tmp_path), "--steps", "6", "--stop_after", "3"])
+    assert load_train_state(tmp_path / "ckpt")["step"] == 3
+    run([str(tmp_path), "--steps", "6", "--resume"])
+    for (k, a), (_, b) in zip(weights(straight).items(), weights(tmp_path).items()):
+        assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_process_run_matches_one_process(straight, tmp_path, parallel):
+    run([str(tmp_path), "--steps", "6", "--parallel", parallel], nproc=2)
+    for (k, a), (_, b) in zip(weights(straight).items(), weights(tmp_path).items()):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=k)
+
+
+def test_train_state_loads_weights_only_and_names_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train_state.pt"):
+        load_train_state(tmp_path)
