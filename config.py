@@ -23,6 +23,7 @@ DEFAULTS = dict(
     dtype="auto",  # "auto" = bfloat16 autocast on cuda, float32 on cpu; or float32 / bfloat16
     compile=False,  # torch.compile the model (GPU runs)
     parallel="ddp",  # how a multi-process run shares the model: "ddp" or "fsdp" (FSDP2 fully_shard)
+    dry_run=False,  # grpo.py: build the model on the meta device and print the per-GPU memory plan, no training
     # ---------------------------------------------------------------- model (Llama layout)
     vocab_size=4096,
     n_layer=4,

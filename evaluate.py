@@ -57,34 +57,16 @@ import training
 from fileio import BadInput, write_json, write_jsonl
 from model import Transformer, generate
 from tasks import POT_SUFFIX
-from tokenizer import COT_SUFFIX, TOOL_SUFFIX, Tokenizer, chat_prompt
+from tokenizer import COT_SUFFIX, TOOL_SUFFIX, chat_prompt, load_tokenizer
 
 # ---------------------------------------------------------------------------------------------
 # 1. Answer extraction
 # ---------------------------------------------------------------------------------------------
 
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
 _GSM8K_ANSWER = re.compile(r"####\s*(.+)")
 _ANSWER_IS = re.compile(r"answer is\s*:?\s*(.+)", re.IGNORECASE)
 _MATH_SPAN = re.compile(r"\$+(.+?)\$+")
 _NUMBER = re.compile(r"(?:(?<![\w)\]])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")  # "5-3": 3, not -3
-
-
-def _last_boxed(text):
-    """Content of the last complete \\boxed{...} (braces may nest), or of `\\boxed 5`; else None."""
-    for match in reversed(list(_BOXED.finditer(text))):
-        start = match.end()
-        if text.startswith("{", start):
-            depth = 0
-            for i in range(start, len(text)):
-                depth += {"{": 1, "}": -1}.get(text[i], 0)
-                if depth == 0:
-                    return text[start + 1 : i].strip()
-            continue  # unbalanced: the output was cut off inside this box; try an earlier one
-        token = re.match(r"[^\s$]+", text[start:])
-        if token:
-            return token.group(0)
-    return None
 
 
 def _after_answer_is(line):
@@ -102,7 +84,7 @@ def extract_answer(text):
     "The answer is ..." (the few-shot format of GSM8K; MATH's Minerva prompt says "The final
     answer is $...$"), and as a fallback the last number in the text.
     """
-    boxed = _last_boxed(text)
+    boxed = tasks.last_boxed(text)
     if boxed:
         return boxed
     for pattern in (_GSM8K_ANSWER, _ANSWER_IS):
@@ -869,18 +851,6 @@ def results_table(metrics_by_task):
                      for row in rows)
 
 
-def load_tokenizer(cfg):
-    """tokenizer_path when set; else the checkpoint's own (ours: tokenizer.tiktoken, a Hugging
-    Face folder: tokenizer.json); else the corpus stage's {out_dir}/tokenizer.tiktoken."""
-    if cfg.tokenizer_path:
-        return Tokenizer.load(cfg.tokenizer_path)
-    for name in ("tokenizer.tiktoken", "tokenizer.json"):
-        path = os.path.join(cfg.eval_checkpoint, name)
-        if os.path.exists(path):
-            return Tokenizer.load(path)
-    return Tokenizer.load(os.path.join(cfg.out_dir, "tokenizer.tiktoken"))
-
-
 def check_eval_config(cfg):
     if not cfg.eval_checkpoint:
         raise BadInput("set --eval_checkpoint=FOLDER: a checkpoint written by pretrain.py, sft.py or grpo.py, "
@@ -898,7 +868,7 @@ def main():
     d = distributed.setup(cfg.device)
     try:
         check_eval_config(cfg)
-        tokenizer = load_tokenizer(cfg)
+        tokenizer = load_tokenizer(cfg, cfg.eval_checkpoint)
         task_problems = {}
         for task in cfg.eval_tasks or [cfg.test_problems]:
             problems = tasks.load_problems(task, "test", cfg)

@@ -68,22 +68,24 @@ class Problem:
 
 # ---------------------------------------------------------------- answers in solutions
 
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
+
+
 def last_boxed(text):
-    """The argument of the last \\boxed{...} (or \\fbox{...}) in text, nested braces included;
-    None when there is none or its braces never close."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    after = start + len("\\boxed" if text.startswith("\\boxed", start) else "\\fbox")
-    if not text[after:].lstrip().startswith("{"):
-        bare = re.match(r"\s+([^\s$]+)", text[after:])  # MATH's rare "\boxed 5" form
-        return bare.group(1) if bare else None
-    opening = text.index("{", after)
-    depth = 0
-    for i in range(opening, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        if depth == 0:
-            return text[opening + 1:i]
+    """Content of the last complete \\boxed{...} or \\fbox{...} (braces may nest), or of
+    MATH's rare `\\boxed 5`; None when there is none."""
+    for match in reversed(list(_BOXED.finditer(text))):
+        start = match.end()
+        if text.startswith("{", start):
+            depth = 0
+            for i in range(start, len(text)):
+                depth += {"{": 1, "}": -1}.get(text[i], 0)
+                if depth == 0:
+                    return text[start + 1 : i].strip()
+            continue  # unbalanced: the output was cut off inside this box; try an earlier one
+        token = re.match(r"[^\s$]+", text[start:])
+        if token:
+            return token.group(0)
     return None
 
 

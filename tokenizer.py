@@ -170,6 +170,23 @@ class Tokenizer:
         return cls(*_read_tiktoken(path))
 
 
+def load_tokenizer(cfg, checkpoint=""):
+    """The tokenizer a stage uses: cfg.tokenizer_path when set; else the checkpoint's own
+    (ours: tokenizer.tiktoken; a Hugging Face folder: tokenizer.json); else the one corpus.py
+    trained, {out_dir}/tokenizer.tiktoken."""
+    if cfg.tokenizer_path:
+        return Tokenizer.load(cfg.tokenizer_path)
+    for name in ("tokenizer.tiktoken", "tokenizer.json"):
+        path = os.path.join(checkpoint, name)
+        if checkpoint and os.path.exists(path):
+            return Tokenizer.load(path)
+    path = os.path.join(cfg.out_dir, "tokenizer.tiktoken")
+    if not os.path.exists(path):
+        raise BadInput(f"no tokenizer: {path} does not exist; run corpus.py first (it trains one) "
+                       "or set --tokenizer_path=FILE (.tiktoken or tokenizer.json)")
+    return Tokenizer.load(path)
+
+
 def _split_isolated(pattern, text):
     """Hugging Face's Split(behavior="Isolated"): every match is a piece, and so is the text
     between two matches. Empty pieces are dropped."""

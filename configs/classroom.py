@@ -1,0 +1,35 @@
+# The classroom run: the whole recipe on a CPU in minutes, offline.
+#
+#     bash run_classroom.sh                                  # every stage, in order
+#     python pretrain.py configs/classroom.py                # or one stage at a time
+#
+# Same keys as configs/7b.py (config.py lists them all), shrunk: a ~1M-parameter model, a
+# 1,024-token vocabulary trained on the generated classroom web, short sequences.
+
+out_dir = "out/classroom"
+seed = 1337
+device = "cpu"
+
+# ---- model: 4 layers x 128 wide, 4 heads of 32 (the 7B: 30 x 4096, 32 heads of 128)
+vocab_size = 1024
+n_layer = 4
+dim = 128
+n_head = 4
+n_kv_head = 4
+intermediate_size = 352  # ~ 8/3 * 128, a multiple of 32
+max_seq_len = 256
+
+# ---- problems: small numbers, so a 1M-parameter model can learn the arithmetic in minutes
+classroom_max_number = 30
+classroom_train_size = 20000
+classroom_test_size = 500
+
+# ---- corpus.py: the classroom web (30K pages, ~13% math) and a small fastText classifier
+web_pool_pages = 30000
+fasttext_dim = 32
+fasttext_epoch = 10
+
+# ---- evaluate.py
+eval_n_problems = 200
+eval_k = 8
+eval_max_new_tokens = 160
