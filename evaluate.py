@@ -851,6 +851,15 @@ def results_table(metrics_by_task):
                      for row in rows)
 
 
+def run_name(checkpoint):
+    """The name a checkpoint's results go under: its folder's name, or for a stage's
+    .../NAME/ckpt folder the stage's NAME (pretrain, sft, grpo_outcome, ...)."""
+    folder = os.path.normpath(checkpoint)
+    if os.path.basename(folder) == "ckpt":
+        folder = os.path.dirname(folder)
+    return os.path.basename(folder)
+
+
 def check_eval_config(cfg):
     if not cfg.eval_checkpoint:
         raise BadInput("set --eval_checkpoint=FOLDER: a checkpoint written by pretrain.py, sft.py or grpo.py, "
@@ -879,7 +888,7 @@ def main():
             model = Transformer.from_pretrained(cfg.eval_checkpoint, dtype=torch.bfloat16 if use_bf16 else torch.float32,
                                                 device=d.device)
             metrics = {}
-            out_dir = os.path.join(cfg.out_dir, "eval", os.path.basename(os.path.normpath(cfg.eval_checkpoint)))
+            out_dir = os.path.join(cfg.out_dir, "eval", run_name(cfg.eval_checkpoint))
             for task, problems in task_problems.items():
                 name = os.path.splitext(os.path.basename(task))[0]
                 start = time.time()

@@ -461,7 +461,7 @@ def test_few_shot_responses_are_cut_and_samples_voted_by_equivalence(scripted):
 
 def test_gsm8k_and_math_files_evaluate_end_to_end_under_torchrun(tiny_tokenizer, tmp_path):
     """Two processes (gloo) split the problems and rank 0 writes every graded response."""
-    checkpoint = tmp_path / "ckpt"
+    checkpoint = tmp_path / "sft" / "ckpt"  # results go under the stage's name: eval/sft
     torch.manual_seed(0)
     args = ModelArgs(vocab_size=tiny_tokenizer.n_vocab, dim=32, n_layer=1, n_head=2, n_kv_head=2,
                      intermediate_size=64, max_seq_len=256, bos_id=tiny_tokenizer.bos_id, eos_id=tiny_tokenizer.eos_id)
@@ -481,9 +481,9 @@ def test_gsm8k_and_math_files_evaluate_end_to_end_under_torchrun(tiny_tokenizer,
     run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "gsm8k_test" in run.stdout and "maj@2" in run.stdout
-    metrics = json.load(open(tmp_path / "eval" / "ckpt" / "metrics.json"))["metrics"]
+    metrics = json.load(open(tmp_path / "eval" / "sft" / "metrics.json"))["metrics"]
     assert metrics["gsm8k_test"]["problems"] == 5 and metrics["math_test"]["problems"] == 3
-    records = read_jsonl(str(tmp_path / "eval" / "ckpt" / "gsm8k_test.jsonl"))
+    records = read_jsonl(str(tmp_path / "eval" / "sft" / "gsm8k_test.jsonl"))
     assert [(r["index"], r["gold"], len(r["samples"])) for r in records] == [(i, str(i + 3), 2) for i in range(5)]
 
 
