@@ -267,7 +267,7 @@ def deduplicate(pages, cfg, d):
                           ) if pages else np.zeros((0, cfg.corpus_minhash_perms), np.uint32)
     order_keys = np.array([p["order"] for p in pages], np.int64)
     urls = np.array([p["url_hash"] for p in pages], np.uint64)
-    parts = all_gather((order_keys, urls, signatures), d)
+    parts = distributed.all_gather((order_keys, urls, signatures), d)
     all_keys, all_urls, all_sigs = (np.concatenate(column) for column in zip(*parts))
     order = np.argsort(all_keys, kind="stable")  # global page order: (shard, position)
     _, first = np.unique(all_urls[order], return_index=True)
@@ -369,7 +369,7 @@ def discover(domains, prefixes, collected, cfg, d):
     mathoverflow.net/questions), and its uncollected pages become seeds.
     Returns (new seed mask over this rank's pages, sorted math domains, sorted "domain/prefix")."""
     counts = Counter(zip(domains, prefixes, collected))  # (domain, prefix, collected) -> pages
-    merged = sum((Counter(part) for part in all_gather(counts, d)), Counter())
+    merged = sum((Counter(part) for part in distributed.all_gather(counts, d)), Counter())
     domain_pages, domain_hits, prefix_pages, prefix_hits = Counter(), Counter(), Counter(), Counter()
     for (domain, prefix, is_collected), n in merged.items():
         domain_pages[domain] += n
@@ -435,32 +435,12 @@ def decontaminate(pages, benchmarks, cfg, d):
     """(the pages that quote no benchmark, {benchmark name: pages removed} over all ranks)."""
     index = Benchmarks(benchmark_texts(benchmarks), cfg.corpus_decontam_ngram, cfg.corpus_decontam_min_ngram)
     quoted = [index.match(p["text"]) for p in tqdm(pages, desc="decontaminating", disable=not d.is_main, unit=" pages")]
-    removed = sum((Counter(part) for part in all_gather(Counter(q for q in quoted if q), d)), Counter())
+    removed = sum((Counter(part) for part in distributed.all_gather(Counter(q for q in quoted if q), d)), Counter())
     return [p for p, q in zip(pages, quoted) if not q], dict(removed)
 
 
-# ---------------------------------------------------------------- distributed helpers
-
-def all_gather(obj, d):
-    """[obj of rank 0, obj of rank 1, ...] (just [obj] in a one-process run)."""
-    if d.world_size == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    out = [None] * d.world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def total(value, d):
-    return sum(all_gather(value, d))
-
-
-def barrier(d):
-    if d.world_size > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+    return sum(distributed.all_gather(value, d))
 
 
 # ---------------------------------------------------------------- the pipeline
@@ -477,7 +457,7 @@ def inputs(cfg, folder, benchmarks, d):
         quoted = [(p.question, p.solution or p.answer) for p in benchmarks.get("classroom", [])]
         classroom_web.write_web(web, cfg.seed, cfg.web_pool_pages, cfg.web_seed_pages, cfg.web_shards,
                                 quoted, cfg.web_contaminated_pages)
-    barrier(d)
+    distributed.barrier(d)
     return [os.path.join(web, "seed.jsonl")], [os.path.join(web, f"pool-{k:05d}.jsonl") for k in range(cfg.web_shards)]
 
 
@@ -505,7 +485,7 @@ def iterate(pages, seed_texts, cfg, folder, d):
     patterns = read_url_patterns(cfg.corpus_url_patterns)
     positive = np.array([matches_patterns(p["url"], patterns) for p in pages], bool)
     is_math = np.array([bool(p.get("is_math")) for p in pages], bool)
-    has_labels = all(all_gather(all("is_math" in p for p in pages), d))  # the classroom web's
+    has_labels = all(distributed.all_gather(all("is_math" in p for p in pages), d))  # the classroom web's
     collected = np.zeros(len(pages), bool)
     known_domains, rows = set(), []
     model_path = os.path.join(folder, "fasttext.bin")
@@ -516,12 +496,12 @@ def iterate(pages, seed_texts, cfg, folder, d):
         n_positive = total(len(seed_texts) + int(positive.sum()), d)  # the seed is read on rank 0 only
         rate = cfg.corpus_negative_ratio * n_positive / max(total(int((~positive).sum()), d), 1)
         negative = ~positive & (uniform(hashes, 1000 * cfg.seed + iteration) < rate)
-        parts = all_gather(([(p["order"], lines[i]) for i, p in enumerate(pages) if positive[i]],
+        parts = distributed.all_gather(([(p["order"], lines[i]) for i, p in enumerate(pages) if positive[i]],
                             [(p["order"], lines[i]) for i, p in enumerate(pages) if negative[i]]), d)
         if d.is_main:  # in page order, so the model does not depend on the number of ranks
             train_classifier(seed_lines + [line for _, line in sorted(x for pos, _ in parts for x in pos)],
                              [line for _, line in sorted(x for _, neg in parts for x in neg)], cfg, model_path)
-        barrier(d)
+        distributed.barrier(d)
         scores = math_scores(fasttext.load_model(model_path), lines)
         previous, collected = collected, scores >= cfg.corpus_min_score
         new_seeds, math_domains, math_prefixes = discover(domains, prefixes, collected, cfg, d)
@@ -602,20 +582,20 @@ def main():
     for shard in my_shards:
         write_jsonl(selected_files[shard], ({"url": p["url"], "text": p["text"], "score": p["score"]}
                                             for p in selected if p["shard"] == shard))
-    barrier(d)
+    distributed.barrier(d)
     tokenizer_path = cfg.tokenizer_path or os.path.join(cfg.out_dir, "tokenizer.tiktoken")
     if cfg.corpus_train_tokenizer and d.is_main:
         train_tokenizer(cfg, selected_files, tokenizer_path)
-    barrier(d)
+    distributed.barrier(d)
     tok = bpe.Tokenizer.load(tokenizer_path)
     tokens = Counter()
     for shard in tqdm(my_shards, desc="tokenizing", disable=not d.is_main, unit=" shards"):
         tokens.update(write_tokens([p for p in selected if p["shard"] == shard], tok, folder, shard, cfg))
 
     summary.update(
-        malformed={path: n for part in all_gather(malformed, d) for path, n in part.items()},
+        malformed={path: n for part in distributed.all_gather(malformed, d) for path, n in part.items()},
         pages_after_dedup=total(len(pages), d), collected=total(len(collected), d), selected=total(len(selected), d),
-        tokens=dict(sum((Counter(part) for part in all_gather(tokens, d)), Counter())),
+        tokens=dict(sum((Counter(part) for part in distributed.all_gather(tokens, d)), Counter())),
         tokenizer=tokenizer_path, seconds=round(time.time() - started, 1))
     if d.is_main:
         write_json(os.path.join(folder, "summary.json"), summary)

@@ -88,6 +88,20 @@ def full_state_dict(model):
     return get_model_state_dict(unwrap(model), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
+def all_gather(obj, d):
+    """[obj of rank 0, obj of rank 1, ...] for any picklable obj ([obj] in a one-process run)."""
+    if d.world_size == 1:
+        return [obj]
+    out = [None] * d.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(d):
+    if d.world_size > 1:
+        dist.barrier()
+
+
 def all_reduce_mean(value, d):
     """Mean of a float over ranks (for logging: every rank logs the same numbers)."""
     if d.world_size == 1:
