@@ -1,0 +1,71 @@
+# DeepSeekMath 7B: the paper's numbers for every stage (Shao et al. 2024, sections 2-4).
+#
+#     python memory_plan.py configs/7b.py --world_size=8             # per-GPU memory, GRPO vs PPO
+#     torchrun --nproc_per_node=8 grpo.py configs/7b.py --dry_run=True
+#     torchrun --nproc_per_node=8 grpo.py configs/7b.py               # GRPO from DeepSeekMath-Instruct
+#     torchrun --nproc_per_node=8 evaluate.py configs/7b.py --eval_checkpoint=out/7b/rl/grpo_outcome/ckpt
+#
+# Local files this config expects (override any of them with --key=value):
+#   checkpoints/deepseek-math-7b-instruct/   the Hugging Face folder (config.json, two bf16
+#                                            safetensors shards, tokenizer.json)
+#   data/common_crawl/*.warc.wet.gz          the page pool of corpus.py (Common Crawl WET files)
+# GSM8K, MATH and OpenWebMath come from the Hugging Face hub (or pass local .jsonl/.parquet files).
+
+out_dir = "out/7b"
+device = "cuda"
+dtype = "bfloat16"
+parallel = "fsdp"  # FSDP2: 1/world of every parameter, gradient and optimizer state per GPU
+
+# ---- model: deepseek-math-7b-base config.json (LlamaForCausalLM), the DeepSeek-LLM 7B shape
+vocab_size = 102400  # 100,015 tokens of DeepSeek's tokenizer, padded to a multiple of 1,024
+n_layer = 30
+dim = 4096
+n_head = 32  # head dim 4096 / 32 = 128
+n_kv_head = 32  # plain multi-head attention (no GQA in the 7B)
+intermediate_size = 11008  # SwiGLU width: 8/3 * 4096 = 10,923, rounded up to a multiple of 256
+max_seq_len = 4096  # the 4K context of pretraining and SFT
+rope_theta = 10000.0
+norm_eps = 1e-6
+tie_embeddings = False
+# 30 x (4 x 4096^2 + 3 x 4096 x 11008 + 2 x 4096) + 2 x 102400 x 4096 + 4096 = 6.91B parameters
+
+# ---- tokenizer: DeepSeek's own (byte-level BPE, bos id 100000, eos id 100001), read from the
+# checkpoint's tokenizer.json; our BPE is trained only for the classroom
+tokenizer_path = "checkpoints/deepseek-math-7b-instruct/tokenizer.json"
+
+# ---- problems: the paper evaluates on the GSM8K and MATH test sets
+train_problems = "gsm8k"
+test_problems = "gsm8k"
+
+# ---- corpus.py (paper 2.1): 500K OpenWebMath pages vs 500K Common Crawl pages, fastText
+# dim 256 / lr 0.1 / word 3-grams / min count 3 / 3 epochs, 4 iterations, 10% domain rule,
+# 10-gram decontamination against the benchmarks
+corpus_seed_files = ["hf:open-web-math/open-web-math"]
+corpus_seed_max_pages = 500_000
+corpus_pool_files = ["data/common_crawl/*.warc.wet.gz"]
+corpus_benchmarks = ["gsm8k", "math"]
+corpus_negative_ratio = 1.0  # 500K negatives for 500K positives
+fasttext_dim = 256
+fasttext_lr = 0.1
+fasttext_word_ngrams = 3
+fasttext_min_count = 3
+fasttext_epoch = 3
+fasttext_bucket = 2_000_000  # fastText's default: the paper's pool is 40B pages
+fasttext_threads = 16
+corpus_iterations = 4
+corpus_domain_share = 0.1
+corpus_decontam_ngram = 10
+corpus_decontam_min_ngram = 3
+corpus_train_tokenizer = False  # keep DeepSeek's tokenizer (tokenizer_path above)
+
+# ---- evaluate.py (paper 5.1): chat prompts with the chain-of-thought suffix, greedy, the full
+# GSM8K (1,319) and MATH (5,000) test sets
+eval_tasks = ["gsm8k", "math"]
+eval_n_problems = 0
+eval_mode = "chat"
+eval_format = "cot"
+eval_k = 1
+eval_temperature = 0.7  # for maj@k / pass@k runs (--eval_k=64, paper figure 7)
+eval_max_new_tokens = 1024  # the RL stage's max output length
+eval_batch_size = 64
+grader_workers = 8
