@@ -82,6 +82,17 @@ DEFAULTS = dict(
     web_contaminated_pages=12,  # classroom web: forum pages quoting a held-out test problem verbatim
     # ---------------------------------------------------------------- pretrain.py
     # ---------------------------------------------------------------- sft.py
+    sft_init="",  # checkpoint folder to tune (ours or a Hugging Face Llama folder); "" = {out_dir}/pretrain/ckpt
+    sft_formats={"cot": 1.0},  # share of examples per solution format: "cot", "pot", "tool" (paper: all three; GSM8K/MATH rows have cot only)
+    sft_steps=500,  # optimizer steps (paper: 500)
+    sft_batch_size=256,  # packed context windows per step, all ranks together (paper: 256 of 4K tokens; the window is the model's max_seq_len)
+    sft_micro_batch_size=4,  # windows per forward/backward on one rank; gradients accumulate up to sft_batch_size
+    sft_lr=5e-5,  # constant learning rate (paper: 5e-5)
+    sft_weight_decay=0.1,  # AdamW weight decay (paper: not stated for SFT; pretraining's 0.1)
+    sft_grad_clip=1.0,  # largest global gradient norm (paper: not stated)
+    sft_save_every=100,  # steps between resumable checkpoints in {out_dir}/sft/ckpt (and after the last step)
+    sft_eval_problems=200,  # held-out test problems for the final greedy accuracy and format compliance; 0 = all
+    sft_resume=True,  # continue from {out_dir}/sft/ckpt when it holds a train_state.pt; false = start over
     # ---------------------------------------------------------------- evaluate.py
     grader_workers=0,  # answer-grading processes (evaluation and RL rewards); 0 = one per CPU core, at most 8
     grader_timeout=3,  # seconds math-verify may spend on one parse or comparison (an int: signal.alarm)
