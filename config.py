@@ -81,6 +81,21 @@ DEFAULTS = dict(
     web_shards=4,  # classroom web: pool files (the unit of work of a torchrun rank)
     web_contaminated_pages=12,  # classroom web: forum pages quoting a held-out test problem verbatim
     # ---------------------------------------------------------------- pretrain.py
+    pretrain_sources={"math": "corpus/tokens"},  # name -> folder of train-*.bin / val-*.bin token shards (relative to out_dir, or absolute)
+    pretrain_weights={"math": 1.0},  # name -> sampling weight, normalised (paper 7B: corpus .56, AlgebraicStack .04, arXiv .10, GitHub .20, CC .10)
+    pretrain_init="",  # HF checkpoint folder to continue from (paper 7B: DeepSeek-Coder-Base-v1.5); "" = random init
+    pretrain_steps=1000,  # optimizer steps (paper 7B: 500B tokens / 10M = 50,000)
+    pretrain_tokens_per_step=65536,  # global batch in tokens (paper: 10M for 7B, 4M for 1.3B); a multiple of batch x max_seq_len x ranks
+    pretrain_batch_size=16,  # rows of max_seq_len tokens per device per micro-step; accumulation makes up the rest
+    pretrain_lr=1e-3,  # peak learning rate (paper: 4.2e-4 for 7B, 5.3e-4 for 1.3B)
+    pretrain_warmup_steps=100,  # linear warm-up steps to the peak (paper: 2,000)
+    pretrain_weight_decay=0.1,  # AdamW weight decay on matrices (paper: 0.1)
+    pretrain_betas=[0.9, 0.95],  # AdamW beta1, beta2 (paper: 0.9, 0.95)
+    pretrain_grad_clip=1.0,  # clip the global gradient norm to this (DeepSeek LLM: 1.0)
+    pretrain_eval_every=100,  # steps between validation losses (and one at the end)
+    pretrain_eval_batches=8,  # validation micro-batches per rank (the same rows every time)
+    pretrain_ckpt_every=500,  # steps between checkpoints (and one at the end)
+    pretrain_resume=True,  # continue from {out_dir}/pretrain/ckpt when it holds a train_state.pt; false = start over
     # ---------------------------------------------------------------- sft.py
     sft_init="",  # checkpoint folder to tune (ours or a Hugging Face Llama folder); "" = {out_dir}/pretrain/ckpt
     sft_formats={"cot": 1.0},  # share of examples per solution format: "cot", "pot", "tool" (paper: all three; GSM8K/MATH rows have cot only)
@@ -110,6 +125,39 @@ DEFAULTS = dict(
     eval_program_timeout=10.0,  # wall-clock seconds for a sandboxed program (its CPU limit too)
     eval_program_memory_mb=2048,  # address-space limit of a sandboxed program, MiB
     # ---------------------------------------------------------------- grpo.py
+    rl_algo="grpo",  # "grpo", "ppo" (value model + GAE), "rft" (samples of the SFT model), "online_rft"
+    rl_reward="outcome",  # "outcome" (grader), "process" (per-step checker), "orm" / "prm" (learned reward model)
+    rl_init_checkpoint="",  # the starting policy folder; "" = {out_dir}/sft/ckpt
+    rl_resume=False,  # continue {out_dir}/rl/{method}/ckpt from its train_state.pt
+    rl_compare=False,  # run GRPO and PPO from the same start; print one table, write rl/compare.png
+    rl_steps=100,  # exploration stages (each: sample, reward, rl_mu policy updates)
+    rl_questions_per_step=16,  # questions per step, split across ranks (paper: 1024 outputs / 64 = 16)
+    rl_group_size=64,  # G, outputs sampled per question (paper: 64)
+    rl_temperature=1.0,  # sampling temperature; log-probs of pi_theta/pi_old/pi_ref are taken at the same one
+    rl_max_new_tokens=1024,  # most tokens per output (paper: max length 1024)
+    rl_micro_batch=16,  # outputs per forward/backward pass (gradient accumulation over the step)
+    rl_mu=1,  # policy updates per exploration stage (paper: 1)
+    rl_lr=1e-6,  # policy AdamW learning rate, constant (paper: 1e-6)
+    rl_weight_decay=0.0,  # policy AdamW weight decay
+    rl_grad_clip=1.0,  # gradient-norm clip of every trained model
+    rl_clip_eps=0.2,  # epsilon of the clipped surrogate, PPO and GRPO
+    rl_kl_coef=0.04,  # beta: GRPO's KL loss coefficient and PPO's per-token KL penalty (paper GRPO: 0.04)
+    rl_iteration_steps=0,  # iterative RL: reset pi_ref to the policy (and retrain the RM) every N steps; 0 = never
+    rl_activation_checkpointing=False,  # recompute each block's activations in backward (7B: saves memory)
+    rl_eval_every=0,  # held-out greedy accuracy every N steps (metrics.jsonl heldout_greedy); 0 = only before/after
+    rl_save_every=50,  # checkpoint every N steps (and at the end)
+    rl_rm_checkpoint="",  # a trained reward model folder (scalar head); "" = train one from the policy's trunk
+    rl_rm_questions=64,  # questions whose G graded samples first train the reward model
+    rl_rm_epochs=2,  # passes over the reward model's new samples (+ replay) per training round
+    rl_rm_lr=1e-5,  # reward model AdamW learning rate
+    rl_rm_replay=0.1,  # share of all earlier samples replayed when the reward model retrains (paper: 10%)
+    ppo_value_init="policy",  # the value model starts from the "policy" trunk or the "reward" model
+    ppo_value_lr=1e-6,  # value model AdamW learning rate
+    ppo_value_clip=0.2,  # the value loss clips V to V_old +- this
+    ppo_gamma=1.0,  # GAE discount (episodic: one answer per episode)
+    ppo_lambda=0.95,  # GAE lambda
+    # ---------------------------------------------------------------- memory_plan.py
+    plan_prompt_len=512,  # longest RL prompt (tokens) the memory plan assumes: rows are this + rl_max_new_tokens long
 )
 
 
