@@ -21,7 +21,8 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 import config  # noqa: E402
 from model import ModelArgs, Transformer, generate  # noqa: E402
 
@@ -49,7 +50,7 @@ def timed(fn, device):
 
 
 def cache_vs_naive(batch_size, new_tokens, prompt_len):
-    cfg = config.load_config(["configs/classroom.py"])
+    cfg = config.load_config([os.path.join(ROOT, "configs", "classroom.py")])
     # the classroom context (256) is shorter than prompt + 256 new tokens: widen RoPE's table only
     args = ModelArgs.from_config(cfg, max_seq_len=prompt_len + new_tokens)
     torch.manual_seed(0)
@@ -94,7 +95,7 @@ def generation_bytes(model, batch_size, prompt_len, new_tokens):
 
 def gpu_7b(new_tokens, prompt_len, batch_sizes=(1, 64)):
     device = torch.device("cuda")
-    cfg = config.load_config(["configs/7b.py"])
+    cfg = config.load_config([os.path.join(ROOT, "configs", "7b.py")])
     args = ModelArgs.from_config(cfg)
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)  # build the weights directly in bf16 on the GPU

@@ -33,7 +33,7 @@ tie_embeddings = False
 # checkpoint's tokenizer.json; our BPE is trained only for the classroom
 tokenizer_path = "checkpoints/deepseek-math-7b-instruct/tokenizer.json"
 
-# ---- problems: the paper evaluates on the GSM8K and MATH test sets
+# ---- problems: SFT and RL train on GSM8K/MATH training questions, evaluation on their test sets
 train_problems = "gsm8k"
 test_problems = "gsm8k"
 
@@ -57,6 +57,51 @@ corpus_domain_share = 0.1
 corpus_decontam_ngram = 10
 corpus_decontam_min_ngram = 3
 corpus_train_tokenizer = False  # keep DeepSeek's tokenizer (tokenizer_path above)
+
+# ---- pretrain.py (paper 2.3): DeepSeekMath-Base 7B continues DeepSeek-Coder-Base-v1.5 7B for
+# 500B tokens: 56% DeepSeekMath Corpus, 4% AlgebraicStack, 10% arXiv, 20% GitHub code, 10% Common
+# Crawl natural language; each source a folder of token shards (shards.py) under out_dir
+pretrain_init = "checkpoints/deepseek-coder-7b-base-v1.5"
+pretrain_sources = {"math": "corpus/tokens", "algebraic_stack": "algebraic_stack/tokens",
+                    "arxiv": "arxiv/tokens", "github": "github/tokens", "common_crawl": "common_crawl/tokens"}
+pretrain_weights = {"math": 0.56, "algebraic_stack": 0.04, "arxiv": 0.10, "github": 0.20, "common_crawl": 0.10}
+pretrain_batch_size = 1  # rows of 4,096 tokens per GPU per micro-step
+pretrain_tokens_per_step = 2432 * 4096  # 9.96M ~ the paper's 10M, in rows that split over 1, 2, 4, ..., 128 GPUs
+pretrain_steps = 500_000_000_000 // pretrain_tokens_per_step  # 500B tokens = 50,193 steps
+pretrain_lr = 4.2e-4  # peak; 31.6% of it after 80% of the tokens, 10% after 90% (pretrain.py)
+pretrain_warmup_steps = 2000
+pretrain_weight_decay = 0.1
+pretrain_betas = [0.9, 0.95]
+pretrain_grad_clip = 1.0
+pretrain_eval_every = 1000
+pretrain_ckpt_every = 1000
+
+# ---- sft.py (paper 3.1): DeepSeekMath-Instruct 7B = Base 7B tuned 500 steps x 256 windows of 4K
+# tokens at a constant 5e-5
+sft_init = "checkpoints/deepseek-math-7b-base"
+sft_steps = 500
+sft_batch_size = 256
+sft_micro_batch_size = 1  # one 4K window per GPU per micro-step: 256 / 8 GPUs = 32 accumulation steps
+sft_lr = 5e-5
+sft_save_every = 100
+
+# ---- grpo.py (paper 4.2): DeepSeekMath-RL 7B = GRPO from DeepSeekMath-Instruct 7B. One step
+# samples 16 questions x G = 64 outputs = 1,024 outputs (the paper's batch size), then makes
+# one policy update (mu = 1) at lr 1e-6 with KL coefficient beta = 0.04
+rl_init_checkpoint = "checkpoints/deepseek-math-7b-instruct"
+rl_algo = "grpo"
+rl_reward = "outcome"  # the rule-based grader (the paper's reward model was not released)
+rl_questions_per_step = 1024 // 64  # 16
+rl_group_size = 64
+rl_max_new_tokens = 1024
+rl_mu = 1
+rl_lr = 1e-6
+rl_kl_coef = 0.04
+rl_steps = 144_000 // rl_questions_per_step  # the paper gives no step count: one pass over its ~144K questions
+rl_micro_batch = 16  # outputs per forward/backward: see memory_plan.py
+rl_activation_checkpointing = True  # without it one micro-batch's activations are ~129 GiB per GPU
+rl_eval_every = 500
+rl_save_every = 100
 
 # ---- evaluate.py (paper 5.1): chat prompts with the chain-of-thought suffix, greedy, the full
 # GSM8K (1,319) and MATH (5,000) test sets

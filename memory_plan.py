@@ -1,0 +1,197 @@
+"""The per-GPU memory plan of an RL run: GRPO against PPO (DeepSeekMath section 4.1.1, figure 4).
+
+    python memory_plan.py configs/7b.py --world_size=8
+    python grpo.py configs/7b.py --dry_run=true            # the same plan; world size from WORLD_SIZE
+
+The paper's memory argument: PPO trains a value model "of comparable size as the policy model",
+which GRPO drops, taking the mean reward of G outputs of the same question as its baseline. So
+PPO holds one more trained model: weights, gradients and AdamW states. This script builds the
+model of a config on the meta device (shapes, no memory), counts its parameters (6.91B for
+configs/7b.py) and prints what one GPU holds under FSDP2 with W ranks, for both algorithms.
+
+The precision scheme is the one issue 9 sets: FSDP2 with bf16 compute and fp32 master weights
+(MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)). Each rank then keeps 1/W of
+every fp32 weight (the master copy AdamW updates), of its fp32 gradient and of AdamW's two fp32
+moments: 16 bytes per trained parameter, over W. bf16 weights exist only while gathered: the
+whole policy during generation (grpo.py unshards it once per rollout), a few FSDP units at a
+time during training. Frozen models (pi_ref, a trained reward model while PPO/GRPO run on it)
+keep bf16 shards only.
+
+A run goes through two phases, and the plan prints each one's peak:
+    held throughout   the sharded model states above
+    rollout           + the policy gathered whole (bf16) + the KV cache of this rank's outputs
+    update            + gathered FSDP units + activations of one micro-batch + the log-prob
+                        logits buffer (+ for PPO the value model's activations, summed as if
+                        live at once: an upper bound)
+Rows are in GiB; every total is the sum of the rows above it.
+"""
+
+import argparse
+import inspect
+import math
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+import config
+from model import ModelArgs, Transformer, sequence_logprobs
+
+GiB = 2**30
+BF16, FP32 = 2, 4
+
+
+@dataclass
+class Row:
+    name: str
+    bytes: float
+
+
+@dataclass
+class Plan:
+    rows: dict  # phase ("held", "rollout", "update") -> [Row]
+
+    def total(self, phase):
+        return sum(r.bytes for r in self.rows[phase])
+
+    def peak(self, phase):
+        return self.total("held") + self.total(phase)
+
+
+def parameter_counts(args):
+    """Parameters of the policy (LM head), the value/reward model (same trunk, scalar head), one
+    block and the FSDP root unit (embeddings, final norm, head), counted on the meta device."""
+    with torch.device("meta"):
+        policy, scalar = Transformer(args), Transformer(args, head="scalar")
+    block = sum(p.numel() for p in policy.layers[0].parameters())
+    return policy.num_params(), scalar.num_params(), block, policy.num_params() - args.n_layer * block
+
+
+def trained_rows(name, n, world_size):
+    """A trained model under FSDP2: 1/W of the fp32 master weights, gradients, AdamW m and v."""
+    return [Row(f"{name}: weights, fp32 master (1/W)", n * FP32 / world_size),
+            Row(f"{name}: gradients, fp32 (1/W)", n * FP32 / world_size),
+            Row(f"{name}: AdamW m and v, 2 x fp32 (1/W)", 2 * n * FP32 / world_size)]
+
+
+def frozen_rows(name, n, world_size):
+    return [Row(f"{name}: weights, bf16 (1/W)", n * BF16 / world_size)]
+
+
+def layer_activation_bytes(args):
+    """Bytes autograd saves per token in one block (bf16 compute; tests/test_memory_plan.py
+    measures this with saved_tensors_hooks):
+        2 RMSNorms      x 2 x (fp32 input copy 4D + normalised 2D + scaled output 2D)  = 16D
+        attention       q 2D, k and v 2 x 2Kd (after RoPE), output 2D, log-sum-exp 4H  = 4D + 4Kd + 4H
+        SwiGLU          gate, up, silu(gate), their product: 4 x 2I                    = 8I
+        1/rms per norm  2 x 4 bytes"""
+    D, K, d, H, I = args.dim, args.n_kv_head, args.head_dim, args.n_head, args.intermediate_size
+    return 20 * D + 4 * K * d + 4 * H + 8 * I + 8
+
+
+def outside_layers_bytes(args):
+    """Bytes saved per token outside the blocks: token ids (8), RoPE cos/sin (2 x 2d), the final
+    RMSNorm (4D + 4 + 2D) and its output, the head's input (2D)."""
+    return 8 + 4 * args.head_dim + 8 * args.dim + 4
+
+
+def activation_bytes(args, tokens, checkpointing):
+    """Activations of one forward/backward over `tokens` tokens. With activation checkpointing
+    each block keeps only its input (2D per token) and recomputes the rest in backward, one
+    block at a time; without, every block keeps everything."""
+    if checkpointing:
+        per_token = args.n_layer * 2 * args.dim + layer_activation_bytes(args)
+    else:
+        per_token = args.n_layer * layer_activation_bytes(args)
+    return tokens * (per_token + outside_layers_bytes(args))
+
+
+def memory_plans(cfg, world_size):
+    """{"GRPO": Plan, "PPO": Plan} per GPU, and the parameter counts."""
+    args = ModelArgs.from_config(cfg)
+    n_policy, n_scalar, n_block, n_root = parameter_counts(args)
+    W = world_size
+    length = cfg.plan_prompt_len + cfg.rl_max_new_tokens  # tokens per row (prompt + output)
+    rollout_rows = math.ceil(cfg.rl_questions_per_step / W) * cfg.rl_group_size  # this rank's outputs
+    micro_tokens = cfg.rl_micro_batch * length
+    chunk = inspect.signature(sequence_logprobs).parameters["chunk_size"].default
+    checkpointing = cfg.rl_activation_checkpointing
+    reward_model = cfg.rl_reward in ("orm", "prm")  # a learned reward model (trained between iterations)
+
+    # KV cache: rows x positions x layers x (k, v) x kv heads x head dim, bf16
+    kv_cache = rollout_rows * length * args.n_layer * 2 * args.n_kv_head * args.head_dim * BF16
+    # one FSDP unit runs while the next is prefetched; the root (embeddings + head) stays gathered
+    # through forward and backward. One process without FSDP: autocast's bf16 copies of all weights.
+    gathered = (n_root + 2 * n_block) * BF16 if W > 1 else n_policy * BF16
+    # the chunked log-probs (model.chunked_logprobs): at the backward peak of one chunk, three
+    # fp32 (micro-batch, chunk, V) tensors: log_softmax's output, its gradient, the logits' gradient
+    logits_buffer = 3 * cfg.rl_micro_batch * min(chunk, length) * args.vocab_size * FP32
+    acts = "checkpointed" if checkpointing else "no checkpointing"
+
+    plans = {}
+    for algo in ("GRPO", "PPO"):
+        held = trained_rows("policy", n_policy, W) + frozen_rows("reference pi_ref", n_policy, W)
+        if algo == "PPO":
+            held += trained_rows("value model", n_scalar, W)
+        if reward_model:
+            held += trained_rows("reward model", n_scalar, W)
+        rollout = [Row("policy gathered whole, bf16 (generation)", n_policy * BF16),
+                   Row(f"KV cache: {rollout_rows} outputs x {length} tokens", kv_cache)]
+        update = [Row("gathered weights, bf16 (FSDP units in flight)", gathered),
+                  Row(f"policy activations, {cfg.rl_micro_batch} x {length} tokens ({acts})",
+                      activation_bytes(args, micro_tokens, checkpointing)),
+                  Row(f"log-prob logits buffer, 3 x {cfg.rl_micro_batch} x {min(chunk, length)} x {args.vocab_size} fp32",
+                      logits_buffer)]
+        if algo == "PPO":
+            update.append(Row(f"value model activations ({acts})", activation_bytes(args, micro_tokens, checkpointing)))
+        plans[algo] = Plan({"held": held, "rollout": rollout, "update": update})
+    return plans, (n_policy, n_scalar)
+
+
+PHASES = (("held", "held throughout", "total held"),
+          ("rollout", "rollout: generation", "peak in rollout (held + these)"),
+          ("update", "update: one micro-batch forward/backward", "peak in update (held + these)"))
+
+
+def print_plan(cfg, world_size):
+    plans, (n_policy, n_scalar) = memory_plans(cfg, world_size)
+    args = ModelArgs.from_config(cfg)
+    print(f"model: {args.n_layer} layers x {args.dim}, {args.n_head} heads ({args.n_kv_head} kv), "
+          f"vocab {args.vocab_size}: {n_policy:,} parameters ({n_policy / 1e9:.2f}B); value model "
+          f"(scalar head) {n_scalar:,}")
+    sharding = "FSDP2" if world_size > 1 else "one process, no sharding"
+    print(f"per GPU with W={world_size} ({sharding}, bf16 compute, fp32 master weights); RL step: "
+          f"{cfg.rl_questions_per_step} questions x G={cfg.rl_group_size}, rows of {cfg.plan_prompt_len} "
+          f"prompt + {cfg.rl_max_new_tokens} output tokens, micro-batch {cfg.rl_micro_batch}")
+    for algo, plan in plans.items():
+        print(f"\n{algo:<68}GiB")
+        for phase, title, total_label in PHASES:
+            print(f"  {title}")
+            for row in plan.rows[phase]:
+                print(f"    {row.name:<64}{row.bytes / GiB:8.2f}")
+            total = plan.total("held") if phase == "held" else plan.peak(phase)
+            print(f"    {'= ' + total_label:<64}{total / GiB:8.2f}")
+    grpo, ppo = plans["GRPO"], plans["PPO"]
+    peak = {algo: max(plan.peak("rollout"), plan.peak("update")) for algo, plan in plans.items()}
+    print(f"\npeak per GPU: GRPO {peak['GRPO'] / GiB:.2f} GiB, PPO {peak['PPO'] / GiB:.2f} GiB "
+          f"(PPO / GRPO = {peak['PPO'] / peak['GRPO']:.2f}); held throughout: PPO / GRPO = "
+          f"{ppo.total('held') / grpo.total('held'):.2f}")
+    flipped = not cfg.rl_activation_checkpointing
+    tokens = cfg.rl_micro_batch * (cfg.plan_prompt_len + cfg.rl_max_new_tokens)
+    print(f"policy activations with --rl_activation_checkpointing={flipped}: "
+          f"{activation_bytes(args, tokens, flipped) / GiB:.2f} GiB")
+
+
+def main():
+    parser = argparse.ArgumentParser(description="per-GPU memory plan of GRPO vs PPO",
+                                     usage="python memory_plan.py configs/NAME.py [--world_size=8] [--key=value ...]")
+    parser.add_argument("--world_size", type=int, default=int(os.environ.get("WORLD_SIZE", "1")))
+    opts, rest = parser.parse_known_args()
+    if opts.world_size < 1:
+        sys.exit(f"--world_size={opts.world_size}: give the number of GPUs, at least 1")
+    print_plan(config.main_config(rest), opts.world_size)
+
+
+if __name__ == "__main__":
+    main()

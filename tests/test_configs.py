@@ -1,0 +1,60 @@
+import glob
+import os
+
+import pytest
+import torch
+
+import config
+from model import ModelArgs, Transformer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+
+
+def meta_params(cfg):
+    with torch.device("meta"):
+        return Transformer(ModelArgs.from_config(cfg)).num_params()
+
+
+def test_there_are_configs():
+    assert {os.path.basename(p) for p in CONFIGS} >= {"classroom.py", "7b.py", "1.3b.py"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_every_config_loads(path):
+    """A key renamed or removed in config.DEFAULTS makes the config that sets it fail here."""
+    cfg = config.load_config([path])
+    assert cfg.dim % cfg.n_head == 0 and cfg.n_head % cfg.n_kv_head == 0
+
+
+def test_7b_is_the_papers_model_and_recipe():
+    cfg = config.load_config([os.path.join(ROOT, "configs", "7b.py")])
+    # deepseek-math-7b-base config.json (DESIGN.md)
+    assert (cfg.n_layer, cfg.dim, cfg.n_head, cfg.n_kv_head, cfg.intermediate_size) == (30, 4096, 32, 32, 11008)
+    assert (cfg.vocab_size, cfg.max_seq_len, cfg.norm_eps, cfg.rope_theta) == (102400, 4096, 1e-6, 10000.0)
+    assert not cfg.tie_embeddings
+    assert 6.85e9 < meta_params(cfg) < 6.95e9  # "7B": 6.91B
+    # pretraining: 10M-token batches for 500B tokens, AdamW (0.9, 0.95), wd 0.1, the 56/4/10/20/10 mixture
+    assert cfg.pretrain_tokens_per_step == pytest.approx(10e6, rel=0.01)
+    assert cfg.pretrain_steps * cfg.pretrain_tokens_per_step == pytest.approx(500e9, rel=0.001)
+    for world_size in (1, 2, 4, 8, 16, 32, 64, 128):  # whole rows for every GPU (pretrain.py requires it)
+        assert cfg.pretrain_tokens_per_step % (cfg.pretrain_batch_size * cfg.max_seq_len * world_size) == 0
+    assert (cfg.pretrain_lr, cfg.pretrain_warmup_steps, cfg.pretrain_weight_decay) == (4.2e-4, 2000, 0.1)
+    assert list(cfg.pretrain_betas) == [0.9, 0.95]
+    assert sorted(cfg.pretrain_weights.values()) == [0.04, 0.1, 0.1, 0.2, 0.56]
+    assert set(cfg.pretrain_sources) == set(cfg.pretrain_weights)
+    # SFT: 500 steps x 256, constant 5e-5
+    assert (cfg.sft_steps, cfg.sft_batch_size, cfg.sft_lr) == (500, 256, 5e-5)
+    # GRPO: 1024 outputs = 16 questions x G 64, max length 1024, lr 1e-6, beta 0.04, mu 1
+    assert cfg.rl_questions_per_step * cfg.rl_group_size == 1024 and cfg.rl_group_size == 64
+    assert (cfg.rl_max_new_tokens, cfg.rl_lr, cfg.rl_kl_coef, cfg.rl_mu) == (1024, 1e-6, 0.04, 1)
+    assert cfg.rl_algo == "grpo" and cfg.rl_init_checkpoint.endswith("deepseek-math-7b-instruct")
+    assert sorted(cfg.eval_tasks) == ["gsm8k", "math"]
+
+
+def test_1_3b_fits_the_papers_small_runs():
+    cfg = config.load_config([os.path.join(ROOT, "configs", "1.3b.py")])
+    assert 1.3e9 < meta_params(cfg) < 1.4e9
+    assert cfg.pretrain_tokens_per_step == pytest.approx(4e6, rel=0.05) and cfg.pretrain_lr == 5.3e-4
+    assert cfg.pretrain_tokens_per_step % (cfg.pretrain_batch_size * cfg.max_seq_len) == 0
+    assert cfg.sft_batch_size % cfg.sft_micro_batch_size == 0
