@@ -135,6 +135,7 @@ DEFAULTS = dict(
     rl_group_size=64,  # G, outputs sampled per question (paper: 64)
     rl_temperature=1.0,  # sampling temperature; log-probs of pi_theta/pi_old/pi_ref are taken at the same one
     rl_max_new_tokens=1024,  # most tokens per output (paper: max length 1024)
+    rl_rollout_questions=1,  # questions whose G outputs are generated together (one KV cache of this x G rows)
     rl_micro_batch=16,  # outputs per forward/backward pass (gradient accumulation over the step)
     rl_mu=1,  # policy updates per exploration stage (paper: 1)
     rl_lr=1e-6,  # policy AdamW learning rate, constant (paper: 1e-6)

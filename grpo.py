@@ -145,17 +145,26 @@ def whole_model(model):
             module.set_reshard_after_forward(module is not model, recurse=False)  # FSDP2's defaults
 
 
-def sample_rollouts(model, tokenizer, problems, cfg, generator, device):
-    """G = rl_group_size outputs for each problem, sampled at rl_temperature."""
-    G = cfg.rl_group_size
+def sample_rollouts(model, tokenizer, problems, cfg, seed, device):
+    """G = rl_group_size outputs for each problem, sampled at rl_temperature.
+
+    rl_rollout_questions questions (x G rows) share one KV cache, which bounds its memory (the
+    7B's cache is ~0.5 MB per token and row). Each such chunk draws from its own generator,
+    seeded by `seed` + its first question's index, so a question's samples depend neither on
+    the number of ranks nor on which rank drew them."""
+    G, per_chunk = cfg.rl_group_size, cfg.rl_rollout_questions
     prompts = [tokenizer.encode_prompt(p.question, COT_SUFFIX) for p in problems for _ in range(G)]
+    responses, truncated = [], []
     with whole_model(model) as m, training.autocast(device, cfg.dtype):
         was_training = m.training
         m.eval()
-        out = generate(m, prompts, cfg.rl_max_new_tokens, temperature=cfg.rl_temperature,
-                       eos_id=tokenizer.eos_id, generator=generator)
+        for start in range(0, len(problems), per_chunk):
+            generator = torch.Generator(device).manual_seed(seed + start)
+            out = generate(m, prompts[start * G:(start + per_chunk) * G], cfg.rl_max_new_tokens,
+                           temperature=cfg.rl_temperature, eos_id=tokenizer.eos_id, generator=generator)
+            responses += [row[keep].tolist() for row, keep in zip(out.tokens, out.mask)]
+            truncated.append(out.truncated)
         m.train(was_training)
-    responses = [out.tokens[i][out.mask[i]].tolist() for i in range(len(prompts))]
     L = max(len(p) + len(r) for p, r in zip(prompts, responses))
     tokens = torch.full((len(prompts), L), tokenizer.pad_id, dtype=torch.long, device=device)
     mask = torch.zeros(len(prompts), L, dtype=torch.bool, device=device)
@@ -167,7 +176,7 @@ def sample_rollouts(model, tokenizer, problems, cfg, generator, device):
         response_mask[i, len(prompt) - 1:n - 1] = True  # column j scores token j + 1
     texts = [tokenizer.decode([t for t in r if t != tokenizer.eos_id]) for r in responses]
     rows = [p for p in problems for _ in range(G)]
-    return Rollouts(rows, texts, tokens, mask, response_mask, out.truncated.to(device), G)
+    return Rollouts(rows, texts, tokens, mask, response_mask, torch.cat(truncated).to(device), G)
 
 
 # =============================================================================================
@@ -453,14 +462,14 @@ def train_reward_model(run, new_samples, cfg):
 # =============================================================================================
 
 
-def rl_step(run, step_problems, cfg, step):
-    """One exploration stage and its rl_mu policy updates. Returns this rank's metrics."""
+def rl_step(run, step_problems, first_index, cfg, step):
+    """One exploration stage and its rl_mu policy updates, on this rank's questions (the
+    step's questions first_index, first_index + 1, ...). Returns this rank's metrics."""
     d, tokenizer, device = run.d, run.tokenizer, run.device
     algo = cfg.rl_algo
-    generator = torch.Generator(device).manual_seed(cfg.seed + 7919 * step + d.rank)
     # 1. rollouts: RFT samples the frozen SFT model, every other method the current policy
     sampler = run.sft_model if algo == "rft" else run.policy
-    rollouts = sample_rollouts(sampler, tokenizer, step_problems, cfg, generator, device)
+    rollouts = sample_rollouts(sampler, tokenizer, step_problems, cfg, cfg.seed + 7919 * step + first_index, device)
     m = rollouts.response_mask
 
     # 2. rewards
@@ -688,9 +697,10 @@ def check_rl_config(cfg, world_size):
         raise BadInput(f"rl_algo={cfg.rl_algo!r}: choose one of {', '.join(ALGOS)}")
     if cfg.rl_reward not in REWARDS:
         raise BadInput(f"rl_reward={cfg.rl_reward!r}: choose one of {', '.join(REWARDS)}")
-    if cfg.rl_questions_per_step % world_size:
-        raise BadInput(f"rl_questions_per_step={cfg.rl_questions_per_step} does not split over "
-                       f"{world_size} ranks: use a multiple of {world_size}")
+    for key in ("rl_questions_per_step", "rl_rm_questions"):
+        if getattr(cfg, key) % world_size or getattr(cfg, key) < world_size:
+            raise BadInput(f"{key}={getattr(cfg, key)} does not split over {world_size} ranks: "
+                           f"use a multiple of {world_size}")
     if cfg.rl_group_size < 2 and cfg.rl_algo == "grpo":
         raise BadInput(f"rl_group_size={cfg.rl_group_size}: GRPO compares outputs within a group; use 2 or more")
     if cfg.ppo_value_init not in ("policy", "reward"):
@@ -725,9 +735,9 @@ def pretrain_reward_model(run, train_problems, cfg):
     """The reward model's first data: rl_rm_questions x G samples of the starting policy,
     labelled by the rule-based grader (ORM) or step checker (PRM)."""
     d = run.d
-    picked = random.Random(cfg.seed + 1).sample(train_problems, cfg.rl_rm_questions)[d.rank::d.world_size]
-    generator = torch.Generator(run.device).manual_seed(cfg.seed - 1 - d.rank)
-    rollouts = sample_rollouts(run.policy, run.tokenizer, picked, cfg, generator, run.device)
+    share = cfg.rl_rm_questions // d.world_size
+    picked = random.Random(cfg.seed + 1).sample(train_problems, cfg.rl_rm_questions)[d.rank * share:(d.rank + 1) * share]
+    rollouts = sample_rollouts(run.policy, run.tokenizer, picked, cfg, cfg.seed - 7919 + d.rank * share, run.device)
     failures = []
     labels = process_labels(rollouts, run.tokenizer, failures) if cfg.rl_reward == "prm" else \
         outcome_labels(rollouts, correctness(rollouts, run.grader, failures))
@@ -798,7 +808,8 @@ def train(cfg):
             if cfg.rl_iteration_steps and step and step % cfg.rl_iteration_steps == 0:
                 new_iteration(run, cfg)
             questions = [train_problems[order[(step * Q + j) % len(order)]] for j in range(Q)]
-            metrics = rl_step(run, questions[d.rank::d.world_size], cfg, step)  # this rank's share
+            share = Q // d.world_size  # this rank's questions: a contiguous share of the step's
+            metrics = rl_step(run, questions[d.rank * share:(d.rank + 1) * share], d.rank * share, cfg, step)
             metrics = {k: distributed.all_reduce_mean(v, d) for k, v in metrics.items()}
             if cfg.rl_eval_every and (step + 1) % cfg.rl_eval_every == 0 and step + 1 < cfg.rl_steps:
                 metrics["heldout_greedy"] = heldout_accuracy(run, test_problems, cfg)

@@ -1,0 +1,339 @@
+"""grpo.py: advantages, objectives, KL and GAE against hand computations; the GRPO gradient in
+its policy-gradient form (paper eq. 5); a raising reward function is reported; short real runs
+of every algorithm, exact resume, and a 2-process FSDP run equal to a 1-process run."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import grpo
+import tasks
+import training
+from model import ModelArgs, Transformer, sequence_logprobs
+from tokenizer import COT_SUFFIX, train_bpe
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    problems = tasks.classroom_problems("train", 100, 1234)
+    return train_bpe([p.question + " " + tasks.render_solution(p, "cot") for p in problems], 400)
+
+
+def response_mask_of(spans, T):
+    """(N, T) bool with columns [start, end) set per row."""
+    mask = torch.zeros(len(spans), T, dtype=torch.bool)
+    for row, (start, end) in enumerate(spans):
+        mask[row, start:end] = True
+    return mask
+
+
+# ------------------------------------------------------------------------- advantages
+
+
+def test_outcome_advantage_is_the_normalised_reward_on_every_token():
+    T = 6
+    spans = [(1, 4), (2, 6), (1, 5), (0, 3), (2, 4), (1, 6)]  # two questions, G = 3
+    mask = response_mask_of(spans, T)
+    outcome = [1.0, 0.0, 0.0, 1.0, 1.0, 0.0]
+    rewards, reward_mask = torch.zeros(6, T), torch.zeros(6, T, dtype=torch.bool)
+    for row, ((_, end), r) in enumerate(zip(spans, outcome)):
+        rewards[row, end - 1], reward_mask[row, end - 1] = r, True
+    advantages, zero_var = grpo.group_advantages(rewards, reward_mask, mask, 3)
+    # group 1: r = (1, 0, 0): mean 1/3, std sqrt(2/9); group 2: r = (1, 1, 0): mean 2/3, std sqrt(2/9)
+    s = math.sqrt(2 / 9)
+    expected = [(1 - 1 / 3) / s, -1 / 3 / s, -1 / 3 / s, 1 / 3 / s, 1 / 3 / s, -2 / 3 / s]
+    for row, ((start, end), a) in enumerate(zip(spans, expected)):
+        assert torch.allclose(advantages[row, start:end], torch.full((end - start,), a), atol=1e-5)
+        assert advantages[row, :start].abs().sum() == 0 and advantages[row, end:].abs().sum() == 0
+    assert zero_var == 0
+
+
+def test_process_advantage_sums_the_normalised_rewards_of_later_steps():
+    T = 6
+    mask = response_mask_of([(0, 5), (1, 6)], T)
+    rewards, reward_mask = torch.zeros(2, T), torch.zeros(2, T, dtype=torch.bool)
+    for row, column, r in [(0, 1, 1.0), (0, 3, 0.0), (1, 2, 1.0)]:  # step ends and their rewards
+        rewards[row, column], reward_mask[row, column] = r, True
+    advantages, _ = grpo.group_advantages(rewards, reward_mask, mask, 2)
+    # R = (1, 0, 1): mean 2/3, std sqrt(2/9); normalised: 1 -> 1/sqrt(2), 0 -> -sqrt(2)
+    hi, lo = 1 / math.sqrt(2), -math.sqrt(2)
+    expected = torch.tensor([[hi + lo, hi + lo, lo, lo, 0, 0],  # steps end at columns 1 and 3
+                             [0, hi, hi, 0, 0, 0]])  # one step, ending at column 2
+    assert torch.allclose(advantages, expected, atol=1e-5)
+
+
+def test_zero_variance_group_gives_zero_advantage_without_nan():
+    mask = response_mask_of([(0, 3)] * 4, 4)
+    rewards, reward_mask = torch.zeros(4, 4), torch.zeros(4, 4, dtype=torch.bool)
+    rewards[:2, 2] = 1.0  # group 1: both correct; group 2: both wrong
+    reward_mask[:, 2] = True
+    advantages, zero_var = grpo.group_advantages(rewards, reward_mask, mask, 2)
+    assert not advantages.isnan().any() and advantages.abs().sum() == 0
+    assert zero_var == 2
+
+
+# ------------------------------------------------------------------------- objectives
+
+
+def test_grpo_objective_and_k3_kl_match_a_direct_computation():
+    torch.manual_seed(0)
+    N, T, eps, beta = 3, 5, 0.2, 0.04
+    logp, old, ref = -torch.rand(N, T) * 3, -torch.rand(N, T) * 3, -torch.rand(N, T) * 3
+    ref[0, 0] = -80.0  # an extreme ratio: the clamped KL stays finite
+    advantages = torch.randn(N, T)
+    mask = response_mask_of([(0, 5), (1, 4), (2, 3)], T)
+    loss, info = grpo.grpo_loss(logp, old, ref, advantages, mask, eps, beta)
+    for i in range(N):
+        terms = []
+        for t in mask[i].nonzero().squeeze(-1).tolist():
+            r = math.exp(logp[i, t] - old[i, t])
+            a = float(advantages[i, t])
+            log_ratio = max(-20.0, min(20.0, float(ref[i, t] - logp[i, t])))
+            kl = min(10.0, math.exp(log_ratio) - log_ratio - 1)
+            assert kl >= 0 and abs(kl - float(info["kl"][i, t])) < 1e-4
+            terms.append(min(r * a, max(1 - eps, min(1 + eps, r)) * a) - beta * kl)
+        assert abs(-sum(terms) / len(terms) - float(loss[i])) < 1e-5
+
+
+def test_gae_matches_a_direct_loop_and_ppo_value_loss_is_clipped():
+    torch.manual_seed(1)
+    T, gamma, lam = 7, 0.9, 0.8
+    spans = [(2, 7), (0, 4), (3, 5)]
+    mask = response_mask_of(spans, T)
+    rewards, values = torch.randn(3, T), torch.randn(3, T)
+    advantages, returns = grpo.gae(rewards, values, mask, gamma, lam)
+    for row, (start, end) in enumerate(spans):
+        a_next = 0.0
+        for t in reversed(range(start, end)):
+            v_next = float(values[row, t + 1]) if t + 1 < end else 0.0
+            delta = float(rewards[row, t]) + gamma * v_next - float(values[row, t])
+            a_next = delta + gamma * lam * a_next
+            assert abs(float(advantages[row, t]) - a_next) < 1e-5
+            assert abs(float(returns[row, t]) - (a_next + float(values[row, t]))) < 1e-5
+    assert advantages[~mask].abs().sum() == 0
+    # the value loss keeps the worse of the unclipped and clipped errors
+    zeros = torch.zeros(1, 1)
+    one = torch.ones(1, 1, dtype=torch.bool)
+    _, value_loss, _ = grpo.ppo_losses(zeros, zeros, zeros, torch.full((1, 1), 1.0), zeros,
+                                       torch.full((1, 1), 2.0), one, 0.2, 0.2)
+    assert abs(float(value_loss) - 0.5 * max((1 - 2) ** 2, (0.2 - 2) ** 2)) < 1e-6
+
+
+def test_grpo_gradient_at_mu_1_is_the_policy_gradient_with_coefficient_a_plus_kl_term(tokenizer):
+    """With pi_old = pi_theta (ratio 1), grad J_GRPO = 1/G sum_i 1/|o_i| sum_t
+    (A_it + beta (pi_ref/pi_theta - 1)) grad log pi_theta (paper eq. 5, GRPO's row)."""
+    torch.manual_seed(0)
+    args = ModelArgs(vocab_size=tokenizer.n_vocab, dim=32, n_layer=2, n_head=4, n_kv_head=2,
+                     intermediate_size=64, max_seq_len=64)
+    policy, ref = Transformer(args), Transformer(args)
+    tokens = torch.randint(0, tokenizer.n_vocab, (4, 12))
+    mask = torch.ones(4, 12, dtype=torch.bool)
+    response = response_mask_of([(3, 11), (5, 11), (2, 8), (4, 11)], 11)
+    advantages = torch.randn(4, 1).expand(4, 11) * response
+    beta = 0.3
+
+    def gradient(loss_fn):
+        policy.zero_grad()
+        logp = sequence_logprobs(policy, tokens, mask)
+        loss_fn(logp).backward()
+        return [p.grad.clone() for p in policy.parameters()]
+
+    with torch.no_grad():
+        ref_logp = sequence_logprobs(ref, tokens, mask)
+    g_grpo = gradient(lambda logp: grpo.grpo_loss(logp, logp.detach(), ref_logp, advantages, response,
+                                                  0.2, beta)[0].mean())
+    m = response.float()
+
+    def policy_gradient(logp):
+        coefficient = (advantages + beta * (torch.exp(ref_logp - logp) - 1)).detach()
+        return -((coefficient * logp * m).sum(-1) / m.sum(-1)).mean()
+
+    for a, b in zip(g_grpo, gradient(policy_gradient)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    assert sum(float(g.abs().sum()) for g in g_grpo) > 0
+
+
+# ------------------------------------------------------------------------- rewards
+
+
+def rollouts_of(tokenizer, problems, responses):
+    prompts = [tokenizer.encode_prompt(p.question, COT_SUFFIX) for p in problems]
+    ids = [tokenizer.encode_response(r) for r in responses]
+    L = max(len(p) + len(r) for p, r in zip(prompts, ids))
+    tokens = torch.zeros(len(prompts), L, dtype=torch.long)
+    mask = torch.zeros(len(prompts), L, dtype=torch.bool)
+    response = torch.zeros(len(prompts), L - 1, dtype=torch.bool)
+    for i, (p, r) in enumerate(zip(prompts, ids)):
+        tokens[i, :len(p) + len(r)] = torch.tensor(p + r)
+        mask[i, :len(p) + len(r)] = True
+        response[i, len(p) - 1:len(p) + len(r) - 1] = True
+    texts = [tokenizer.decode(r[:-1]) for r in ids]
+    return grpo.Rollouts(problems, texts, tokens, mask, response, torch.zeros(len(prompts), dtype=torch.bool), 1)
+
+
+def test_process_rewards_land_on_each_steps_last_token(tokenizer):
+    problem = tasks.classroom_problems("train", 1, 5)[0]
+    wrong = problem.solution.replace(f"= {problem.steps[0].result}.", f"= {int(problem.steps[0].result) + 1}.", 1)
+    rollouts = rollouts_of(tokenizer, [problem, problem], [problem.solution, wrong])
+    labels = grpo.process_labels(rollouts, tokenizer, [])
+    assert [v for _, v in labels[0]] == [1.0] * (len(problem.steps) + 1)
+    assert labels[1][0][1] == 0.0
+    for row in range(2):
+        ends = [end for end, _ in tasks.step_rewards(problem, rollouts.texts[row])]
+        first = rollouts.response_columns(row)[0] + 1  # the first response token (column j scores token j + 1)
+        for end, (column, _) in zip(ends, labels[row]):
+            before = tokenizer.decode(rollouts.tokens[row, first:column + 1].tolist())
+            through = tokenizer.decode(rollouts.tokens[row, first:column + 2].tolist())
+            assert len(before) < end <= len(through)  # this token holds the step's last character
+
+
+def test_a_raising_reward_function_is_reported_with_question_and_output(tokenizer, monkeypatch, capsys):
+    problems = tasks.classroom_problems("train", 2, 5)
+    rollouts = rollouts_of(tokenizer, problems, ["fine 1 + 1 = 2.", "boom"])
+    real = tasks.step_rewards
+
+    def fragile(problem, response):
+        if "boom" in response:
+            raise ValueError("checker crashed")
+        return real(problem, response)
+
+    monkeypatch.setattr(tasks, "step_rewards", fragile)
+    failures = []
+    labels = grpo.process_labels(rollouts, tokenizer, failures)
+    out = capsys.readouterr().out
+    assert failures == [1] and labels[1] == [] and len(labels[0]) == 1
+    assert "checker crashed" in out and problems[1].question in out and "' boom'" in out
+
+
+# ------------------------------------------------------------------------- real runs
+
+
+def tiny_checkpoint(folder, tokenizer, **shape):
+    torch.manual_seed(0)
+    args = dict(vocab_size=tokenizer.n_vocab, dim=32, n_layer=2, n_head=4, n_kv_head=2, intermediate_size=64,
+                max_seq_len=160, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
+    training.save_checkpoint(folder, Transformer(ModelArgs(**{**args, **shape})), tokenizer)
+
+
+def run_args(out, steps, *extra):
+    return [f"--out_dir={out}", "--device=cpu", "--classroom_train_size=40", "--classroom_test_size=4",
+            "--classroom_max_number=30", f"--rl_steps={steps}", "--rl_questions_per_step=2", "--rl_group_size=2",
+            "--rl_rollout_questions=2", "--rl_max_new_tokens=12", "--rl_micro_batch=2", "--rl_lr=1e-3",
+            "--ppo_value_lr=1e-3", "--rl_rm_questions=2", "--rl_rm_lr=1e-3", "--eval_n_problems=4",
+            "--eval_max_new_tokens=12", "--grader_workers=1", *extra]
+
+
+def run_grpo(monkeypatch, args):
+    monkeypatch.setattr(sys, "argv", ["grpo.py", *args])
+    grpo.main()
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory, tokenizer):
+    out = tmp_path_factory.mktemp("rl")
+    tiny_checkpoint(out / "sft" / "ckpt", tokenizer)
+    return out
+
+
+def read_run(out, method):
+    with open(out / "rl" / method / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    return records, json.load(open(out / "rl" / method / "summary.json"))
+
+
+@pytest.mark.parametrize("method, flags", [
+    ("grpo_outcome", []),
+    ("grpo_process", ["--rl_reward=process"]),
+    ("ppo", ["--rl_algo=ppo"]),
+    ("rft", ["--rl_algo=rft"]),
+    ("online_rft", ["--rl_algo=online_rft"]),
+    ("grpo_outcome", ["--rl_reward=orm", "--rl_iteration_steps=1"]),
+    ("ppo", ["--rl_algo=ppo", "--rl_reward=prm", "--ppo_value_init=reward", "--rl_iteration_steps=1"]),
+])
+def test_every_algorithm_runs_and_logs(start, tmp_path, monkeypatch, method, flags):
+    os.symlink(start / "sft", tmp_path / "sft")
+    run_grpo(monkeypatch, run_args(tmp_path, 2, *flags))
+    records, summary = read_run(tmp_path, method)
+    assert [r["step"] for r in records] == [1, 2]
+    for key in ("reward", "accuracy", "kl", "clip_frac", "entropy", "response_len", "truncated",
+                "zero_var_groups", "step_seconds", "model_state_mb", "peak_rss_mb"):
+        assert all(math.isfinite(r[key]) for r in records), key
+    assert ("value_loss" in records[0]) == (method == "ppo")
+    assert summary["method"] == method and 0 <= summary["accuracy_after"] <= 1
+    assert ("reward model" in summary["models_held"]) == any("rm" in f for f in flags)
+    assert os.path.exists(tmp_path / "rl" / method / "ckpt" / "model.safetensors")
+
+
+def test_grpo_holds_less_model_state_than_ppo(start, tmp_path, monkeypatch):
+    os.symlink(start / "sft", tmp_path / "sft")
+    run_grpo(monkeypatch, run_args(tmp_path, 1, "--rl_compare=true"))
+    grpo_summary, ppo_summary = read_run(tmp_path, "grpo_outcome")[1], read_run(tmp_path, "ppo")[1]
+    # policy: 16 bytes/param (weights, grads, 2 AdamW moments) + reference 4; PPO adds a value model's 16
+    assert grpo_summary["model_state_mb"] <= 0.7 * ppo_summary["model_state_mb"]
+    assert set(ppo_summary["models_held"]) == {"policy", "reference", "value model"}
+    assert os.path.getsize(tmp_path / "rl" / "compare.png") > 0
+
+
+def weights(folder):
+    return Transformer.from_pretrained(folder).state_dict()
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_resume_is_bit_identical(start, tmp_path, monkeypatch, algo):
+    method = "grpo_outcome" if algo == "grpo" else "ppo"
+    for name in ("straight", "resumed"):
+        os.makedirs(tmp_path / name)
+        os.symlink(start / "sft", tmp_path / name / "sft")
+    run_grpo(monkeypatch, run_args(tmp_path / "straight", 3, f"--rl_algo={algo}"))
+    run_grpo(monkeypatch, run_args(tmp_path / "resumed", 2, f"--rl_algo={algo}"))
+    run_grpo(monkeypatch, run_args(tmp_path / "resumed", 3, f"--rl_algo={algo}", "--rl_resume=true"))
+    a, b = (weights(tmp_path / name / "rl" / method / "ckpt") for name in ("straight", "resumed"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [r["step"] for r in read_run(tmp_path / "resumed", method)[0]] == [1, 2, 3]
+
+
+def test_missing_start_checkpoint_names_the_fix(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="rl_init_checkpoint"):
+        run_grpo(monkeypatch, run_args(tmp_path, 1))
+
+
+def test_two_process_fsdp_run_of_a_7b_shaped_model_matches_one_process(tokenizer, tmp_path, monkeypatch):
+    """The 7B's layout scaled down (plain multi-head attention, untied embeddings, SwiGLU at
+    11008/4096 of the width): GRPO then PPO (--rl_compare) under FSDP2 over 2 ranks, rollouts
+    from the unsharded policy, each rank a contiguous share of the questions; the HF
+    checkpoints equal a 1-process run's."""
+    tiny_checkpoint(tmp_path / "sft" / "ckpt", tokenizer, dim=64, n_layer=2, n_head=4, n_kv_head=4,
+                    intermediate_size=172, tie_embeddings=False)
+    for name in ("one", "two"):
+        os.makedirs(tmp_path / name)
+        os.symlink(tmp_path / "sft", tmp_path / name / "sft")
+    flags = ["--rl_compare=true", "--parallel=fsdp", "--rl_rollout_questions=1"]
+    run_grpo(monkeypatch, run_args(tmp_path / "one", 2, *flags))
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    os.path.join(ROOT, "grpo.py"), *run_args(tmp_path / "two", 2, *flags)],
+                   check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+    for method in ("grpo_outcome", "ppo"):
+        ckpt = tmp_path / "two" / "rl" / method / "ckpt"
+        config = json.load(open(ckpt / "config.json"))
+        assert config["architectures"] == ["LlamaForCausalLM"] and config["num_key_value_heads"] == 4
+        one, two = weights(tmp_path / "one" / "rl" / method / "ckpt"), weights(ckpt)
+        for key in one:
+            torch.testing.assert_close(one[key], two[key], atol=2e-5, rtol=1e-4, msg=f"{method} {key}")
+        rewards = [[r["reward"] for r in read_run(tmp_path / name, method)[0]] for name in ("one", "two")]
+        assert rewards[0] == rewards[1]
