@@ -14,16 +14,18 @@ The precision scheme is the one issue 9 sets: FSDP2 with bf16 compute and fp32 m
 every fp32 weight (the master copy AdamW updates), of its fp32 gradient and of AdamW's two fp32
 moments: 16 bytes per trained parameter, over W. bf16 weights exist only while gathered: the
 whole policy during generation (grpo.py unshards it once per rollout), a few FSDP units at a
-time during training. Frozen models (pi_ref, a trained reward model while PPO/GRPO run on it)
-keep bf16 shards only.
+time during training. The frozen pi_ref keeps bf16 shards only; a learned reward model
+(rl_reward orm/prm, in both algorithms, as in the paper) is retrained between iterations, so it
+counts as a trained model.
 
 A run goes through two phases, and the plan prints each one's peak:
     held throughout   the sharded model states above
-    rollout           + the policy gathered whole (bf16) + the KV cache of this rank's outputs
+    rollout           + the policy gathered whole (bf16) + the KV cache of one generate call
+                        (rl_rollout_questions x G outputs)
     update            + gathered FSDP units + activations of one micro-batch + the log-prob
                         logits buffer (+ for PPO the value model's activations, summed as if
                         live at once: an upper bound)
-Rows are in GiB; every total is the sum of the rows above it.
+Rows are in GiB; a phase's peak is the held total plus that phase's rows.
 """
 
 import argparse
@@ -113,7 +115,9 @@ def memory_plans(cfg, world_size):
     n_policy, n_scalar, n_block, n_root = parameter_counts(args)
     W = world_size
     length = cfg.plan_prompt_len + cfg.rl_max_new_tokens  # tokens per row (prompt + output)
-    rollout_rows = math.ceil(cfg.rl_questions_per_step / W) * cfg.rl_group_size  # this rank's outputs
+    # grpo.py generates this rank's questions rl_rollout_questions at a time, G rows each, and
+    # one KV cache serves each such chunk
+    rollout_rows = min(cfg.rl_rollout_questions, math.ceil(cfg.rl_questions_per_step / W)) * cfg.rl_group_size
     micro_tokens = cfg.rl_micro_batch * length
     chunk = inspect.signature(sequence_logprobs).parameters["chunk_size"].default
     checkpointing = cfg.rl_activation_checkpointing

@@ -8,8 +8,8 @@
 #
 # The paper's 1.3B runs (DeepSeek-LLM 1.3B on each candidate corpus): 150B tokens, AdamW 0.9/0.95,
 # weight decay 0.1, the multi-step schedule with peak 5.3e-4, 4M-token batches of 4K context.
-# Pretraining, SFT and the RL learning rate/KL/G keep the paper's numbers; what one GPU cannot
-# hold is scaled down (RL questions per step), with the arithmetic written out below.
+# Every stage keeps the paper's numbers; one GPU reaches the large batches by accumulation
+# (pretraining, SFT) and by generating one question's outputs at a time (RL), as written out below.
 # Expects data/common_crawl/*.warc.wet.gz (the page pool); OpenWebMath, GSM8K, MATH come from the hub.
 
 out_dir = "out/1.3b"
@@ -62,14 +62,15 @@ sft_micro_batch_size = 4  # 64 accumulation steps on one GPU
 sft_lr = 5e-5
 sft_save_every = 100
 
-# ---- grpo.py (paper 4.2): lr 1e-6, beta 0.04, G = 64, max length 1024, mu = 1. The paper's
-# 16 questions x 64 outputs per step would need 16 x 64 x 1,536 positions x 24 layers x 2 x 2,048
-# x 2 bytes = 288 GiB of KV cache on one GPU; 2 questions x 64 = 128 outputs need 36 GiB. At this
-# batch memory_plan.py gives a peak of ~61 GiB for GRPO and ~80 GiB for PPO (its value model):
-# on an 80 GB GPU only GRPO fits; compare with PPO at --rl_questions_per_step=1
+# ---- grpo.py (paper 4.2): the paper's step, 16 questions x G = 64 = 1,024 outputs, lr 1e-6,
+# beta 0.04, max length 1024, mu = 1. One GPU generates one question's 64 outputs at a time: a
+# KV cache of 64 x 1,536 positions x 24 layers x 2 x 2,048 x 2 bytes = 18 GiB. memory_plan.py
+# gives a peak of ~43 GiB for GRPO and ~62 GiB for PPO (its value model); with two questions per
+# cache (36 GiB) PPO would need ~80 GiB, more than an 80 GB GPU has, and GRPO ~61 GiB
 rl_algo = "grpo"
 rl_reward = "outcome"
-rl_questions_per_step = 2
+rl_questions_per_step = 1024 // 64  # 16
+rl_rollout_questions = 1
 rl_group_size = 64
 rl_max_new_tokens = 1024
 rl_mu = 1

@@ -82,13 +82,13 @@ def test_grpo_needs_less_than_ppo_by_exactly_the_value_model():
 
 
 def test_kv_cache_row_equals_the_models_cache():
-    cfg = cfg_7b("--rl_questions_per_step=16")
-    args = ModelArgs.from_config(cfg)
-    plan = memory_plan.memory_plans(cfg, 8)[0]["GRPO"]
-    kv_row = next(r for r in plan.rows["rollout"] if r.name.startswith("KV cache"))
-    rows, length = 16 // 8 * cfg.rl_group_size, cfg.plan_prompt_len + cfg.rl_max_new_tokens
-    cache = KVCache(args, rows, length, "meta", torch.bfloat16)  # what generate() allocates
-    assert kv_row.bytes == sum(t.numel() * t.element_size() for t in cache.k + cache.v)
+    for per_call, rows in ((1, 64), (2, 128), (4, 128)):  # 16 questions over 8 ranks: 2 per rank
+        cfg = cfg_7b("--rl_questions_per_step=16", f"--rl_rollout_questions={per_call}")
+        plan = memory_plan.memory_plans(cfg, 8)[0]["GRPO"]
+        kv_row = next(r for r in plan.rows["rollout"] if r.name.startswith("KV cache"))
+        length = cfg.plan_prompt_len + cfg.rl_max_new_tokens
+        cache = KVCache(ModelArgs.from_config(cfg), rows, length, "meta", torch.bfloat16)  # generate()'s
+        assert kv_row.bytes == sum(t.numel() * t.element_size() for t in cache.k + cache.v)
 
 
 def saved_activation_bytes(args, tokens, checkpointing):
