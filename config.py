@@ -39,7 +39,7 @@ DEFAULTS = dict(
     # ---------------------------------------------------------------- tokenizer
     tokenizer_path="",  # a .tiktoken ranks file, or a Hugging Face tokenizer.json; "" = ours in out_dir
     # ---------------------------------------------------------------- tasks (math problems)
-    train_problems="classroom",  # SFT/RL problems: "classroom", "gsm8k" / "math" (hub, online) or a .jsonl/.parquet file
+    train_problems="classroom",  # SFT/RL problems: "classroom", "gsm8k" / "math" (hub, online) or a .jsonl/.parquet file; "a+b" joins sources (the paper's RL: "gsm8k+math")
     test_problems="classroom",  # held-out problems, same choices (the paper: GSM8K and MATH test sets)
     classroom_seed=1234,  # seed of the generated problems, apart from `seed` so every run sees the same splits
     classroom_train_size=20000,  # generated training problems

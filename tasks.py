@@ -451,7 +451,10 @@ def problems_from_hub(name, split):
 
 def load_problems(source, split, cfg):
     """The problems of `source` ("classroom", "gsm8k", "math" or a .jsonl/.parquet file path)
-    for `split` ("train" or "test"; a file is its own split). cfg supplies the classroom_* keys."""
+    for `split` ("train" or "test"; a file is its own split). cfg supplies the classroom_* keys.
+    Sources joined by "+" ("gsm8k+math", the paper's RL questions) are concatenated."""
+    if "+" in source:
+        return [problem for part in source.split("+") for problem in load_problems(part, split, cfg)]
     if source == "classroom":
         size = cfg.classroom_train_size if split == "train" else cfg.classroom_test_size
         return classroom_problems(split, size, cfg.classroom_seed, Difficulty.from_config(cfg))

@@ -150,6 +150,9 @@ def test_gsm8k_and_math_rows_load_from_files(tmp_path, suffix):
     assert math[0].meta == {"level": "Level 1", "type": "Prealgebra"}
     assert math[0].solution == MATH_ROWS[0]["solution"]
 
+    both = tasks.load_problems(paths["gsm8k"] + "+" + paths["math"], "test", cfg)  # the paper's RL questions
+    assert [p.id for p in both] == [p.id for p in gsm8k + math]
+
 
 def test_plain_question_answer_rows_load(tmp_path):
     path = str(tmp_path / "mine.jsonl")
