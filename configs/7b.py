@@ -34,7 +34,7 @@ tie_embeddings = False
 tokenizer_path = "checkpoints/deepseek-math-7b-instruct/tokenizer.json"
 
 # ---- problems: SFT and RL train on GSM8K/MATH training questions, evaluation on their test sets
-train_problems = "gsm8k"
+train_problems = "gsm8k+math"  # the paper's RL questions: chain-of-thought questions of GSM8K and MATH (about 144K)
 test_problems = "gsm8k"
 
 # ---- corpus.py (paper 2.1): 500K OpenWebMath pages vs 500K Common Crawl pages, fastText
