@@ -1,0 +1,380 @@
+"""Causal-LM pretraining on the selected math corpus: DeepSeekMath section 2.3.
+
+    python pretrain.py configs/classroom.py                     # the CPU classroom, a few minutes
+    torchrun --nproc_per_node=8 pretrain.py configs/7b.py       # DDP, or --parallel=fsdp (FSDP2)
+    python pretrain.py configs/classroom.py --pretrain_resume=false   # start over
+
+What the paper does, and where it happens below:
+- Data: a mixture of token sources sampled by weight. DeepSeekMath-Base 7B saw 500B tokens:
+  56% DeepSeekMath Corpus, 4% AlgebraicStack, 10% arXiv, 20% GitHub code, 10% Common Crawl
+  natural language. Each source is a folder of token shards (shards.py; corpus.py writes ours
+  to {out_dir}/corpus/tokens); a training row is a random window of max_seq_len + 1 tokens
+  from a source drawn by weight (`Mixture`). Documents inside a window are separated by the
+  EOS token corpus.py ends each one with.
+- Optimizer: AdamW, beta1 0.9, beta2 0.95, weight decay 0.1 (training.make_adamw: matrices
+  are decayed, the 1-D RMSNorm gains are not), gradients clipped to a global norm.
+- Learning rate: the multi-step schedule (`learning_rate`): linear warm-up (2,000 steps in the
+  paper) to the peak, 31.6% of the peak after 80% of the tokens, 10% after 90%.
+- Batch size in tokens (10M for the 7B, 4M for the 1.3B runs): pretrain_tokens_per_step =
+  pretrain_batch_size x max_seq_len x world_size x accumulation; the accumulation is derived.
+- The 7B continues from DeepSeek-Coder-Base-v1.5 (pretrain_init = its folder); the classroom
+  model starts from random weights.
+
+Outputs in {out_dir}/pretrain/: ckpt/ (Hugging Face Llama layout + tokenizer + train_state.pt,
+every pretrain_ckpt_every steps and at the end), metrics.jsonl (one line per step: loss, lr,
+grad_norm, tokens_per_s, mfu on GPU; val_loss every pretrain_eval_every steps), summary.json.
+
+Resume: a run whose {out_dir}/pretrain/ckpt holds a train_state.pt continues from it (unless
+--pretrain_resume=false) and is exact: the rows of step k are a function of (seed, k) alone, so
+the resumed run sees the same next batch, the same learning rate, and ends with the same
+weights as a run that never stopped. Ctrl-C (or SIGTERM) finishes the current step, saves a
+checkpoint and exits; a NaN/inf loss stops the run naming the step, leaving the last
+checkpoint as it was.
+"""
+
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from glob import glob
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import config
+import distributed
+import training
+from fileio import BadInput, write_json
+from model import ModelArgs, Transformer
+from shards import read_shard
+from tokenizer import load_tokenizer
+
+
+# ----------------------------------------------------------------------------- data
+class TokenSource:
+    """The shards of one source and split, e.g. {out_dir}/corpus/tokens/train-*.bin, read through
+    memmap. Window i (of `n_windows`) is tokens [offset, offset + length) of one shard; the
+    windows of all shards are numbered one after the other, so a uniform i is a uniform window."""
+
+    def __init__(self, name, folder, split, length):
+        paths = sorted(glob(os.path.join(folder, f"{split}-*.bin")))
+        if not paths:
+            raise BadInput(f"source '{name}': no {split}-*.bin token shards in {folder}; run "
+                           "corpus.py first, or fix pretrain_sources")
+        self.name = name
+        self.shards = [read_shard(p) for p in paths]
+        self.tokens = sum(len(s) for s in self.shards)
+        windows = [max(len(s) - length + 1, 0) for s in self.shards]
+        self.first_window = np.cumsum([0] + windows)  # window number where each shard begins
+        self.n_windows = int(self.first_window[-1])
+        self.length = length
+        if self.n_windows == 0:
+            raise BadInput(f"source '{name}': no {split} shard in {folder} holds {length} tokens "
+                           "(max_seq_len + 1); give it more text or lower max_seq_len")
+
+    def head(self, n):
+        """The first n tokens (or all, if fewer), shard after shard."""
+        parts, left = [], n
+        for shard in self.shards:
+            parts.append(shard[:left])
+            left -= len(parts[-1])
+            if left == 0:
+                break
+        return np.concatenate(parts)
+
+    def window(self, i):
+        shard = int(np.searchsorted(self.first_window, i, side="right")) - 1
+        offset = i - int(self.first_window[shard])
+        return self.shards[shard][offset:offset + self.length]
+
+
+class Mixture:
+    """Rows of length + 1 tokens drawn from several sources, each with probability `weight`.
+
+    `rows(key, n, start, stop)` draws the sources and windows of n rows from a generator seeded
+    by `key`, then reads rows [start, stop) only. A step's whole global batch is thus a function
+    of (seed, step): each rank and each accumulation micro-step reads its own slice of it, and
+    the batch does not depend on the number of ranks or on a resume."""
+
+    def __init__(self, sources, weights):
+        self.sources = sources
+        self.weights = np.asarray(weights, np.float64) / sum(weights)
+
+    def rows(self, key, n, start, stop):
+        rng = np.random.default_rng(key)
+        which = rng.choice(len(self.sources), size=n, p=self.weights)  # (n,) source per row
+        where = rng.random(n)  # (n,) uniform in [0, 1): the window, as a share of the source's windows
+        rows = [self.sources[s].window(int(u * self.sources[s].n_windows))
+                for s, u in zip(which[start:stop], where[start:stop])]
+        return torch.from_numpy(np.stack(rows).astype(np.int64))  # (stop - start, length + 1)
+
+    def unigram_entropy(self):
+        """H(p) = -sum_v p_v log p_v in nats of the mixture's token distribution, p = sum_s w_s p_s
+        (counted on the first 10M tokens of each source): the loss of a model that ignores
+        context, the line a trained model's validation loss must fall well below."""
+        counts = [np.bincount(s.head(10_000_000)) for s in self.sources]
+        p = np.zeros(max(len(c) for c in counts))
+        for weight, c in zip(self.weights, counts):
+            p[:len(c)] += weight * c / c.sum()
+        p = p[p > 0]
+        return float(-(p * np.log(p)).sum())
+
+
+def load_mixture(cfg, split, length):
+    """The sources of pretrain_sources (folders relative to out_dir, or absolute), weighted by
+    pretrain_weights."""
+    if set(cfg.pretrain_sources) != set(cfg.pretrain_weights):
+        raise BadInput(f"pretrain_sources names {sorted(cfg.pretrain_sources)} but pretrain_weights "
+                       f"names {sorted(cfg.pretrain_weights)}: give every source one weight")
+    if any(w <= 0 for w in cfg.pretrain_weights.values()):
+        raise BadInput(f"pretrain_weights {cfg.pretrain_weights}: every weight must be > 0 "
+                       "(drop a source from both dicts to leave it out)")
+    names = sorted(cfg.pretrain_sources)
+    sources = [TokenSource(n, os.path.join(cfg.out_dir, cfg.pretrain_sources[n]), split, length) for n in names]
+    return Mixture(sources, [cfg.pretrain_weights[n] for n in names])
+
+
+# ----------------------------------------------------------------------------- schedule
+def learning_rate(step, total_steps, peak, warmup_steps):
+    """The multi-step schedule of DeepSeek LLM / DeepSeekMath (paper 2.3) at 0-based `step`:
+    linear warm-up to `peak` over warmup_steps, the peak until 80% of training, then 31.6% of
+    it (about 1/sqrt(10)) until 90%, then 10%."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    if step < 0.8 * total_steps:
+        return peak
+    if step < 0.9 * total_steps:
+        return 0.316 * peak
+    return 0.1 * peak
+
+
+# ----------------------------------------------------------------------------- loss and FLOPs
+def lm_loss(model, rows):
+    """Next-token cross-entropy, mean over every position: -1/(B T) sum_t log p(x_t+1 | x_<=t).
+
+    rows (B, T+1). The logits (B, T, V) are made whole and handed to F.cross_entropy, whose fused
+    log-softmax + NLL kernel saves only the log-probs for backward (bench/bench_pretrain.py: this
+    beats model.py's chunked, checkpointed log-prob path, which recomputes the LM head, on the
+    classroom model; at the 7B's V = 102,400 and T = 4,096 one row's float32 logits are 1.7 GB)."""
+    logits = model(rows[:, :-1])  # (B, T, V)
+    return F.cross_entropy(logits.flatten(0, 1).float(), rows[:, 1:].flatten())
+
+
+def flops_per_token(args, seq_len):
+    """Training FLOPs per token (PaLM appendix B): 6N for the matmuls of N weights (forward 2N,
+    backward 4N; the embedding lookup is no matmul) plus 12 L D T for attention's scores and
+    weighted sums over a context of T."""
+    n_matmul = args.n_layer * (2 * args.dim * args.n_head * args.head_dim
+                               + 2 * args.dim * args.n_kv_head * args.head_dim
+                               + 3 * args.dim * args.intermediate_size) + args.dim * args.vocab_size
+    return 6 * n_matmul + 12 * args.n_layer * args.dim * seq_len
+
+
+PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, per GPU
+
+
+def peak_flops(device):
+    """The GPU's dense bf16 peak (the denominator of MFU), or None for a CPU or an unlisted GPU."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+# ----------------------------------------------------------------------------- the run
+class Diverged(RuntimeError):
+    """A NaN/inf loss or gradient norm: the run stops before the update that would spread it."""
+
+
+class StopRequest:
+    """Ctrl-C / SIGTERM set a flag; the loop stops after the step it is in, so the checkpoint it
+    saves holds whole steps. A second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def gradient_sync(model, enabled):
+    """Accumulation micro-steps before the last need no all-reduce of gradients (DDP: no_sync;
+    FSDP2: no reduce-scatter); the last one syncs the summed gradients once."""
+    if hasattr(model, "no_sync"):
+        return nullcontext() if enabled else model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(enabled)
+    return nullcontext()
+
+
+@torch.no_grad()
+def validation_loss(model, val, cfg, d):
+    """Mean loss over the same pretrain_eval_batches x batch x ranks validation rows every time."""
+    model.eval()
+    B, n = cfg.pretrain_batch_size, cfg.pretrain_eval_batches * cfg.pretrain_batch_size * d.world_size
+    losses = []
+    for b in range(cfg.pretrain_eval_batches):
+        start = (b * d.world_size + d.rank) * B
+        rows = val.rows((cfg.seed, 1), n, start, start + B).to(d.device)
+        with training.autocast(d.device, cfg.dtype):
+            losses.append(lm_loss(model, rows).item())
+    if hasattr(model, "reshard"):  # FSDP2 leaves the root unsharded after a forward with no backward;
+        model.reshard()  # left so, its parameters would no longer be the optimizer's
+    model.train()
+    return distributed.all_reduce_mean(sum(losses) / len(losses), d)
+
+
+def accumulation_steps(cfg, d):
+    tokens_per_micro_step = cfg.pretrain_batch_size * cfg.max_seq_len * d.world_size
+    if cfg.pretrain_tokens_per_step % tokens_per_micro_step:
+        raise BadInput(f"pretrain_tokens_per_step={cfg.pretrain_tokens_per_step} is not a multiple of "
+                       f"pretrain_batch_size x max_seq_len x world_size = {cfg.pretrain_batch_size} x "
+                       f"{cfg.max_seq_len} x {d.world_size} = {tokens_per_micro_step}; change one of them")
+    return cfg.pretrain_tokens_per_step // tokens_per_micro_step
+
+
+def build_model(cfg, tokenizer, resume_from, d):
+    """The model to train: the checkpoint being resumed, else pretrain_init (the 7B starts from
+    DeepSeek-Coder-Base-v1.5), else random weights from the config. Same seed on every rank."""
+    training.seed_everything(cfg.seed)
+    if resume_from or cfg.pretrain_init:
+        model = Transformer.from_pretrained(resume_from or cfg.pretrain_init, dtype=torch.float32)
+    else:
+        model = Transformer(ModelArgs.from_config(cfg, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id))
+    if model.args.vocab_size < tokenizer.n_vocab:
+        raise BadInput(f"the model's vocab_size {model.args.vocab_size} is smaller than the tokenizer's "
+                       f"{tokenizer.n_vocab} ids; set vocab_size >= {tokenizer.n_vocab}")
+    if model.args.max_seq_len < cfg.max_seq_len:
+        raise BadInput(f"max_seq_len={cfg.max_seq_len} exceeds the checkpoint's {model.args.max_seq_len}")
+    model.to(d.device)
+    if cfg.compile:
+        model.compile()  # in place: parameter names (and so checkpoints) stay the same
+    return distributed.wrap(model, cfg.parallel, d)
+
+
+def main(argv=None):
+    cfg = config.main_config(argv)
+    d = distributed.setup(cfg.device)
+    folder = os.path.join(cfg.out_dir, "pretrain")
+    ckpt = os.path.join(folder, "ckpt")
+    resume = cfg.pretrain_resume and os.path.exists(os.path.join(ckpt, "train_state.pt"))
+    if d.is_main and os.path.exists(os.path.join(folder, "summary.json")):
+        os.remove(os.path.join(folder, "summary.json"))  # "done" only once this run has finished
+
+    tokenizer = load_tokenizer(cfg, cfg.pretrain_init)
+    train = load_mixture(cfg, "train", cfg.max_seq_len + 1)
+    val = load_mixture(cfg, "val", cfg.max_seq_len + 1)
+    accumulation = accumulation_steps(cfg, d)
+    model = build_model(cfg, tokenizer, ckpt if resume else "", d)
+    args = distributed.unwrap(model).args
+    optimizer = training.make_adamw(model, cfg.pretrain_lr, cfg.pretrain_weight_decay, cfg.pretrain_betas, d.device)
+    start, seconds_before, recent = 0, 0.0, []
+    if resume:
+        state = training.load_train_state(ckpt)
+        if state["tokens_per_step"] != cfg.pretrain_tokens_per_step or state["steps"] != cfg.pretrain_steps:
+            raise BadInput(f"{ckpt} was trained with pretrain_tokens_per_step={state['tokens_per_step']}, "
+                           f"pretrain_steps={state['steps']}; resume with those, or --pretrain_resume=false")
+        training.load_optimizer_state(optimizer, model, state["optimizer"])
+        start, seconds_before, recent = state["step"], state["seconds"], state["recent_losses"].tolist()
+
+    B, T, steps = cfg.pretrain_batch_size, cfg.max_seq_len, cfg.pretrain_steps
+    rows_per_step = B * d.world_size * accumulation
+    flops, peak = flops_per_token(args, T), peak_flops(d.device)
+    entropy = val.unigram_entropy()
+    distributed.print0(
+        f"pretrain: {distributed.unwrap(model).num_params():,} parameters, {steps} steps of "
+        f"{cfg.pretrain_tokens_per_step:,} tokens = {B} rows x {T} tokens x {d.world_size} ranks x "
+        f"{accumulation} accumulation steps ({steps * cfg.pretrain_tokens_per_step:,} tokens)\n"
+        + "".join(f"  source {s.name}: weight {w:.3f}, {s.tokens:,} train tokens, {v.tokens:,} val tokens\n"
+                  for s, w, v in zip(train.sources, train.weights, val.sources))
+        + f"  unigram entropy of the val data {entropy:.3f} nats; "
+        + (f"resuming from {ckpt} at step {start}" if resume else "starting from step 0"))
+
+    log = training.MetricsLog(os.path.join(folder, "metrics.jsonl"), resume_step=start)
+    stop = StopRequest()
+    val_loss, clock = None, time.time()
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="pretrain", disable=not d.is_main)
+    try:
+        for step in bar:
+            lr = learning_rate(step, steps, cfg.pretrain_lr, cfg.pretrain_warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            started = time.time()
+            loss_sum = torch.zeros((), device=d.device)
+            for micro in range(accumulation):
+                first = (micro * d.world_size + d.rank) * B  # this rank's rows of the step's batch
+                rows = train.rows((cfg.seed, 0, step), rows_per_step, first, first + B).to(d.device)
+                with gradient_sync(model, micro == accumulation - 1):
+                    with training.autocast(d.device, cfg.dtype):
+                        loss = lm_loss(model, rows) / accumulation  # the mean over the step's rows
+                    loss.backward()
+                loss_sum += loss.detach()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.pretrain_grad_clip)
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2
+            loss_value = distributed.all_reduce_mean(loss_sum.item(), d)
+            if not (math.isfinite(loss_value) and math.isfinite(grad_norm.item())):
+                raise Diverged(f"step {step + 1}: loss {loss_value}, gradient norm {grad_norm.item()}; "
+                               f"training diverged, stopped before the update. The last checkpoint, "
+                               f"{ckpt}, is untouched; lower pretrain_lr or raise pretrain_warmup_steps")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            tokens_per_s = cfg.pretrain_tokens_per_step / (time.time() - started)
+            recent = (recent + [loss_value])[-20:]
+            record = dict(loss=round(loss_value, 5), lr=lr, grad_norm=round(grad_norm.item(), 5),
+                          tokens_per_s=round(tokens_per_s, 1))
+            if peak:
+                record["mfu"] = round(flops * tokens_per_s / (peak * d.world_size), 4)
+            done = step + 1
+            if done % cfg.pretrain_eval_every == 0 or done == steps:
+                record["val_loss"] = val_loss = round(validation_loss(model, val, cfg, d), 5)
+            log.log(done, **record)
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", **({"val": val_loss} if val_loss else {}))
+            interrupted = distributed.all_reduce_mean(float(stop.requested), d) > 0  # every rank agrees
+            if done % cfg.pretrain_ckpt_every == 0 or done == steps or interrupted:
+                save(ckpt, model, optimizer, tokenizer, cfg, done, seconds_before + time.time() - clock, recent)
+            if interrupted:
+                distributed.print0(f"\ninterrupted: saved step {done} to {ckpt}; run the same command to resume")
+                sys.exit(130)
+    finally:
+        stop.restore()
+        bar.close()
+
+    if val_loss is None:  # a resumed run that had already finished
+        val_loss = round(validation_loss(model, val, cfg, d), 5)
+    summary = dict(steps=steps, tokens=steps * cfg.pretrain_tokens_per_step, train_loss=round(sum(recent) / len(recent), 5),
+                   val_loss=val_loss, unigram_entropy=round(entropy, 5),
+                   seconds=round(seconds_before + time.time() - clock, 1),
+                   parameters=distributed.unwrap(model).num_params(), checkpoint=ckpt)
+    if d.is_main:
+        write_json(os.path.join(folder, "summary.json"), summary)
+    distributed.print0(f"pretrain: {steps} steps, {summary['tokens']:,} tokens in {summary['seconds']} s; "
+                       f"train loss {summary['train_loss']:.3f}, val loss {val_loss:.3f} "
+                       f"(unigram entropy {entropy:.3f}); checkpoint {ckpt}")
+    distributed.cleanup()
+    return summary
+
+
+def save(ckpt, model, optimizer, tokenizer, cfg, done, seconds, recent):
+    """The weights, plus what resuming needs: the optimizer, the step, the schedule's shape."""
+    state = dict(step=done, optimizer=training.optimizer_state(optimizer, model), seconds=seconds,
+                 tokens_per_step=cfg.pretrain_tokens_per_step, steps=cfg.pretrain_steps,
+                 recent_losses=torch.tensor(recent, dtype=torch.float64))
+    training.save_checkpoint(ckpt, model, tokenizer, state)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (BadInput, Diverged) as e:
+        sys.exit(f"pretrain.py: {e}")
