@@ -2,11 +2,14 @@
 
 Both models have the same shape (the classroom config unless overridden), start from the same
 weights, and take the same AdamW steps (training.make_adamw) on the same random batches, in one
-process, alternating step by step so that both see the same machine load. Our step is
-pretrain.py's (pretrain.lm_loss); Hugging Face's is its own loss (labels=, shifted inside).
+process, alternating step by step so that all see the same machine load. Our step is
+pretrain.py's (pretrain.lm_loss: whole logits, F.cross_entropy); Hugging Face's is its own loss
+(labels=, shifted inside); a third run takes our model through model.py's chunked log-prob
+path (what RL uses), to show which loss path pretraining should take.
 Issue 4 asks for ours >= 1.2x on the classroom CPU.
 
     python bench/bench_pretrain.py configs/classroom.py [--steps=10] [--batch=16] [--key=value ...]
+    python bench/bench_pretrain.py configs/classroom.py --compile=true   # ours under torch.compile
 """
 
 import argparse
@@ -44,30 +47,42 @@ def main():
     T, V = cfg.max_seq_len, cfg.vocab_size
     batches = [torch.randint(0, V, (a.batch, T + 1)) for _ in range(a.steps + 1)]
 
+    chunked = Transformer(ours.args)
+    chunked.load_state_dict(ours.state_dict())
+    if cfg.compile:  # --compile=true: our models as pretrain.py compiles them (Hugging Face's stays eager)
+        ours.compile()
+        chunked.compile()
+
     def ours_step(rows):
         lm_loss(ours, rows).backward()
+
+    def chunked_step(rows):  # model.py's RL path: log-probs chunk by chunk, LM head recomputed in backward
+        (-chunked(rows[:, :-1], targets=rows[:, 1:]).mean()).backward()
 
     def hf_step(rows):
         hf(input_ids=rows[:, :-1], labels=rows[:, :-1]).loss.backward()  # HF shifts labels itself
 
-    runs = {"ours": (ours, ours_step), "transformers": (hf, hf_step)}
+    runs = {"ours": (ours, ours_step), "ours, chunked": (chunked, chunked_step), "transformers": (hf, hf_step)}
     optimizers = {name: training.make_adamw(m, 1e-3, 0.1, (0.9, 0.95), torch.device("cpu")) for name, (m, _) in runs.items()}
-    seconds = dict.fromkeys(runs, 0.0)
+    seconds, first_step = dict.fromkeys(runs, 0.0), {}
     for i, rows in enumerate(batches):
         for name, (model, step) in runs.items():
             started = time.perf_counter()
             step(rows)
             optimizers[name].step()
             optimizers[name].zero_grad(set_to_none=True)
-            if i > 0:  # the first step warms up (allocations, lazy initialisation)
+            if i == 0:  # the first step warms up (allocations, lazy initialisation, compilation)
+                first_step[name] = time.perf_counter() - started
+            else:
                 seconds[name] += time.perf_counter() - started
     tokens = a.steps * a.batch * T
     rate = {name: tokens / s for name, s in seconds.items()}
     print(f"{cfg.n_layer} layers x {cfg.dim}, vocab {V}, batch {a.batch} x {T} tokens, {a.steps} steps, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, compile={cfg.compile}")
     for name, r in rate.items():
-        print(f"  {name:13s} {r:9.0f} tokens/s")
-    print(f"  ours / transformers = {rate['ours'] / rate['transformers']:.2f}x (goal >= 1.2x)")
+        print(f"  {name:14s} {r:9.0f} tokens/s   (first step {first_step[name]:.1f} s)")
+    print(f"  ours / transformers = {rate['ours'] / rate['transformers']:.2f}x (goal >= 1.2x); "
+          f"ours / ours, chunked = {rate['ours'] / rate['ours, chunked']:.2f}x")
 
 
 if __name__ == "__main__":
