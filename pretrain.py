@@ -193,17 +193,25 @@ class Diverged(RuntimeError):
 
 
 class StopRequest:
-    """Ctrl-C / SIGTERM set a flag; the loop stops after the step it is in, so the checkpoint it
-    saves holds whole steps. A second Ctrl-C interrupts at once."""
+    """Ctrl-C / SIGTERM set a flag that the loop reads before every micro-step: it drops the
+    step in progress (its weights and optimizer are untouched until optimizer.step) and saves
+    the whole steps done, within one micro-step, before torchrun's agent, which answers Ctrl-C
+    by sending its workers SIGTERM, kills them 30 s later. A second Ctrl-C stops at once."""
 
     def __init__(self):
-        self.requested = False
+        self.requested = self.ctrl_c = False
         self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def handle(self, signum, frame):
-        if self.requested:
+        if signum == signal.SIGINT and self.ctrl_c:
             raise KeyboardInterrupt
+        self.ctrl_c |= signum == signal.SIGINT
         self.requested = True
+
+    def agreed(self, d):
+        """Whether any rank was asked to stop (every rank must answer the same, or they would
+        part ways at the next collective)."""
+        return distributed.all_reduce_mean(float(self.requested), d) > 0
 
     def restore(self):
         for s, handler in self.previous.items():
@@ -315,6 +323,10 @@ def main(argv=None):
             started = time.time()
             loss_sum = torch.zeros((), device=d.device)
             for micro in range(accumulation):
+                if stop.agreed(d):
+                    save(ckpt, model, optimizer, tokenizer, cfg, step, seconds_before + time.time() - clock, recent)
+                    distributed.print0(f"\ninterrupted: saved step {step} to {ckpt}; run the same command to resume")
+                    sys.exit(130)
                 first = (micro * d.world_size + d.rank) * B  # this rank's rows of the step's batch
                 rows = train.rows((cfg.seed, 0, step), rows_per_step, first, first + B).to(d.device)
                 with gradient_sync(model, micro == accumulation - 1):
@@ -342,12 +354,8 @@ def main(argv=None):
                 record["val_loss"] = val_loss = round(validation_loss(model, val, cfg, d), 5)
             log.log(done, **record)
             bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", **({"val": val_loss} if val_loss else {}))
-            interrupted = distributed.all_reduce_mean(float(stop.requested), d) > 0  # every rank agrees
-            if done % cfg.pretrain_ckpt_every == 0 or done == steps or interrupted:
+            if done % cfg.pretrain_ckpt_every == 0 or done == steps:
                 save(ckpt, model, optimizer, tokenizer, cfg, done, seconds_before + time.time() - clock, recent)
-            if interrupted:
-                distributed.print0(f"\ninterrupted: saved step {done} to {ckpt}; run the same command to resume")
-                sys.exit(130)
     finally:
         stop.restore()
         bar.close()

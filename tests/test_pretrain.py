@@ -112,25 +112,41 @@ def test_short_run_loss_falls_below_unigram_entropy(corpus, tmp_path):
 
 def test_resume_after_ctrl_c_is_exact(corpus, tmp_path, monkeypatch):
     run(corpus, str(tmp_path / "straight"))
-    # Ctrl-C arrives during step 3: the run finishes that step, saves, exits; a rerun resumes.
-    schedule = pretrain.learning_rate
+    # Ctrl-C arrives in the first of step 3's two micro-steps: the run drops that step, saves the
+    # two whole steps, exits; the same command then resumes at step 3.
+    loss_of = pretrain.lm_loss
+    training_calls = []
 
-    def ctrl_c_in_step_3(step, *args):
-        if step == 2:
-            signal.raise_signal(signal.SIGINT)
-        return schedule(step, *args)
+    def ctrl_c_in_step_3(model, rows):
+        if model.training:
+            training_calls.append(1)
+            if len(training_calls) == 5:  # steps 1 and 2 took 2 micro-steps each
+                signal.raise_signal(signal.SIGINT)
+        return loss_of(model, rows)
 
-    monkeypatch.setattr(pretrain, "learning_rate", ctrl_c_in_step_3)
+    monkeypatch.setattr(pretrain, "lm_loss", ctrl_c_in_step_3)
     with pytest.raises(SystemExit):
         run(corpus, str(tmp_path / "resumed"))
-    assert load_train_state(tmp_path / "resumed" / "pretrain" / "ckpt")["step"] == 3
-    monkeypatch.setattr(pretrain, "learning_rate", schedule)
+    monkeypatch.setattr(pretrain, "lm_loss", loss_of)
+    assert load_train_state(tmp_path / "resumed" / "pretrain" / "ckpt")["step"] == 2
     run(corpus, str(tmp_path / "resumed"))
     for (k, a), (_, b) in zip(weights(tmp_path / "straight").items(), weights(tmp_path / "resumed").items()):
         assert torch.equal(a, b), k
     straight, resumed = metrics(tmp_path / "straight"), metrics(tmp_path / "resumed")
     assert [r["step"] for r in resumed] == list(range(1, 9))
     assert [(r["loss"], r["lr"]) for r in resumed] == [(r["loss"], r["lr"]) for r in straight]
+
+
+def test_sigterm_then_ctrl_c_still_saves_and_a_second_ctrl_c_stops_at_once():
+    stop = pretrain.StopRequest()
+    try:
+        signal.raise_signal(signal.SIGTERM)  # torchrun's agent forwards a Ctrl-C as SIGTERM
+        signal.raise_signal(signal.SIGINT)  # and the terminal's own Ctrl-C reaches the worker too
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        stop.restore()
 
 
 def test_gradient_accumulation_matches_one_big_batch(corpus, tmp_path):
