@@ -22,14 +22,16 @@ What the paper does, and where it happens below:
 
 Outputs in {out_dir}/pretrain/: ckpt/ (Hugging Face Llama layout + tokenizer + train_state.pt,
 every pretrain_ckpt_every steps and at the end), metrics.jsonl (one line per step: loss, lr,
-grad_norm, tokens_per_s, mfu on GPU; val_loss every pretrain_eval_every steps), summary.json.
+grad_norm, tokens_per_s, mfu on GPU; val_loss every pretrain_eval_every steps), summary.json
+(steps, tokens, train_loss = the mean of the last 20 steps, val_loss, unigram_entropy, seconds,
+parameters, checkpoint), written last: ckpt/ + summary.json mean the stage is done.
 
 Resume: a run whose {out_dir}/pretrain/ckpt holds a train_state.pt continues from it (unless
 --pretrain_resume=false) and is exact: the rows of step k are a function of (seed, k) alone, so
 the resumed run sees the same next batch, the same learning rate, and ends with the same
-weights as a run that never stopped. Ctrl-C (or SIGTERM) finishes the current step, saves a
-checkpoint and exits; a NaN/inf loss stops the run naming the step, leaving the last
-checkpoint as it was.
+weights as a run that never stopped. Ctrl-C (or SIGTERM) drops the step in progress, saves the
+whole steps done and exits; a NaN/inf loss or gradient norm stops the run naming the step,
+before the update, leaving the last checkpoint as it was.
 """
 
 import math
@@ -246,6 +248,10 @@ def validation_loss(model, val, cfg, d):
 
 
 def accumulation_steps(cfg, d):
+    """Micro-steps per optimizer step: tokens_per_step / (batch x max_seq_len x world_size), whole."""
+    if cfg.pretrain_steps < 1 or cfg.pretrain_batch_size < 1:
+        raise BadInput(f"pretrain_steps={cfg.pretrain_steps}, pretrain_batch_size={cfg.pretrain_batch_size}: "
+                       "both must be at least 1")
     tokens_per_micro_step = cfg.pretrain_batch_size * cfg.max_seq_len * d.world_size
     if cfg.pretrain_tokens_per_step % tokens_per_micro_step:
         raise BadInput(f"pretrain_tokens_per_step={cfg.pretrain_tokens_per_step} is not a multiple of "
