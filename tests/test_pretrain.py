@@ -108,6 +108,10 @@ def test_short_run_loss_falls_below_unigram_entropy(corpus, tmp_path):
     assert summary["val_loss"] < summary["unigram_entropy"] - 0.3
     saved = json.load(open(tmp_path / "pretrain" / "summary.json"))
     assert saved["steps"] == 40 and saved["tokens"] == 40 * 256
+    # continued pretraining (the 7B starts from DeepSeek-Coder): a new run from this checkpoint
+    run(corpus, str(tmp_path / "continued"), "--pretrain_steps=1",
+        f"--pretrain_init={tmp_path / 'pretrain' / 'ckpt'}")
+    assert metrics(tmp_path / "continued")[0]["loss"] < losses[0] - 1.5
 
 
 def test_resume_after_ctrl_c_is_exact(corpus, tmp_path, monkeypatch):
