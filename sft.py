@@ -70,7 +70,7 @@ TOOL_OUTPUT = re.compile(f"(?<={re.escape(evaluate.OUTPUT_MARKER)})(\n.*?\n```\n
 
 @dataclass
 class Example:
-    tokens: np.ndarray  # (L,) int64: BOS, prompt, response, EOS
+    tokens: np.ndarray  # (L,) int32: BOS, prompt, response, EOS
     trained: np.ndarray  # (L,) bool: True where the token is a target of the loss (the model's own response)
 
 
@@ -106,7 +106,7 @@ def make_example(tokenizer, problem, fmt):
     """The prompt evaluate.py would write for this format, then the reference solution."""
     prompt = tokenizer.encode_prompt(problem.question, evaluate.SUFFIXES[fmt])
     response, trained = response_tokens(tokenizer, tasks.render_solution(problem, fmt), fmt)
-    return Example(np.array(prompt + response, dtype=np.int64), np.array([False] * len(prompt) + trained))
+    return Example(np.array(prompt + response, dtype=np.int32), np.array([False] * len(prompt) + trained))
 
 
 def build_examples(problems, shares, tokenizer, seed, max_len, progress=False):
@@ -246,7 +246,7 @@ def train(cfg, d, out):
                        f"{cfg.sft_steps} steps of {cfg.sft_batch_size} rows of {seq_len} tokens, from {init}")
 
     model.train()
-    model = distributed.wrap(model, cfg.parallel, d)
+    model = distributed.wrap(model, cfg.parallel, d, cfg.dtype)
     optimizer = training.make_adamw(model, cfg.sft_lr, cfg.sft_weight_decay, ADAMW_BETAS, d.device)
     start, seconds = 0, 0.0
     if resume:
@@ -310,8 +310,7 @@ def main():
         workers = cfg.grader_workers or max(1, min(8, (os.cpu_count() or 1) // d.world_size))
         with evaluate.Grader(workers, cfg.grader_timeout) as grader:  # forked before the model fills memory
             steps, seconds = train(cfg, d, out)
-            if d.world_size > 1:
-                torch.distributed.barrier()  # rank 0 has written the checkpoint the others read
+            distributed.barrier(d)  # rank 0 has written the checkpoint the others read
             # Evaluate the checkpoint as written, whole on every rank (an FSDP model is sharded).
             ckpt = os.path.join(out, "ckpt")
             model = Transformer.from_pretrained(ckpt, device=d.device)

@@ -93,11 +93,11 @@ def test_packed_examples_get_the_log_probs_they_get_alone(tokenizer, problems):
         packed = sequence_logprobs(model, batch.tokens, positions=batch.positions, attn_mask=batch.attn_mask)
         start = 0
         for example in examples[:3]:
-            alone = sequence_logprobs(model, torch.from_numpy(example.tokens)[None])[0]
+            alone = sequence_logprobs(model, torch.from_numpy(example.tokens).long()[None])[0]
             n = len(example.tokens)
             torch.testing.assert_close(packed[0, start:start + n - 1], alone, atol=1e-5, rtol=1e-5)
             start += n
-        alone = sequence_logprobs(model, torch.from_numpy(examples[3].tokens)[None])[0]
+        alone = sequence_logprobs(model, torch.from_numpy(examples[3].tokens).long()[None])[0]
         torch.testing.assert_close(packed[1, :len(alone)], alone, atol=1e-5, rtol=1e-5)  # the padded row
 
 
@@ -108,7 +108,7 @@ def test_loss_is_the_per_example_mean_over_response_tokens_only(tokenizer, probl
     loss = sft.packed_nll(model, batch) / len(examples)
     reference = []  # each example alone, full logits, the positions whose target is trained
     for example in examples:
-        tokens = torch.from_numpy(example.tokens)
+        tokens = torch.from_numpy(example.tokens).long()
         logp = F.log_softmax(model(tokens[None, :-1])[0], dim=-1)  # (L-1, V)
         nll = -logp.gather(-1, tokens[1:, None])[:, 0]
         reference.append(nll[torch.from_numpy(example.trained[1:])].mean())
