@@ -28,7 +28,7 @@ How one step goes (paper Algorithm 1), and where GRPO and PPO differ:
 Why GRPO needs less memory (paper 4.1.1): PPO trains a value model as large as the policy, so it
 holds two sets of weights, gradients and AdamW states (16 bytes per parameter each in fp32);
 GRPO replaces the value baseline by the mean reward of the G outputs of the same question.
-metrics.jsonl's model_state_mb counts these bytes; the classroom shows GRPO at ~0.55x PPO.
+metrics.jsonl's model_state_mb counts these bytes; on the classroom GRPO holds 0.59x the bytes of PPO.
 
 The unified paradigm (paper 5.2.1, eq. 5): every method's gradient is
     grad J = E[(q, o) ~ D] [ 1/|o| sum_t GC(q, o, t) * grad log pi_theta(o_t | q, o_<t) ]
@@ -54,7 +54,6 @@ Tests: pytest -q tests/test_grpo.py
 
 import contextlib
 import json
-import math
 import os
 import random
 import resource
@@ -111,7 +110,6 @@ class Rollouts:
     mask: torch.Tensor  # (N, L) bool, real tokens
     response_mask: torch.Tensor  # (N, L-1) bool, columns scoring a response token
     truncated: torch.Tensor  # (N,) bool, hit max_new_tokens without stopping
-    group_size: int
 
     def response_columns(self, row):
         """The log-prob columns of row's response tokens, in order."""
@@ -126,7 +124,7 @@ def whole_model(model):
     forward calls. DDP (which broadcasts buffers every forward) and FSDP (which all-gathers a
     block's weights every forward) would then wait on each other forever. So: DDP generates
     with the module inside (no gradients are needed), and FSDP unshards every block once,
-    keeps it whole through generation, and reshards afterwards (issue 9.3): one all-gather
+    keeps it whole through generation, and reshards afterwards: one all-gather
     per rollout, no collective during decoding. This is also what evaluation runs on."""
     from torch.distributed.fsdp import FSDPModule
 
@@ -176,7 +174,7 @@ def sample_rollouts(model, tokenizer, problems, cfg, seed, device):
         response_mask[i, len(prompt) - 1:n - 1] = True  # column j scores token j + 1
     texts = [tokenizer.decode([t for t in r if t != tokenizer.eos_id]) for r in responses]
     rows = [p for p in problems for _ in range(G)]
-    return Rollouts(rows, texts, tokens, mask, response_mask, torch.cat(truncated).to(device), G)
+    return Rollouts(rows, texts, tokens, mask, response_mask, torch.cat(truncated).to(device))
 
 
 # =============================================================================================
@@ -478,14 +476,17 @@ def rl_step(run, step_problems, first_index, cfg, step):
     labels = process_labels(rollouts, tokenizer, failures) if cfg.rl_reward in ("process", "prm") \
         else outcome_labels(rollouts, correct)
     if run.reward_model is not None:
-        run.rm_pending += rm_samples(rollouts, labels)
+        if cfg.rl_iteration_steps:  # kept for the reward model's next training round
+            run.rm_pending += rm_samples(rollouts, labels)
         with training.autocast(device, cfg.dtype):
             labels = reward_model_scores(run.reward_model, rollouts, labels, cfg)
     rewards, reward_mask = reward_tensors(rollouts, labels)  # (N, T), (N, T)
 
-    # 3. pi_old and pi_ref log-probs, recomputed at the sampling temperature
+    # 3. pi_old and pi_ref log-probs, recomputed at the sampling temperature. With rl_mu = 1 the
+    # one update starts at pi_old itself, so GRPO takes pi_old = pi_theta.detach() there and saves
+    # a pass; PPO needs pi_old before the update, for its per-token reward.
     with training.autocast(device, cfg.dtype):
-        old_logp = logprobs_of(run.policy, rollouts, cfg) if algo in ("grpo", "ppo") else None
+        old_logp = logprobs_of(run.policy, rollouts, cfg) if algo == "ppo" or (algo == "grpo" and cfg.rl_mu > 1) else None
         ref_logp = logprobs_of(run.ref, rollouts, cfg) if algo in ("grpo", "ppo") else None
         old_values = values_of(run.value, rollouts, cfg) if algo == "ppo" else None
 
@@ -509,12 +510,13 @@ def rl_step(run, step_problems, first_index, cfg, step):
             with training.autocast(device, cfg.dtype):
                 logp, entropy = sequence_logprobs(run.policy, rollouts.tokens[rows], rollouts.mask[rows],
                                                   cfg.rl_temperature, with_entropy=True)  # (n, T)
+                old = old_logp[rows] if old_logp is not None else logp.detach()  # log pi_old
                 if algo == "grpo":
-                    loss, info = grpo_loss(logp, old_logp[rows], ref_logp[rows], advantages[rows], mb,
+                    loss, info = grpo_loss(logp, old, ref_logp[rows], advantages[rows], mb,
                                            cfg.rl_clip_eps, cfg.rl_kl_coef)
                 elif algo == "ppo":
                     values = scalar_outputs(run.value, rollouts.tokens[rows], rollouts.mask[rows])
-                    loss, value_loss, info = ppo_losses(logp, old_logp[rows], advantages[rows], values,
+                    loss, value_loss, info = ppo_losses(logp, old, advantages[rows], values,
                                                         old_values[rows], returns[rows], mb,
                                                         cfg.rl_clip_eps, cfg.ppo_value_clip)
                     info["kl"] = k3_kl(logp, ref_logp[rows])
@@ -614,7 +616,7 @@ class Run:
                 Transformer.from_pretrained(cfg.rl_rm_checkpoint, head="scalar", device=d.device)
             self.reward_model = distributed.wrap(rm, cfg.parallel, d)
             self.rm_optimizer = self.adamw(self.reward_model, cfg.rl_rm_lr)
-            self.held["reward model"] = "trained between iterations"
+            self.held["reward model"] = "trained on graded samples, then frozen within an iteration"
         self.value = self.value_optimizer = None
         if algo == "ppo":
             # V_psi: its own trunk + scalar head, as large as the policy: what GRPO removes. It
@@ -869,7 +871,11 @@ def plot_comparison(out_dir, methods, path):
             summary = json.load(f)
         steps = [r["step"] for r in records]
         for ax, key in zip(axes, ("reward", "accuracy")):
-            line, = ax.plot(steps, [r[key] for r in records], label=f"{method} (rollouts)", alpha=0.8)
+            values = [r[key] for r in records]
+            line, = ax.plot(steps, values, alpha=0.25)
+            # a step sees only rl_questions_per_step questions: a moving mean shows the trend
+            smooth = [sum(values[max(0, i - 4):i + 1]) / len(values[max(0, i - 4):i + 1]) for i in range(len(values))]
+            ax.plot(steps, smooth, color=line.get_color(), label=f"{method} (rollouts, mean of 5 steps)")
             if key == "accuracy":
                 held = [(0, summary["accuracy_before"])] + [(r["step"], r["heldout_greedy"]) for r in records
                                                             if "heldout_greedy" in r]

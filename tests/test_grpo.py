@@ -183,7 +183,7 @@ def rollouts_of(tokenizer, problems, responses):
         mask[i, :len(p) + len(r)] = True
         response[i, len(p) - 1:len(p) + len(r) - 1] = True
     texts = [tokenizer.decode(r[:-1]) for r in ids]
-    return grpo.Rollouts(problems, texts, tokens, mask, response, torch.zeros(len(prompts), dtype=torch.bool), 1)
+    return grpo.Rollouts(problems, texts, tokens, mask, response, torch.zeros(len(prompts), dtype=torch.bool))
 
 
 def test_process_rewards_land_on_each_steps_last_token(tokenizer):
