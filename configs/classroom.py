@@ -20,7 +20,7 @@ intermediate_size = 352  # ~ 8/3 * 128, a multiple of 32
 max_seq_len = 256
 
 # ---- problems: small numbers, so a 1M-parameter model can learn the arithmetic in minutes
-classroom_max_number = 30
+classroom_max_number = 20  # sft.py's held-out accuracy after the same short tuning: 33% at 20, 16% at 30
 classroom_train_size = 20000
 classroom_test_size = 500
 
@@ -50,6 +50,18 @@ pretrain_warmup_steps = 20
 pretrain_eval_every = 50
 pretrain_eval_batches = 8
 pretrain_ckpt_every = 100
+
+# ---- sft.py: chain-of-thought tuning, 800 steps x 8 windows of 256 tokens (~16 examples per step,
+# ~13K examples, 2/3 of an epoch), ~3 minutes on two idle cores (~0.22 s a step). The tiny model
+# learns the answer format within ~50 steps and the arithmetic late (its loss falls from ~0.4 to
+# ~0.03 between steps 250 and 800). Measured on the classroom base (held-out greedy accuracy,
+# 200 problems): 600 steps 30%, 800 steps 50% (format compliance 100%); at 600 steps lr 3e-3 gave 18%.
+sft_steps = 800
+sft_batch_size = 8
+sft_micro_batch_size = 8
+sft_lr = 2e-3
+sft_save_every = 100
+sft_eval_problems = 200
 
 # ---- grpo.py: 40 steps of 8 questions x G=8 outputs (the paper: 16 x 64), one update per
 # exploration stage as in the paper; ~3 s a GRPO step and ~6 s a PPO step (its value model) on
