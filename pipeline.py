@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import config
 import evaluate
+import grpo
 from fileio import BadInput, atomic_path, read_jsonl
 from model import Transformer
 
@@ -141,9 +142,9 @@ def results_rows(cfg):
         metrics = read_json(eval_metrics_path(cfg, stage))["metrics"][task]
         rl = read_json(summary_path(cfg, stage)) if stage.startswith("rl/") else {}
         rows.append({"label": label, "greedy": metrics["greedy"], "maj": metrics.get(f"maj@{k}"),
-                     "pass": metrics.get(f"pass@{k}"), "memory_mb": rl.get("peak_memory_bytes", 0) / 2**20 or None,
-                     "rss_mb": rl.get("peak_rss_bytes", 0) / 2**20 or None, "step_s": rl.get("seconds_per_step"),
-                     "models": rl.get("models_held")})
+                     "pass": metrics.get(f"pass@{k}"), "memory_mb": rl.get("model_state_mb"),
+                     "rss_mb": rl.get("peak_rss_mb"), "step_s": rl.get("seconds_per_step"),
+                     "models": ", ".join(rl["models_held"]) if rl else None})
     return task, rows
 
 
@@ -197,7 +198,7 @@ Tokens: {corpus['tokens']['train']:,} train, {corpus['tokens']['val']:,} validat
 
 
 def corpus_plot(ax, cfg):
-    iterations = read_jsonl(os.path.join(cfg.out_dir, "corpus", "metrics.jsonl"))
+    iterations = list(read_jsonl(os.path.join(cfg.out_dir, "corpus", "metrics.jsonl")))
     x = [it["iteration"] for it in iterations]
     ax.plot(x, [it["recall"] for it in iterations], "o-", label="recall")
     ax.plot(x, [it["precision"] for it in iterations], "s--", label="precision")
@@ -206,29 +207,13 @@ def corpus_plot(ax, cfg):
 
 
 def pretrain_plot(ax, cfg):
-    log = read_jsonl(os.path.join(cfg.out_dir, "pretrain", "metrics.jsonl"))
+    log = list(read_jsonl(os.path.join(cfg.out_dir, "pretrain", "metrics.jsonl")))
     train = [r for r in log if "loss" in r]
     val = [r for r in log if "val_loss" in r]
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", alpha=0.7)
     ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
     ax.set(title="Pretraining loss", xlabel="step", ylabel="cross-entropy (nats/token)")
     ax.legend()
-
-
-def rl_plot(axes, cfg):
-    """Reward and held-out accuracy per RL step for PPO against GRPO."""
-    for folder, label, _ in RL_METHODS:
-        if folder not in ("ppo", "grpo_outcome", "grpo_process"):
-            continue
-        log = read_jsonl(os.path.join(cfg.out_dir, "rl", folder, "metrics.jsonl"))
-        rewarded = [r for r in log if "reward" in r]
-        axes[0].plot([r["step"] for r in rewarded], [r["reward"] for r in rewarded], label=label)
-        scored = [r for r in log if "accuracy" in r]
-        axes[1].plot([r["step"] for r in scored], [r["accuracy"] for r in scored], "o-", label=label)
-    axes[0].set(title="RL: mean reward of the rollouts", xlabel="RL step", ylabel="reward")
-    axes[1].set(title="RL: accuracy of the rollouts", xlabel="RL step", ylabel="accuracy")
-    for ax in axes:
-        ax.legend()
 
 
 def curves_at_k(records):
@@ -248,7 +233,7 @@ def k_plot(ax, cfg, task):
     """The paper's finding (5.2.2): RL lifts maj@k but hardly pass@k, i.e. it makes the output
     distribution more robust rather than adding new abilities."""
     for stage, label, color in (("sft", "SFT", "tab:blue"), ("grpo_outcome", "GRPO", "tab:red")):
-        records = read_jsonl(os.path.join(cfg.out_dir, "eval", stage, f"{task}.jsonl"))
+        records = list(read_jsonl(os.path.join(cfg.out_dir, "eval", stage, f"{task}.jsonl")))
         ks, maj, passes = curves_at_k(records)
         ax.plot(ks, maj, "o-", color=color, label=f"{label} maj@k")
         ax.plot(ks, passes, "s--", color=color, label=f"{label} pass@k")
@@ -264,14 +249,16 @@ def draw_plots(cfg, task):
     folder = os.path.join(cfg.out_dir, "plots")
     os.makedirs(folder, exist_ok=True)
     paths = []
-    for name, draw, panels in (("corpus_recall", corpus_plot, 1), ("pretrain_loss", pretrain_plot, 1),
-                               ("rl_ppo_vs_grpo", rl_plot, 2), ("maj_pass_at_k", lambda ax, c: k_plot(ax, c, task), 1)):
-        fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
-        draw(axes[0] if panels > 1 else axes[0][0], cfg)
+    for name, draw in (("corpus_recall", corpus_plot), ("pretrain_loss", pretrain_plot),
+                       ("maj_pass_at_k", lambda ax, c: k_plot(ax, c, task))):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        draw(ax, cfg)
         fig.tight_layout()
         paths.append(os.path.join(folder, f"{name}.png"))
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
+    paths.append(os.path.join(folder, "rl_ppo_vs_grpo.png"))  # reward and accuracy per RL step
+    grpo.plot_comparison(cfg.out_dir, ["ppo", "grpo_outcome", "grpo_process"], paths[-1])
     return paths
 
 

@@ -3,10 +3,16 @@
 import itertools
 import json
 import os
+import subprocess
+import sys
 import time
+
+import torch
 
 import pipeline
 from model import ModelArgs, Transformer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def brute_force_pass_at(samples, j):
@@ -48,3 +54,39 @@ def test_a_stage_is_redone_when_missing_broken_or_older_than_its_inputs(tmp_path
     later = time.time() + 5
     os.utime(upstream, (later, later))  # upstream was re-run after this stage
     assert not pipeline.is_done(str(output), str(checkpoint), [str(upstream)])
+
+
+# Every stage at a tiny size: a smaller web, a few steps each, few problems. Real runs of the
+# real scripts, so each stage's outputs must exist, load and make sense together.
+TINY = ["--web_pool_pages=4000", "--web_seed_pages=400", "--web_shards=2", "--web_contaminated_pages=4",
+        "--classroom_train_size=400", "--classroom_test_size=40",
+        "--pretrain_steps=30", "--pretrain_warmup_steps=5", "--pretrain_eval_every=15", "--pretrain_ckpt_every=30",
+        "--sft_steps=6", "--sft_batch_size=8", "--sft_micro_batch_size=8", "--sft_eval_problems=8", "--sft_save_every=6",
+        "--rl_steps=2", "--rl_questions_per_step=2", "--rl_group_size=4", "--rl_rollout_questions=2",
+        "--rl_micro_batch=8", "--rl_max_new_tokens=48", "--rl_save_every=2",
+        "--eval_n_problems=8", "--eval_k=2", "--eval_max_new_tokens=48", "--grader_workers=1"]
+
+
+def test_the_whole_recipe_runs_end_to_end_at_a_tiny_size(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "pipeline.py", "configs/classroom.py", f"--out_dir={out}", *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    corpus = json.loads((out / "corpus" / "summary.json").read_text())
+    assert corpus["tokens"]["train"] > 10_000 and corpus["iterations"][-1]["recall"] > 0.5
+    pretrain = json.loads((out / "pretrain" / "summary.json").read_text())
+    assert pretrain["val_loss"] < pretrain["unigram_entropy"]  # it learned something about the text
+    for stage in ["pretrain", "sft"] + [f"rl/{folder}" for folder, _, _ in pipeline.RL_METHODS]:
+        model = Transformer.from_pretrained(str(out / stage / "ckpt"))
+        assert all(torch.isfinite(p).all() for p in model.parameters()), stage
+    results = (out / "results.md").read_text()
+    for label, _, _ in pipeline.EVALUATED:
+        assert f"| {label} |" in results
+    for plot in ["corpus_recall", "pretrain_loss", "rl_ppo_vs_grpo", "maj_pass_at_k"]:
+        assert (out / "plots" / f"{plot}.png").stat().st_size > 10_000, plot
+
+    # A second run finds every stage done and only redraws the table and plots.
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("done before, skipped") == len(pipeline.STAGES) + len(pipeline.EVALUATED)
