@@ -593,28 +593,34 @@ class Run:
         self.cfg, self.d, self.tokenizer, self.grader, self.device = cfg, d, tokenizer, grader, d.device
         algo = cfg.rl_algo
 
-        def load(head="lm", folder=init):
-            model = Transformer.from_pretrained(folder, head=head, device=d.device)
+        # Trained models keep float32 weights (AdamW's master copy: at lr 1e-6 most updates would
+        # vanish in bf16 rounding); frozen ones only run forward, in the compute dtype.
+        compute_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and d.device.type == "cuda")
+        frozen_dtype = torch.bfloat16 if compute_bf16 else torch.float32
+
+        def load(head="lm", folder=init, dtype=torch.float32):
+            model = Transformer.from_pretrained(folder, head=head, dtype=dtype, device=d.device)
             model.gradient_checkpointing = cfg.rl_activation_checkpointing
             return model
 
+        def wrap(model):
+            return distributed.wrap(model, cfg.parallel, d, cfg.dtype)
+
         def frozen(model):
             model.requires_grad_(False)
-            return distributed.wrap(model.eval(), cfg.parallel, d) if cfg.parallel == "fsdp" else model
+            return wrap(model.eval()) if cfg.parallel == "fsdp" else model
 
-        self.policy = distributed.wrap(load(folder=policy_from), cfg.parallel, d)
+        self.policy = wrap(load(folder=policy_from))
         self.optimizer = self.adamw(self.policy, cfg.rl_lr)
         self.held = {"policy": "trained"}
         # pi_ref (GRPO, PPO): the KL anchor, reset to the policy every rl_iteration_steps
-        self.ref = frozen(load()) if algo in ("grpo", "ppo") else None
+        self.ref = frozen(load(dtype=frozen_dtype)) if algo in ("grpo", "ppo") else None
         # RFT samples the SFT model, frozen for the whole run
-        self.sft_model = frozen(load()) if algo == "rft" else None
+        self.sft_model = frozen(load(dtype=frozen_dtype)) if algo == "rft" else None
         self.reward_model = self.rm_optimizer = None
         self.rm_history, self.rm_pending = [], []
         if cfg.rl_reward in ("orm", "prm"):
-            rm = load("scalar") if not cfg.rl_rm_checkpoint else \
-                Transformer.from_pretrained(cfg.rl_rm_checkpoint, head="scalar", device=d.device)
-            self.reward_model = distributed.wrap(rm, cfg.parallel, d)
+            self.reward_model = wrap(load("scalar", cfg.rl_rm_checkpoint or init))
             self.rm_optimizer = self.adamw(self.reward_model, cfg.rl_rm_lr)
             self.held["reward model"] = "trained on graded samples, then frozen within an iteration"
         self.value = self.value_optimizer = None
@@ -622,7 +628,7 @@ class Run:
             # V_psi: its own trunk + scalar head, as large as the policy: what GRPO removes. It
             # starts from the policy's trunk, or (ppo_value_init=reward) takes the reward model's
             # weights once that is trained (train()).
-            self.value = distributed.wrap(load("scalar"), cfg.parallel, d)
+            self.value = wrap(load("scalar"))
             self.value_optimizer = self.adamw(self.value, cfg.ppo_value_lr)
             self.held["value model"] = "trained"
         if self.ref is not None:
