@@ -9,8 +9,8 @@ PPO holds one more trained model: weights, gradients and AdamW states. This scri
 model of a config on the meta device (shapes, no memory), counts its parameters (6.91B for
 configs/7b.py) and prints what one GPU holds under FSDP2 with W ranks, for both algorithms.
 
-The precision scheme is the one issue 9 sets: FSDP2 with bf16 compute and fp32 master weights
-(MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)). Each rank then keeps 1/W of
+The precision is the one distributed.wrap sets up: FSDP2 with bf16 compute and fp32 master
+weights (MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)). Each rank then keeps 1/W of
 every fp32 weight (the master copy AdamW updates), of its fp32 gradient and of AdamW's two fp32
 moments: 16 bytes per trained parameter, over W. bf16 weights exist only while gathered: the
 whole policy during generation (grpo.py unshards it once per rollout), a few FSDP units at a
