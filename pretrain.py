@@ -276,7 +276,7 @@ def build_model(cfg, tokenizer, resume_from, d):
     model.to(d.device)
     if cfg.compile:
         model.compile()  # in place: parameter names (and so checkpoints) stay the same
-    return distributed.wrap(model, cfg.parallel, d)
+    return distributed.wrap(model, cfg.parallel, d, cfg.dtype)
 
 
 def main(argv=None):
