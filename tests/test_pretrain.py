@@ -32,15 +32,6 @@ def sentences(rng, n):
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run as fast on one thread, and a shared machine's load does not stall them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """out_dir with tokenizer.tiktoken and corpus/tokens/{train,val}-00000.bin, as corpus.py writes."""
