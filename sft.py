@@ -261,8 +261,8 @@ def train(cfg, d, out):
     log = training.MetricsLog(os.path.join(out, "metrics.jsonl"), resume_step=start)
 
     def save(step):
-        state = {"step": step, "seconds": seconds, "batch_size": cfg.sft_batch_size, "optimizer": training.optimizer_state(optimizer, model),
-                 "rng": training.rng_state()}
+        state = {"step": step, "seconds": seconds, "batch_size": cfg.sft_batch_size,
+                 "optimizer": training.optimizer_state(optimizer, model), "rng": training.rng_state()}
         training.save_checkpoint(ckpt, model, tokenizer, state)
 
     bar = tqdm(range(start, cfg.sft_steps), desc="sft", unit="step", disable=not d.is_main,
