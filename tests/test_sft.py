@@ -23,16 +23,6 @@ from tokenizer import train_bpe
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: a second thread only waits for the first, and on a busy machine
-    waits long (the torchrun runs below get OMP_NUM_THREADS=1 likewise)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     problems = tasks.classroom_problems("train", 100, 1234)
