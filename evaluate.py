@@ -501,7 +501,9 @@ def _sandboxed_main():
 def run_program(code, timeout=10.0, memory_mb=2048, max_output_chars=4000, max_file_mb=16):
     """Run Python `code` in the sandbox described above; return its captured output.
 
-    timeout: wall-clock seconds (CPU time is limited to the same, rounded up); memory_mb: its
+    timeout: wall-clock seconds (CPU time is limited to one second more, so that a busy loop is
+    stopped by the wall clock and reported as timed out, not killed first by the CPU limit: the
+    program's CPU clock starts a moment before our wall clock does); memory_mb: its
     address space; max_file_mb: the largest file it may write, its output included.
     Raises SandboxError only when the sandbox itself cannot be set up on this machine.
     """
@@ -512,7 +514,7 @@ def run_program(code, timeout=10.0, memory_mb=2048, max_output_chars=4000, max_f
         settings = {
             "rlimits": {
                 "RLIMIT_AS": memory_mb << 20,
-                "RLIMIT_CPU": math.ceil(timeout),
+                "RLIMIT_CPU": math.ceil(timeout) + 1,
                 "RLIMIT_FSIZE": max_file_mb << 20,
                 "RLIMIT_NOFILE": 64,
                 "RLIMIT_CORE": 0,
