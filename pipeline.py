@@ -188,7 +188,7 @@ Pages: {corpus['pool_pages']} in the pool, {corpus['url_duplicates']} URL and {c
 duplicates removed, {corpus['selected']} selected; decontamination removed {corpus['decontaminated']}.
 Tokens: {corpus['tokens']['train']:,} train, {corpus['tokens']['val']:,} validation.
 
-## Time per step of this run (0 = skipped: done before)
+## Time per step of this run
 
 {timing}
 """
@@ -212,6 +212,9 @@ def pretrain_plot(ax, cfg):
     val = [r for r in log if "val_loss" in r]
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", alpha=0.7)
     ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
+    summary = read_json(os.path.join(cfg.out_dir, "pretrain", "summary.json"))
+    # the loss of a model that knows token frequencies only: what "the model learned" is measured against
+    ax.axhline(summary["unigram_entropy"], color="gray", linestyle="--", label="unigram entropy of the data")
     ax.set(title="Pretraining loss", xlabel="step", ylabel="cross-entropy (nats/token)")
     ax.legend()
 
