@@ -265,7 +265,8 @@ def build_model(cfg, tokenizer, resume_from, d):
     DeepSeek-Coder-Base-v1.5), else random weights from the config. Same seed on every rank."""
     training.seed_everything(cfg.seed)
     if resume_from or cfg.pretrain_init:
-        model = Transformer.from_pretrained(resume_from or cfg.pretrain_init, dtype=torch.float32)
+        # straight onto this rank's device: eight ranks each holding a 7B in host memory would need 220 GB
+        model = Transformer.from_pretrained(resume_from or cfg.pretrain_init, dtype=torch.float32, device=d.device)
     else:
         model = Transformer(ModelArgs.from_config(cfg, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id))
     if model.args.vocab_size < tokenizer.n_vocab:
