@@ -37,7 +37,7 @@ eval_batch_size = 128  # a tiny model's decode step costs about the same for 32 
 eval_shots = 1  # the base model, few-shot: one worked example + the question + its answer fill the 256-token context
 
 # ---- pretrain.py: ~0.8M tokens (about one pass over the ~1.07M-token classroom corpus), about
-# 3 minutes at the ~5K tokens/s of this model on one CPU core (on a machine others share, run
+# 1.5 minutes at the ~10K tokens/s of this model on two idle CPU cores (on a machine others share, run
 # with OMP_NUM_THREADS=1: two spinning OpenMP threads on two busy cores train ~6x slower).
 # Validation loss ends near 0.43 nats, against a unigram entropy of 4.94.
 # tokens per step = 8 rows x 256 tokens x 1 process x 1 accumulation step = 2,048;
@@ -66,8 +66,8 @@ sft_save_every = 100
 sft_eval_problems = 200
 
 # ---- grpo.py: 40 steps of 8 questions x G=8 outputs (the paper: 16 x 64), one update per
-# exploration stage as in the paper; ~3 s a GRPO step and ~6 s a PPO step (its value model) on
-# two busy cores. A 1M-parameter policy takes a far larger lr than the 7B's 1e-6.
+# exploration stage as in the paper; ~2 s a GRPO step and ~3.6 s a PPO step (its value model)
+# on two idle cores. A 1M-parameter policy takes a far larger lr than the 7B's 1e-6.
 # GRPO vs PPO, one table and rl/compare.png: python grpo.py configs/classroom.py --rl_compare=true
 rl_steps = 40
 rl_questions_per_step = 8
