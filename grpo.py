@@ -6,7 +6,7 @@
     python grpo.py configs/classroom.py --rl_algo=rft                     # or online_rft
     python grpo.py configs/classroom.py --rl_compare=true                 # GRPO vs PPO: table + plot
     torchrun --nproc_per_node=8 grpo.py configs/7b.py                     # the paper's run
-    python grpo.py configs/7b.py --dry_run=true                           # per-GPU memory plan only
+    WORLD_SIZE=8 python grpo.py configs/7b.py --dry_run=true              # memory plan per GPU of 8 only
 
 Every run starts from a policy checkpoint (rl_init_checkpoint, default {out_dir}/sft/ckpt) and
 writes {out_dir}/rl/{method}/ (method = grpo_outcome, grpo_process, ppo, rft or online_rft):
