@@ -308,7 +308,7 @@ def page_recipe(rng):
     ingredients = rng.sample((f"{rng.randint(1, 4)} cups of flour", f"{rng.randint(2, 6)} eggs",
                               f"{rng.randint(50, 250)} grams of butter", f"{rng.randint(2, 3)} onions",
                               f"{rng.randint(100, 500)} ml of milk", f"{rng.randint(1, 4)} spoons of sugar",
-                              f"a pinch of salt", f"{rng.randint(2, 6)} tomatoes", f"{rng.randint(2, 3)} lemons"), 5)
+                              "a pinch of salt", f"{rng.randint(2, 6)} tomatoes", f"{rng.randint(2, 3)} lemons"), 5)
     minutes = rng.randint(15, 70)
     return (f"{dish.title()}\nServes {rng.randint(2, 8)}. Preparation {rng.randint(5, 30)} minutes, "
             f"cooking {minutes} minutes.\n\nIngredients: " + ", ".join(ingredients) + ".\n\n"

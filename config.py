@@ -242,3 +242,8 @@ def main_config(argv=None):
         return load_config(argv)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
+
+
+def with_keys(cfg, **keys):
+    """A copy of a loaded config with some keys set otherwise (cfg itself is left as it was)."""
+    return SimpleNamespace(**{**vars(cfg), **keys})

@@ -10,6 +10,7 @@ with FSDP2 (`fully_shard` per block, then the root), which keeps 1/world of ever
 gradient and optimizer state on each rank and gathers a block's weights only while it runs.
 """
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -52,8 +53,13 @@ def cleanup():
         dist.destroy_process_group()
 
 
+def is_main_process():
+    """Rank 0 of a torchrun job, or the one process of a plain run (no process group needed)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def print0(*args, **kwargs):
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         print(*args, **kwargs, flush=True)
 
 
@@ -81,6 +87,16 @@ def wrap(model, parallel, d, dtype="auto"):
         fully_shard(model, mesh=mesh, mp_policy=policy)  # the rest: embeddings, final norm, head
         return model
     raise ValueError(f"parallel={parallel!r}: choose 'ddp' or 'fsdp'")
+
+
+def gradient_sync(model, enabled):
+    """Under DDP, the accumulation micro-steps before the last skip the all-reduce of gradients
+    (no_sync) and the last one all-reduces their sum once. FSDP2 reduce-scatters at every
+    micro-step on purpose: skipping it would keep a whole unsharded fp32 gradient on every GPU
+    (4 bytes per parameter whatever the world size, 28 GB for the 7B) instead of 1/W of it."""
+    if enabled or not hasattr(model, "no_sync"):
+        return contextlib.nullcontext()
+    return model.no_sync()
 
 
 def unwrap(model):

@@ -46,6 +46,11 @@ def write_json(path, obj):
         f.write("\n")
 
 
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def read_jsonl(path, malformed=None):
     """Yield the JSON objects of a JSONL file. A line that is not a JSON object is skipped and
     counted in malformed[path] when a dict is given, else it is an error naming the line."""

@@ -53,7 +53,6 @@ Tests: pytest -q tests/test_grpo.py
 """
 
 import contextlib
-import json
 import os
 import random
 import resource
@@ -61,7 +60,6 @@ import sys
 import time
 from bisect import bisect_right
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -73,7 +71,7 @@ import distributed
 import evaluate
 import tasks
 import training
-from fileio import BadInput, write_json
+from fileio import BadInput, read_json, read_jsonl, write_json
 from model import Transformer, generate, padding_positions_and_mask, sequence_logprobs
 from tokenizer import COT_SUFFIX, load_tokenizer
 
@@ -638,7 +636,7 @@ class Run:
         self.peak_state_bytes = 0
 
     def adamw(self, model, lr):
-        return training.make_adamw(model, lr, self.cfg.rl_weight_decay, (0.9, 0.95), self.device)
+        return training.make_adamw(model, lr, self.cfg.rl_weight_decay, training.PAPER_BETAS, self.device)
 
     def trained(self):
         """(model, optimizer) pairs updated by rl_step."""
@@ -720,10 +718,6 @@ def check_rl_config(cfg, world_size):
                        "leave rl_reward=outcome")
 
 
-def with_keys(cfg, **keys):
-    return SimpleNamespace(**{**vars(cfg), **keys})
-
-
 def copy_weights(target, source):
     """target <- source, parameter by parameter (the same layout and sharding)."""
     with torch.no_grad():
@@ -734,7 +728,7 @@ def copy_weights(target, source):
 def heldout_accuracy(run, problems, cfg):
     """Greedy accuracy on the held-out problems (evaluate.evaluate_model with eval_k = 1)."""
     with whole_model(run.policy) as model:
-        result = evaluate.evaluate_model(model, run.tokenizer, problems, with_keys(cfg, eval_k=1),
+        result = evaluate.evaluate_model(model, run.tokenizer, problems, config.with_keys(cfg, eval_k=1),
                                          cfg.test_problems, run.grader)
     return result.metrics["greedy"]
 
@@ -871,10 +865,8 @@ def plot_comparison(out_dir, methods, path):
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for method in methods:
-        with open(os.path.join(out_dir, "rl", method, "metrics.jsonl")) as f:
-            records = [json.loads(line) for line in f]
-        with open(os.path.join(out_dir, "rl", method, "summary.json")) as f:
-            summary = json.load(f)
+        records = list(read_jsonl(os.path.join(out_dir, "rl", method, "metrics.jsonl")))
+        summary = read_json(os.path.join(out_dir, "rl", method, "summary.json"))
         steps = [r["step"] for r in records]
         for ax, key in zip(axes, ("reward", "accuracy")):
             values = [r[key] for r in records]
@@ -899,8 +891,8 @@ def plot_comparison(out_dir, methods, path):
 
 def compare(cfg):
     """GRPO (cfg.rl_reward) and PPO from the same start, on the same questions and budget."""
-    summaries = [train(with_keys(cfg, rl_algo=algo)) for algo in ("grpo", "ppo")]
-    if int(os.environ.get("RANK", "0")) == 0:
+    summaries = [train(config.with_keys(cfg, rl_algo=algo)) for algo in ("grpo", "ppo")]
+    if distributed.is_main_process():
         path = os.path.join(cfg.out_dir, "rl", "compare.png")
         plot_comparison(cfg.out_dir, [s["method"] for s in summaries], path)
         ratio = summaries[0]["model_state_mb"] / summaries[1]["model_state_mb"]

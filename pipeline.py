@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import config
 import evaluate
 import grpo
-from fileio import BadInput, atomic_path, read_jsonl
+from fileio import BadInput, atomic_path, read_json, read_jsonl
 from model import Transformer
 
 
@@ -124,11 +124,6 @@ def run_stages(cfg, argv):
 # ---------------------------------------------------------------- the table
 
 
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
 def percent(value):
     return "-" if value is None else f"{100 * value:.1f}"
 
@@ -154,8 +149,7 @@ def markdown_table(header, rows):
     return "\n".join(lines)
 
 
-def results_markdown(cfg, seconds):
-    task, rows = results_rows(cfg)
+def results_markdown(cfg, task, rows, seconds):
     k = cfg.eval_k
 
     def cell(value, fmt):
@@ -272,11 +266,11 @@ def main():
     argv = sys.argv[1:]  # the config file and overrides, passed to every stage unchanged
     start = time.time()
     seconds = run_stages(cfg, argv)
-    report = results_markdown(cfg, seconds)
+    task, rows = results_rows(cfg)
+    report = results_markdown(cfg, task, rows, seconds)
     path = os.path.join(cfg.out_dir, "results.md")
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.write(report)
-    task, _ = results_rows(cfg)
     plots = draw_plots(cfg, task)
     print("\n" + report)
     print(f"pipeline: {(time.time() - start) / 60:.1f} min; table {path}; plots {', '.join(plots)}")

@@ -39,7 +39,6 @@ import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from glob import glob
 
 import numpy as np
@@ -220,16 +219,6 @@ class StopRequest:
             signal.signal(s, handler)
 
 
-def gradient_sync(model, enabled):
-    """Accumulation micro-steps before the last need no all-reduce of gradients (DDP: no_sync;
-    FSDP2: no reduce-scatter); the last one syncs the summed gradients once."""
-    if hasattr(model, "no_sync"):
-        return nullcontext() if enabled else model.no_sync()
-    if hasattr(model, "set_requires_gradient_sync"):
-        model.set_requires_gradient_sync(enabled)
-    return nullcontext()
-
-
 @torch.no_grad()
 def validation_loss(model, val, cfg, d):
     """Mean loss over the same pretrain_eval_batches x batch x ranks validation rows every time."""
@@ -336,23 +325,22 @@ def main(argv=None):
                     sys.exit(130)
                 first = (micro * d.world_size + d.rank) * B  # this rank's rows of the step's batch
                 rows = train.rows((cfg.seed, 0, step), rows_per_step, first, first + B).to(d.device)
-                with gradient_sync(model, micro == accumulation - 1):
+                with distributed.gradient_sync(model, micro == accumulation - 1):
                     with training.autocast(d.device, cfg.dtype):
                         loss = lm_loss(model, rows) / accumulation  # the mean over the step's rows
                     loss.backward()
                 loss_sum += loss.detach()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.pretrain_grad_clip)
-            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2
+            grad_norm = training.clip_gradients(model, cfg.pretrain_grad_clip)
             loss_value = distributed.all_reduce_mean(loss_sum.item(), d)
-            if not (math.isfinite(loss_value) and math.isfinite(grad_norm.item())):
-                raise Diverged(f"step {step + 1}: loss {loss_value}, gradient norm {grad_norm.item()}; "
+            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+                raise Diverged(f"step {step + 1}: loss {loss_value}, gradient norm {grad_norm}; "
                                f"training diverged, stopped before the update. The last checkpoint, "
                                f"{ckpt}, is untouched; lower pretrain_lr or raise pretrain_warmup_steps")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             tokens_per_s = cfg.pretrain_tokens_per_step / (time.time() - started)
             recent = (recent + [loss_value])[-20:]
-            record = dict(loss=round(loss_value, 5), lr=lr, grad_norm=round(grad_norm.item(), 5),
+            record = dict(loss=round(loss_value, 5), lr=lr, grad_norm=round(grad_norm, 5),
                           tokens_per_s=round(tokens_per_s, 1))
             if peak:
                 record["mfu"] = round(flops * tokens_per_s / (peak * d.world_size), 4)

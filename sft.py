@@ -36,7 +36,6 @@ are a function of (seed, k), so the resumed run ends where an unbroken one would
 Tests: pytest -q tests/test_sft.py
 """
 
-import copy
 import os
 import re
 import sys
@@ -56,7 +55,6 @@ from fileio import BadInput, write_json, write_jsonl
 from model import Transformer, sequence_logprobs
 from tokenizer import load_tokenizer
 
-ADAMW_BETAS = (0.9, 0.95)  # the paper's AdamW (section 2.3); its SFT section names no others
 
 # ---------------------------------------------------------------------------------------------
 # 1. Examples: the chat template, and which tokens are trained
@@ -200,8 +198,7 @@ def follows_format(record, fmt):
 
 def held_out_results(model, tokenizer, problems, fmt, cfg, grader):
     """Greedy accuracy and format compliance in one format (chat prompts); the graded records."""
-    eval_cfg = copy.copy(cfg)
-    eval_cfg.eval_mode, eval_cfg.eval_format, eval_cfg.eval_k = "chat", fmt, 1
+    eval_cfg = config.with_keys(cfg, eval_mode="chat", eval_format=fmt, eval_k=1)
     result = evaluate.evaluate_model(model, tokenizer, problems, eval_cfg, cfg.test_problems, grader)
     format_rate = float(np.mean([follows_format(r, fmt) for r in result.records]))
     return {"accuracy": result.metrics["greedy"], "format_rate": format_rate,
@@ -247,7 +244,7 @@ def train(cfg, d, out):
 
     model.train()
     model = distributed.wrap(model, cfg.parallel, d, cfg.dtype)
-    optimizer = training.make_adamw(model, cfg.sft_lr, cfg.sft_weight_decay, ADAMW_BETAS, d.device)
+    optimizer = training.make_adamw(model, cfg.sft_lr, cfg.sft_weight_decay, training.PAPER_BETAS, d.device)
     start, seconds = 0, 0.0
     if resume:
         state = training.load_train_state(ckpt)
@@ -275,19 +272,19 @@ def train(cfg, d, out):
         loss = 0.0
         for s in range(0, len(mine), cfg.sft_micro_batch_size):
             batch = collate(mine[s:s + cfg.sft_micro_batch_size], tokenizer.pad_id, d.device)
-            with training.autocast(d.device, cfg.dtype):
-                nll = packed_nll(model, batch) / n_examples
-            # DDP and FSDP average gradients over ranks; our sum over the global batch needs x world
-            (nll * d.world_size).backward()
+            with distributed.gradient_sync(model, s + cfg.sft_micro_batch_size >= len(mine)):
+                with training.autocast(d.device, cfg.dtype):
+                    nll = packed_nll(model, batch) / n_examples
+                # DDP and FSDP average gradients over ranks; our sum over the global batch needs x world
+                (nll * d.world_size).backward()
             loss += nll.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.sft_grad_clip)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
+        grad_norm = training.clip_gradients(model, cfg.sft_grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         seconds += time.time() - began
         loss = distributed.all_reduce_mean(loss, d) * d.world_size
         filled = sum(len(e.tokens) for row in rows for e in row) / (len(rows) * seq_len)
-        log.log(step + 1, loss=loss, lr=cfg.sft_lr, grad_norm=float(grad_norm), examples=n_examples,
+        log.log(step + 1, loss=loss, lr=cfg.sft_lr, grad_norm=grad_norm, examples=n_examples,
                 trained_tokens=int(sum(e.trained.sum() for row in rows for e in row)), fill=round(filled, 4))
         bar.set_postfix(loss=f"{loss:.3f}")
         if (step + 1) % cfg.sft_save_every == 0 or step + 1 == cfg.sft_steps:

@@ -22,6 +22,9 @@ import distributed
 from model import staged_folder
 
 
+PAPER_BETAS = (0.9, 0.95)  # AdamW's beta1, beta2 in every stage (paper 2.3; SFT and RL name no others)
+
+
 def make_adamw(model, lr, weight_decay, betas, device):
     """AdamW (paper 2.3: beta1 0.9, beta2 0.95, weight decay 0.1).
 
@@ -33,6 +36,13 @@ def make_adamw(model, lr, weight_decay, betas, device):
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=device.type == "cuda")
+
+
+def clip_gradients(model, max_norm):
+    """Scale the gradients so that their global norm is at most max_norm; the norm before
+    clipping, as a float (under FSDP2 each rank holds a shard: the norm comes back whole)."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 def autocast(device, dtype_choice):
@@ -69,7 +79,7 @@ def set_rng_state(state):
 def save_checkpoint(folder, model, tokenizer, train_state=None):
     """Every rank calls this (FSDP must gather); rank 0 writes the folder atomically."""
     state_dict = distributed.full_state_dict(model)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not distributed.is_main_process():
         return
     inner = distributed.unwrap(model)
     with staged_folder(folder) as tmp:
@@ -111,7 +121,7 @@ class MetricsLog:
 
     def __init__(self, path, resume_step=0):
         self.path = path
-        self.main = int(os.environ.get("RANK", "0")) == 0
+        self.main = distributed.is_main_process()
         if self.main:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             kept = []

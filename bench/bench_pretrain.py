@@ -63,7 +63,7 @@ def main():
         hf(input_ids=rows[:, :-1], labels=rows[:, :-1]).loss.backward()  # HF shifts labels itself
 
     runs = {"ours": (ours, ours_step), "ours, chunked": (chunked, chunked_step), "transformers": (hf, hf_step)}
-    optimizers = {name: training.make_adamw(m, 1e-3, 0.1, (0.9, 0.95), torch.device("cpu")) for name, (m, _) in runs.items()}
+    optimizers = {name: training.make_adamw(m, 1e-3, 0.1, training.PAPER_BETAS, torch.device("cpu")) for name, (m, _) in runs.items()}
     seconds, first_step = dict.fromkeys(runs, 0.0), {}
     for i, rows in enumerate(batches):
         for name, (model, step) in runs.items():

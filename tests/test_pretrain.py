@@ -154,7 +154,7 @@ def test_gradient_accumulation_matches_one_big_batch(corpus, tmp_path):
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_process_run_matches_one_process(corpus, tmp_path, parallel):
     # a step's global batch does not depend on the number of ranks: 1 rank x 4 rows x 2
-    # micro-steps there, 2 ranks x 2 rows x 2 micro-steps (gradient sync skipped once) here
+    # micro-steps there, 2 ranks x 2 rows x 2 micro-steps (DDP skips one all-reduce) here
     run(corpus, str(tmp_path / "one"), "--pretrain_steps=3")
     for name in ("tokenizer.tiktoken", "tokenizer.tiktoken.json", "corpus"):
         os.symlink(corpus / name, tmp_path / name)

@@ -34,7 +34,7 @@ else:
     model = Transformer(ModelArgs(vocab_size=61, dim=32, n_layer=2, n_head=4, n_kv_head=2,
                                   intermediate_size=64, max_seq_len=64))
 model = distributed.wrap(model, a.parallel, d)
-optimizer = training.make_adamw(model, 1e-2, 0.1, (0.9, 0.95), d.device)
+optimizer = training.make_adamw(model, 1e-2, 0.1, training.PAPER_BETAS, d.device)
 start = 0
 if a.resume:
     state = training.load_train_state(ckpt)
