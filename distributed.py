@@ -47,6 +47,16 @@ def setup(device_choice="auto"):
     return Dist(rank, local_rank, world_size, device)
 
 
+def compute_dtype(device, choice):
+    """The dtype a run computes in: config's dtype, where "auto" is bfloat16 on a GPU (autocast;
+    weights and optimizer stay float32) and float32 on a CPU."""
+    if choice == "auto":
+        choice = "bfloat16" if device.type == "cuda" else "float32"
+    if choice not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype={choice!r}: choose auto, float32 or bfloat16")
+    return getattr(torch, choice)
+
+
 def cleanup():
     if dist.is_initialized():
         dist.barrier()
@@ -79,9 +89,8 @@ def wrap(model, parallel, d, dtype="auto"):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         mesh = init_device_mesh(d.device.type, (d.world_size,))
-        bf16 = dtype == "bfloat16" or (dtype == "auto" and d.device.type == "cuda")
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
-            else MixedPrecisionPolicy()
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+            if compute_dtype(d.device, dtype) == torch.bfloat16 else MixedPrecisionPolicy()
         for block in model.layers:  # one all-gather per block: only one block is whole at a time
             fully_shard(block, mesh=mesh, mp_policy=policy)
         fully_shard(model, mesh=mesh, mp_policy=policy)  # the rest: embeddings, final norm, head
@@ -110,6 +119,16 @@ def full_state_dict(model):
     if not dist.is_initialized():
         return unwrap(model).state_dict()
     return get_model_state_dict(unwrap(model), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state_dict(model, state_dict):
+    """full_state_dict's inverse: every rank calls it, and each takes its shard of the whole."""
+    if not dist.is_initialized():
+        unwrap(model).load_state_dict(state_dict)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    set_model_state_dict(unwrap(model), state_dict,
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
 def all_gather(obj, d):

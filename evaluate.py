@@ -853,6 +853,13 @@ def results_table(metrics_by_task):
                      for row in rows)
 
 
+def stage_grader(cfg, d):
+    """The Grader of a stage: grader_workers processes, or by default this rank's share of the
+    CPU cores (at most 8), so that W ranks on one machine do not start W x cores workers."""
+    workers = cfg.grader_workers or max(1, min(8, (os.cpu_count() or 1) // d.world_size))
+    return Grader(workers, cfg.grader_timeout)
+
+
 def run_name(checkpoint):
     """The name a checkpoint's results go under: its folder's name, or for a stage's
     .../NAME/ckpt folder the stage's NAME (pretrain, sft, grpo_outcome, ...)."""
@@ -884,10 +891,8 @@ def main():
         for task in cfg.eval_tasks or [cfg.test_problems]:
             problems = tasks.load_problems(task, "test", cfg)
             task_problems[task] = problems[: cfg.eval_n_problems or len(problems)]
-        workers = cfg.grader_workers or max(1, min(8, (os.cpu_count() or 1) // d.world_size))
-        with Grader(workers, cfg.grader_timeout) as grader:  # forked before the model fills memory
-            use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and d.device.type == "cuda")
-            model = Transformer.from_pretrained(cfg.eval_checkpoint, dtype=torch.bfloat16 if use_bf16 else torch.float32,
+        with stage_grader(cfg, d) as grader:  # forked before the model fills memory
+            model = Transformer.from_pretrained(cfg.eval_checkpoint, dtype=distributed.compute_dtype(d.device, cfg.dtype),
                                                 device=d.device)
             metrics = {}
             out_dir = os.path.join(cfg.out_dir, "eval", run_name(cfg.eval_checkpoint))

@@ -161,18 +161,25 @@ def sample_rollouts(model, tokenizer, problems, cfg, seed, device):
             responses += [row[keep].tolist() for row, keep in zip(out.tokens, out.mask)]
             truncated.append(out.truncated)
         m.train(was_training)
-    L = max(len(p) + len(r) for p, r in zip(prompts, responses))
-    tokens = torch.full((len(prompts), L), tokenizer.pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros(len(prompts), L, dtype=torch.bool, device=device)
-    response_mask = torch.zeros(len(prompts), L - 1, dtype=torch.bool, device=device)
+    tokens, mask = right_padded([p + r for p, r in zip(prompts, responses)], tokenizer.pad_id, device)
+    response_mask = torch.zeros(len(prompts), tokens.shape[1] - 1, dtype=torch.bool)
     for i, (prompt, response) in enumerate(zip(prompts, responses)):
-        n = len(prompt) + len(response)
-        tokens[i, :n] = torch.tensor(prompt + response, device=device)
-        mask[i, :n] = True
-        response_mask[i, len(prompt) - 1:n - 1] = True  # column j scores token j + 1
+        response_mask[i, len(prompt) - 1:len(prompt) + len(response) - 1] = True  # column j scores token j + 1
     texts = [tokenizer.decode([t for t in r if t != tokenizer.eos_id]) for r in responses]
     rows = [p for p in problems for _ in range(G)]
-    return Rollouts(rows, texts, tokens, mask, response_mask, torch.cat(truncated).to(device))
+    return Rollouts(rows, texts, tokens, mask, response_mask.to(device), torch.cat(truncated).to(device))
+
+
+def right_padded(sequences, pad_id, device):
+    """Token lists as tokens (n, L) padded on the right to the longest, and mask (n, L) of the
+    real tokens; built on the CPU and moved in one copy each."""
+    L = max(len(s) for s in sequences)
+    tokens = torch.full((len(sequences), L), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(sequences), L, dtype=torch.bool)
+    for i, s in enumerate(sequences):
+        tokens[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = True
+    return tokens.to(device), mask.to(device)
 
 
 # =============================================================================================
@@ -434,19 +441,14 @@ def train_reward_model(run, new_samples, cfg):
         order.shuffle(data)
         for rows in micro_batches(len(data), cfg.rl_micro_batch):
             batch = [data[i] for i in rows]
-            L = max(len(s["tokens"]) for s in batch)
-            tokens = torch.full((len(batch), L), run.tokenizer.pad_id, dtype=torch.long, device=device)
-            mask = torch.zeros(len(batch), L, dtype=torch.bool, device=device)
-            for i, s in enumerate(batch):
-                tokens[i, :len(s["tokens"])] = torch.tensor(s["tokens"], device=device)
-                mask[i, :len(s["tokens"])] = True
+            tokens, mask = right_padded([s["tokens"] for s in batch], run.tokenizer.pad_id, device)
             with training.autocast(device, cfg.dtype):
                 scores = scalar_outputs(run.reward_model, tokens, mask)  # (n, L-1)
             picked = torch.cat([scores[i, s["columns"]] for i, s in enumerate(batch)])
             labels = torch.tensor([v for s in batch for v in s["labels"]], device=device)
             loss = F.binary_cross_entropy_with_logits(picked, labels)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(run.reward_model.parameters(), 1.0)
+            training.clip_gradients(run.reward_model, cfg.rl_grad_clip)
             run.rm_optimizer.step()
             run.rm_optimizer.zero_grad(set_to_none=True)
     history.extend(new_samples)
@@ -593,8 +595,7 @@ class Run:
 
         # Trained models keep float32 weights (AdamW's master copy: at lr 1e-6 most updates would
         # vanish in bf16 rounding); frozen ones only run forward, in the compute dtype.
-        compute_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and d.device.type == "cuda")
-        frozen_dtype = torch.bfloat16 if compute_bf16 else torch.float32
+        frozen_dtype = distributed.compute_dtype(d.device, cfg.dtype)
 
         def load(head="lm", folder=init, dtype=torch.float32):
             model = Transformer.from_pretrained(folder, head=head, dtype=dtype, device=d.device)
@@ -646,7 +647,7 @@ class Run:
     def optimizer_step(self):
         """Clip, step, measure the live bytes (gradients still exist), free the gradients."""
         for model, optimizer in self.trained():
-            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.rl_grad_clip)
+            training.clip_gradients(model, self.cfg.rl_grad_clip)
             optimizer.step()
         self.peak_state_bytes = max(self.peak_state_bytes, self.state_bytes())
         for model, optimizer in self.trained():
@@ -674,17 +675,11 @@ class Run:
         return state
 
     def load_train_state(self, state):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
         training.load_optimizer_state(self.optimizer, self.policy, state["optimizer"])
         for name in ("ref", "value", "reward_model"):
             model = getattr(self, name)
             if model is not None:
-                if dist.is_initialized():
-                    set_model_state_dict(distributed.unwrap(model), state[name],
-                                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-                else:
-                    model.load_state_dict(state[name])
+                distributed.load_full_state_dict(model, state[name])
         if self.value is not None:
             training.load_optimizer_state(self.value_optimizer, self.value, state["value_optimizer"])
         if self.reward_model is not None:
@@ -786,8 +781,7 @@ def train(cfg):
     train_problems = tasks.load_problems(cfg.train_problems, "train", cfg)
     test_problems = tasks.load_problems(cfg.test_problems, "test", cfg)
     test_problems = test_problems[: cfg.eval_n_problems or len(test_problems)]
-    workers = cfg.grader_workers or max(1, min(8, (os.cpu_count() or 1) // d.world_size))
-    with evaluate.Grader(workers, cfg.grader_timeout) as grader:  # forked before models fill memory
+    with evaluate.stage_grader(cfg, d) as grader:  # forked before models fill memory
         run = Run(cfg, d, tokenizer, grader, init, ckpt if cfg.rl_resume else init)
         start, accuracy_before = 0, None
         if cfg.rl_resume:

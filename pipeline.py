@@ -19,7 +19,6 @@ what it reads) to run it again. The stages, with the paper's sections:
 At the end, under out_dir: results.md (also printed) and plots/*.png.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -71,15 +70,16 @@ def summary_path(cfg, stage):
 
 
 def eval_metrics_path(cfg, stage):
-    return os.path.join(cfg.out_dir, "eval", os.path.basename(stage), "metrics.json")
+    """Where evaluate.py writes the metrics of the stage's checkpoint."""
+    checkpoint = os.path.join(cfg.out_dir, stage, "ckpt")
+    return os.path.join(cfg.out_dir, "eval", evaluate.run_name(checkpoint), "metrics.json")
 
 
 def is_done(output, checkpoint, inputs):
     """An output counts when it parses, its checkpoint (if any) loads, and it is newer than every
     output it was built from (a re-run upstream stage makes everything downstream stale)."""
     try:
-        with open(output) as f:
-            json.load(f)
+        read_json(output)
         if checkpoint:
             Transformer.from_pretrained(checkpoint)
     except (OSError, ValueError, KeyError, BadInput):

@@ -304,8 +304,7 @@ def main():
         shares = format_shares(cfg)
         test = tasks.load_problems(cfg.test_problems, "test", cfg)
         test = test[:cfg.sft_eval_problems or len(test)]
-        workers = cfg.grader_workers or max(1, min(8, (os.cpu_count() or 1) // d.world_size))
-        with evaluate.Grader(workers, cfg.grader_timeout) as grader:  # forked before the model fills memory
+        with evaluate.stage_grader(cfg, d) as grader:  # forked before the model fills memory
             steps, seconds = train(cfg, d, out)
             distributed.barrier(d)  # rank 0 has written the checkpoint the others read
             # Evaluate the checkpoint as written, whole on every rank (an FSDP model is sharded).

@@ -47,11 +47,10 @@ def clip_gradients(model, max_norm):
 
 def autocast(device, dtype_choice):
     """bfloat16 autocast on GPU (weights and optimizer stay float32), plain float32 on CPU."""
-    if dtype_choice == "auto":
-        dtype_choice = "bfloat16" if device.type == "cuda" else "float32"
-    if dtype_choice == "float32":
+    dtype = distributed.compute_dtype(device, dtype_choice)
+    if dtype == torch.float32:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=getattr(torch, dtype_choice))
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def seed_everything(seed):

@@ -49,6 +49,22 @@ def hf_twin(ours):
     return hf
 
 
+def chunked_loss(model, rows):
+    """model.py's RL path: log-probs chunk by chunk, the LM head recomputed in backward."""
+    return -model(rows[:, :-1], targets=rows[:, 1:]).mean()
+
+
+def hf_loss(model, rows):
+    return model(input_ids=rows[:, :-1], labels=rows[:, :-1]).loss  # HF shifts the labels itself
+
+
+def training_step(model, loss, optimizer, rows, device, dtype):
+    with training.autocast(device, dtype):
+        loss(model, rows).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=10)
@@ -72,30 +88,15 @@ def main():
     ours.to(device)
     chunked.to(device)
 
-    def ours_step(rows):
-        lm_loss(ours, rows).backward()
-
-    def chunked_step(rows):  # model.py's RL path: log-probs chunk by chunk, LM head recomputed in backward
-        (-chunked(rows[:, :-1], targets=rows[:, 1:]).mean()).backward()
-
-    def hf_step(rows):
-        hf(input_ids=rows[:, :-1], labels=rows[:, :-1]).loss.backward()  # HF shifts labels itself
-
-    def hf_compiled_step(rows):
-        hf_compiled(input_ids=rows[:, :-1], labels=rows[:, :-1]).loss.backward()
-
-    runs = {"ours": (ours, ours_step), "ours, chunked": (chunked, chunked_step), "transformers": (hf, hf_step)}
+    runs = {"ours": (ours, lm_loss), "ours, chunked": (chunked, chunked_loss), "transformers": (hf, hf_loss)}
     if cfg.compile:
-        runs["transformers, compiled"] = (hf_compiled, hf_compiled_step)
+        runs["transformers, compiled"] = (hf_compiled, hf_loss)
     optimizers = {name: training.make_adamw(m, 1e-3, 0.1, training.PAPER_BETAS, device) for name, (m, _) in runs.items()}
     seconds, first_step = dict.fromkeys(runs, 0.0), {}
     for i, rows in enumerate(batches):
-        for name, (model, step) in runs.items():
+        for name, (model, loss) in runs.items():
             started = time.perf_counter()
-            with training.autocast(device, cfg.dtype):
-                step(rows)
-            optimizers[name].step()
-            optimizers[name].zero_grad(set_to_none=True)
+            training_step(model, loss, optimizers[name], rows, device, cfg.dtype)
             if device.type == "cuda":
                 torch.cuda.synchronize()  # the GPU runs behind the Python that queues its kernels
             if i == 0:  # the first step warms up (allocations, lazy initialisation, compilation)
@@ -118,21 +119,19 @@ def main():
     elif device.type == "cpu":
         # transformers runs the same matmul and attention kernels, so its step takes at least the
         # shared part of ours: ours / transformers <= (measured ratio) / share, were the rest free
-        share = shared_kernel_share(ours_step, optimizers["ours"], batches[0])
+        share = shared_kernel_share(ours, optimizers["ours"], batches[0])
         print(f"  matmuls + attention take {100 * share:.0f}% of our step, the same kernels transformers calls: "
               f"with every other op free, ours / transformers could reach at most "
               f"{rate['ours'] / rate['transformers'] / share:.2f}x")
 
 
-def shared_kernel_share(step, optimizer, rows, n_steps=3):
-    """The fraction of a profiled training step (forward, backward, AdamW) spent in the matmul
-    and attention kernels, summed over the ops' own CPU time."""
+def shared_kernel_share(model, optimizer, rows, n_steps=3):
+    """The fraction of our profiled CPU training step (forward, backward, AdamW) spent in the
+    matmul and attention kernels, summed over the ops' own CPU time."""
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(n_steps):
-            step(rows)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            training_step(model, lm_loss, optimizer, rows, torch.device("cpu"), "float32")
     own_time = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
     shared = sum(t for name, t in own_time.items() if name in SHARED_KERNELS or "scaled_dot_product" in name)
     return shared / sum(own_time.values())
