@@ -7,11 +7,14 @@ Every key that exists, with its default and its meaning, is written below in DEF
 by stage). A config file in configs/ is plain assignments (`n_layer = 30`) and may do
 arithmetic, as nanoGPT's do. `--key=value` on the command line overrides the file. A key that
 is not in DEFAULTS, or a value whose type differs from the default's, is an error that names
-the key and lists the valid ones: a typo never silently trains the wrong model.
+the key and lists the valid ones: a typo never silently trains the wrong model. A value out of
+its key's range (RULES: counts >= 1, rates > 0, shares in [0, 1), ...) is an error naming it too.
 """
 
 import ast
 import difflib
+import fnmatch
+import re
 import sys
 from types import SimpleNamespace
 
@@ -118,6 +121,7 @@ DEFAULTS = dict(
     eval_format="cot",  # "cot" chain-of-thought, "pot" a program prints the answer, "tool" tool-integrated
     eval_shots=0,  # few-shot examples; 0 = the paper's 8 (GSM8K) / 4 (MATH), 3 for the classroom
     eval_k=1,  # samples per problem for maj@k and pass@k (paper figure 7: K up to 64); 1 = greedy only
+    eval_k_problems=0,  # maj@k and pass@k on the first N problems only (their k samples cost k greedy answers each); 0 = all
     eval_temperature=0.7,  # sampling temperature of the k samples (paper section 5.2.2: 0.7)
     eval_max_new_tokens=512,  # most tokens per response (tool-integrated: per round)
     eval_batch_size=32,  # responses generated together (rows of one KV cache)
@@ -125,41 +129,120 @@ DEFAULTS = dict(
     eval_program_timeout=10.0,  # wall-clock seconds for a sandboxed program (its CPU limit too)
     eval_program_memory_mb=2048,  # address-space limit of a sandboxed program, MiB
     # ---------------------------------------------------------------- grpo.py
+    # Each RL value: "paper" = DeepSeekMath's own (its section), or "ours" = not stated in the
+    # paper, our choice, with the reason. README.md, "Where this differs from the paper", lists all.
     rl_algo="grpo",  # "grpo", "ppo" (value model + GAE), "rft" (samples of the SFT model), "online_rft"
     rl_reward="outcome",  # "outcome" (grader), "process" (per-step checker), "orm" / "prm" (learned reward model)
     rl_init_checkpoint="",  # the starting policy folder; "" = {out_dir}/sft/ckpt
     rl_resume=False,  # continue {out_dir}/rl/{method}/ckpt from its train_state.pt
     rl_compare=False,  # run GRPO and PPO from the same start; print one table, write rl/compare.png
-    rl_steps=100,  # exploration stages (each: sample, reward, rl_mu policy updates)
-    rl_questions_per_step=16,  # questions per step, split across ranks (paper: 1024 outputs / 64 = 16)
-    rl_group_size=64,  # G, outputs sampled per question (paper: 64)
-    rl_temperature=1.0,  # sampling temperature; log-probs of pi_theta/pi_old/pi_ref are taken at the same one
-    rl_max_new_tokens=1024,  # most tokens per output (paper: max length 1024)
+    rl_seed=0,  # the RL run's own seed (sampling, question order, reward model); 0 = seed. Output: rl/{method}-seed{N}
+    rl_steps=100,  # exploration stages (each: sample, reward, rl_mu policy updates); paper: not stated
+    rl_questions_per_step=16,  # questions per step, split across ranks (paper 4.2: batch 1024 = 16 x 64)
+    rl_group_size=64,  # G, outputs sampled per question (paper 4.2: 64)
+    rl_temperature=1.0,  # ours (paper: not stated): sample the policy as it is; log-probs are taken at the same one
+    rl_max_new_tokens=1024,  # most tokens per output (paper 4.2: max length 1024)
     rl_rollout_questions=1,  # questions whose G outputs are generated together (one KV cache of this x G rows)
     rl_micro_batch=16,  # outputs per forward/backward pass (gradient accumulation over the step)
-    rl_mu=1,  # policy updates per exploration stage (paper: 1)
-    rl_lr=1e-6,  # policy AdamW learning rate, constant (paper: 1e-6)
-    rl_weight_decay=0.0,  # policy AdamW weight decay
-    rl_grad_clip=1.0,  # gradient-norm clip of every trained model
-    rl_clip_eps=0.2,  # epsilon of the clipped surrogate, PPO and GRPO
-    rl_kl_coef=0.04,  # beta: GRPO's KL loss coefficient and PPO's per-token KL penalty (paper GRPO: 0.04)
-    rl_iteration_steps=0,  # iterative RL: reset pi_ref to the policy (and retrain the RM) every N steps; 0 = never
+    rl_mu=1,  # policy updates per exploration stage (paper 4.2: 1)
+    rl_lr=1e-6,  # policy AdamW learning rate, constant (paper 4.2: 1e-6)
+    rl_weight_decay=0.0,  # ours (paper: not stated): no decay, so the KL to pi_ref is the only pull on the policy
+    rl_grad_clip=1.0,  # ours (paper: not stated): the usual 1.0, a guard against one bad batch
+    rl_clip_eps=0.2,  # ours (paper: not stated): PPO's usual epsilon (Schulman et al. 2017), as TRL and verl
+    rl_kl_coef=0.04,  # beta (paper 4.2: 0.04 for GRPO); ours: PPO's per-token KL penalty reuses it (not stated)
+    rl_iteration_steps=0,  # iterative RL (paper 4.1.3, Alg. 1): reset pi_ref (and retrain the RM) every N steps; 0 = never
     rl_activation_checkpointing=False,  # recompute each block's activations in backward (7B: saves memory)
     rl_eval_every=0,  # held-out greedy accuracy every N steps (metrics.jsonl heldout_greedy); 0 = only before/after
+    rl_eval_problems=0,  # held-out problems of grpo.py's own accuracy checks; 0 = eval_n_problems
     rl_save_every=50,  # checkpoint every N steps (and at the end)
+    rl_viewer_questions=2,  # fixed training questions whose groups rollouts.jsonl records for viewer.py
+    rl_viewer_steps=[],  # steps (0-based) recorded for viewer.py; [] = the first, the middle and the last
+    rl_min_reward_spread=0.01,  # ours: a mean within-group reward std under this carries no signal ...
+    rl_flat_reward_steps=10,  # ... for this many steps in a row: a loud warning
+    rl_collapse_drop=0.25,  # ours: stop when held-out greedy accuracy falls this far below the start (a collapse)
     rl_rm_checkpoint="",  # a trained reward model folder (scalar head); "" = train one from the policy's trunk
     rl_rm_questions=64,  # questions whose G graded samples first train the reward model
+    rl_rm_heldout=0.2,  # ours: share of the reward model's new questions held out to measure its accuracy and AUC
     rl_rm_epochs=2,  # passes over the reward model's new samples (+ replay) per training round
-    rl_rm_lr=1e-5,  # reward model AdamW learning rate
-    rl_rm_replay=0.1,  # share of all earlier samples replayed when the reward model retrains (paper: 10%)
+    rl_rm_lr=2e-5,  # reward model AdamW learning rate (paper 4.2: 2e-5)
+    rl_rm_replay=0.1,  # share of all earlier samples replayed when the reward model retrains (paper 4.1.3: 10%)
     ppo_value_init="policy",  # the value model starts from the "policy" trunk or the "reward" model
-    ppo_value_lr=1e-6,  # value model AdamW learning rate
-    ppo_value_clip=0.2,  # the value loss clips V to V_old +- this
-    ppo_gamma=1.0,  # GAE discount (episodic: one answer per episode)
-    ppo_lambda=0.95,  # GAE lambda
+    ppo_value_lr=1e-6,  # ours (paper: not stated): the policy's lr
+    ppo_value_clip=0.2,  # ours (paper: not stated): the value loss clips V to V_old +- this, PPO's usual 0.2
+    ppo_gamma=1.0,  # GAE discount; ours (paper: not stated): 1, an episode is one answer, no reason to discount
+    ppo_lambda=0.95,  # GAE lambda; ours (paper: not stated): the common 0.95, between TD (0) and Monte Carlo (1)
+    # ---------------------------------------------------------------- pipeline.py
+    seeds=1,  # RL runs per method, from the same SFT checkpoint with rl_seed 2..N beside the first; the table pairs them
+    results_file="",  # also write results.md there, with the run's wall time (results/classroom.md: the README's)
     # ---------------------------------------------------------------- memory_plan.py
     plan_prompt_len=512,  # longest RL prompt (tokens) the memory plan assumes: rows are this + rl_max_new_tokens long
 )
+
+
+def _keys(*patterns):
+    """The keys of DEFAULTS that match the patterns ("*_lr": every learning rate)."""
+    return [key for pattern in patterns for key in DEFAULTS if fnmatch.fnmatchcase(key, pattern)]
+
+
+_AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+_AT_LEAST_0 = (lambda v: v >= 0, "at least 0")
+_POSITIVE = (lambda v: v > 0, "above 0")
+_SHARE = (lambda v: 0 <= v < 1, "in [0, 1)")
+_PROBABILITY = (lambda v: 0 <= v <= 1, "in [0, 1]")
+_DEVICE = (lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v), "auto, cpu, cuda, cuda:N or mps")
+
+# key -> (test, what a value must be): checked for every value a file or the command line sets.
+# Keys not named here are checked by the stage that reads them (formats, algorithms, paths).
+RULES = {
+    **dict.fromkeys(_keys(
+        "vocab_size", "n_layer", "n_head", "n_kv_head", "dim", "intermediate_size", "max_seq_len",
+        "classroom_train_size", "classroom_test_size", "classroom_min_steps", "classroom_max_steps",
+        "classroom_max_number", "corpus_shingle_words", "corpus_minhash_perms", "corpus_lsh_bands",
+        "fasttext_dim", "fasttext_word_ngrams", "fasttext_min_count", "fasttext_epoch", "fasttext_bucket",
+        "fasttext_threads", "corpus_iterations", "corpus_decontam_ngram", "corpus_decontam_min_ngram",
+        "web_pool_pages", "web_seed_pages", "web_shards", "pretrain_steps", "pretrain_tokens_per_step",
+        "pretrain_batch_size", "pretrain_eval_every", "pretrain_eval_batches", "pretrain_ckpt_every",
+        "sft_steps", "sft_batch_size", "sft_micro_batch_size", "sft_save_every", "grader_timeout",
+        "eval_k", "eval_max_new_tokens", "eval_batch_size", "eval_program_memory_mb", "rl_steps",
+        "rl_questions_per_step", "rl_group_size", "rl_max_new_tokens", "rl_rollout_questions",
+        "rl_micro_batch", "rl_mu", "rl_save_every", "rl_rm_questions", "rl_rm_epochs", "plan_prompt_len"), _AT_LEAST_1),
+    **dict.fromkeys(_keys(
+        "seed", "classroom_seed", "corpus_seed_max_pages", "corpus_url_prefix_depth", "web_contaminated_pages",
+        "pretrain_warmup_steps", "sft_eval_problems", "grader_workers", "eval_n_problems", "eval_shots",
+        "eval_tool_rounds", "rl_iteration_steps", "rl_eval_every", "rl_kl_coef", "*weight_decay"), _AT_LEAST_0),
+    **dict.fromkeys(_keys(
+        "rope_theta", "norm_eps", "init_std", "fasttext_lr", "corpus_negative_ratio", "*_lr", "*grad_clip",
+        "eval_temperature", "eval_program_timeout", "rl_temperature", "rl_clip_eps", "ppo_value_clip"), _POSITIVE),
+    **dict.fromkeys(_keys("corpus_domain_share", "corpus_stop_new_share"), _SHARE),
+    **dict.fromkeys(_keys("corpus_dup_jaccard", "corpus_min_score", "rl_rm_replay", "ppo_gamma", "ppo_lambda"),
+                    _PROBABILITY),
+    "corpus_val_share": (lambda v: 0 < v < 1, "in (0, 1): pretrain.py validates on these pages' tokens"),
+    "pretrain_betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    "device": _DEVICE,
+    "dtype": (lambda v: v in ("auto", "float32", "bfloat16"), "auto, float32 or bfloat16"),
+    "parallel": (lambda v: v in ("ddp", "fsdp"), "ddp or fsdp"),
+}
+
+# (key, key): the first may not exceed the second.
+ORDERED = [("classroom_min_steps", "classroom_max_steps"), ("corpus_decontam_min_ngram", "corpus_decontam_ngram"),
+           ("corpus_lsh_bands", "corpus_minhash_perms")]
+
+
+def _check_range(key, value, where):
+    test, allowed = RULES.get(key, (lambda v: True, ""))
+    try:
+        ok = test(value)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{where}: {key} = {value!r} is out of range: {key} must be {allowed}")
+
+
+def _check_order(values):
+    for low, high in ORDERED:
+        if values[low] > values[high]:
+            raise ConfigError(f"{low} = {values[low]!r} exceeds {high} = {values[high]!r}: "
+                              f"make {low} at most {high}")
 
 
 def _parse_value(key, text, default):
@@ -223,6 +306,7 @@ def load_config(argv=None):
             if key not in DEFAULTS:
                 raise _unknown(key, path)
             values[key] = _check_type(key, value, DEFAULTS[key], path)
+            _check_range(key, values[key], path)
     for arg in argv:
         if not arg.startswith("--"):
             continue
@@ -233,6 +317,8 @@ def load_config(argv=None):
             raise _unknown(key, "command line")
         value = _parse_value(key, text, DEFAULTS[key])
         values[key] = _check_type(key, value, DEFAULTS[key], "command line")
+        _check_range(key, values[key], "command line")
+    _check_order(values)
     return SimpleNamespace(**values)
 
 

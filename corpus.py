@@ -22,7 +22,9 @@ The paper's pipeline, in the order this file runs it:
    tokens/{train,val}-NNNNN.bin (token shards, documents ended by EOS, see shards.py),
    metrics.jsonl (one line per iteration), summary.json; with corpus_train_tokenizer the BPE
    tokenizer is trained on the selected text (plus corpus_tokenizer_extra) and saved to
-   {out_dir}/tokenizer.tiktoken, where the later stages load it.
+   {out_dir}/tokenizer.tiktoken, where the later stages load it. The outputs are written into a
+   temporary folder that replaces corpus/ whole only when the run succeeds: a failed or
+   interrupted run leaves the previous corpus, its tokenizer and its summary.json as they were.
 
 Scale: pool files are shards; rank r of a torchrun job reads files r, r + W, ... and does the
 per-page work (parsing, MinHash, scoring, decontamination, tokenizing) on them. What must be
@@ -42,7 +44,7 @@ import hashlib
 import itertools
 import os
 import re
-import sys
+import shutil
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -58,7 +60,9 @@ import distributed
 import shards
 import tasks
 import tokenizer as bpe
-from fileio import BadInput, read_jsonl, read_records, write_json, write_jsonl
+import training
+from fileio import BadInput, read_jsonl, read_records, recover_staged_folder, write_json, write_jsonl
+from model import staged_folder
 
 MATH, OTHER = "__label__math", "__label__other"
 
@@ -553,12 +557,58 @@ def write_tokens(pages, tok, folder, shard, cfg):
     return counts
 
 
+@contextlib.contextmanager
+def new_output(folder, d):
+    """The temporary folder every rank writes this run's outputs into. When the run succeeds it
+    replaces `folder` whole (model.staged_folder); when it fails it is removed and `folder`,
+    with its summary.json, stays as the last successful run left it."""
+    if not d.is_main:
+        yield distributed.all_gather(None, d)[0]
+        distributed.barrier(d)
+        return
+    recover_staged_folder(folder)
+    with staged_folder(folder) as build:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(build, 0o777 & ~umask)  # mkdtemp makes 0700; give the folder the mode makedirs would
+        distributed.all_gather(build, d)
+        yield build
+        distributed.barrier(d)  # every rank has written its shards
+
+
+def install_tokenizer(trained, path, folder):
+    """Move the tokenizer trained in the build folder to `path` (and its sidecar). The previous
+    summary.json goes first: killed in between, the old corpus never looks done with a new
+    tokenizer."""
+    if os.path.exists(os.path.join(folder, "summary.json")):
+        os.remove(os.path.join(folder, "summary.json"))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    shutil.move(trained + ".json", path + ".json")
+    shutil.move(trained, path)
+
+
 def main():
     cfg = config.main_config()
     d = distributed.setup("cpu")
-    folder = os.path.join(cfg.out_dir, "corpus")
     started = time.time()
     benchmarks = {os.path.basename(source): tasks.load_problems(source, "test", cfg) for source in cfg.corpus_benchmarks}
+    with new_output(os.path.join(cfg.out_dir, "corpus"), d) as folder:
+        summary = build(cfg, folder, benchmarks, d)
+        tokenizer_path = cfg.tokenizer_path or os.path.join(cfg.out_dir, "tokenizer.tiktoken")
+        summary.update(tokenizer=tokenizer_path, seconds=round(time.time() - started, 1))
+        if d.is_main:
+            write_json(os.path.join(folder, "summary.json"), summary)
+            if cfg.corpus_train_tokenizer:
+                install_tokenizer(os.path.join(folder, "tokenizer.tiktoken"), tokenizer_path,
+                                  os.path.join(cfg.out_dir, "corpus"))
+    distributed.print0(f"corpus: {summary['selected']} pages, {summary['tokens'].get('train', 0):,} train and "
+                       f"{summary['tokens'].get('val', 0):,} val tokens in {os.path.join(cfg.out_dir, 'corpus')} "
+                       f"({summary['seconds']} s)")
+    distributed.cleanup()
+
+
+def build(cfg, folder, benchmarks, d):
+    """Every output of the run, written into `folder`; returns the summary."""
     seed_sources, pool_files = inputs(cfg, folder, benchmarks, d)
     malformed = {}
     pages = load_pool(pool_files, d, malformed)
@@ -583,7 +633,9 @@ def main():
         write_jsonl(selected_files[shard], ({"url": p["url"], "text": p["text"], "score": p["score"]}
                                             for p in selected if p["shard"] == shard))
     distributed.barrier(d)
-    tokenizer_path = cfg.tokenizer_path or os.path.join(cfg.out_dir, "tokenizer.tiktoken")
+    # a new tokenizer is written beside the new corpus, and put in place with it (main)
+    tokenizer_path = os.path.join(folder, "tokenizer.tiktoken") if cfg.corpus_train_tokenizer else \
+        cfg.tokenizer_path or os.path.join(cfg.out_dir, "tokenizer.tiktoken")
     if cfg.corpus_train_tokenizer and d.is_main:
         train_tokenizer(cfg, selected_files, tokenizer_path)
     distributed.barrier(d)
@@ -595,17 +647,9 @@ def main():
     summary.update(
         malformed={path: n for part in distributed.all_gather(malformed, d) for path, n in part.items()},
         pages_after_dedup=total(len(pages), d), collected=total(len(collected), d), selected=total(len(selected), d),
-        tokens=dict(sum((Counter(part) for part in distributed.all_gather(tokens, d)), Counter())),
-        tokenizer=tokenizer_path, seconds=round(time.time() - started, 1))
-    if d.is_main:
-        write_json(os.path.join(folder, "summary.json"), summary)
-    distributed.print0(f"corpus: {summary['selected']} pages, {summary['tokens'].get('train', 0):,} train and "
-                       f"{summary['tokens'].get('val', 0):,} val tokens in {folder} ({summary['seconds']} s)")
-    distributed.cleanup()
+        tokens=dict(sum((Counter(part) for part in distributed.all_gather(tokens, d)), Counter())))
+    return summary
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BadInput as e:
-        sys.exit(f"corpus.py: {e}")
+    training.run_main("corpus.py", main)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from fileio import BadInput
+
 
 @dataclass
 class Dist:
@@ -32,19 +34,37 @@ class Dist:
 
 def setup(device_choice="auto"):
     """Start the process group when launched by torchrun; pick this rank's device."""
-    if device_choice == "auto":
-        device_choice = "cuda" if torch.cuda.is_available() else "cpu"
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device_choice == "cuda":
-        device = torch.device("cuda", local_rank)
+    device = pick_device(device_choice, local_rank)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-    else:
-        device = torch.device(device_choice)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=
                                 device if device.type == "cuda" else None)
     return Dist(rank, local_rank, world_size, device)
+
+
+def pick_device(choice, local_rank=0):
+    """The device of `choice` (auto, cpu, cuda, cuda:N, mps) for this rank, or a BadInput saying
+    why this machine has none: "cuda" is GPU local_rank, "auto" cuda when there is one, else cpu."""
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "mps" and not torch.backends.mps.is_available():
+        raise BadInput("device='mps': this machine has no Apple GPU (MPS); use --device=cpu or auto")
+    if not choice.startswith("cuda"):
+        return torch.device(choice)
+    if not torch.cuda.is_available():
+        why = (f"this torch build ({torch.__version__}) has no CUDA" if torch.version.cuda is None
+               else "no CUDA GPU is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)")
+        raise BadInput(f"device={choice!r} needs a GPU, and {why}: GPU configs such as configs/7b.py need "
+                       "GPUs; here, run grpo.py with --dry_run=true for the memory plan, or use "
+                       "configs/classroom.py (or --device=cpu)")
+    index = int(choice[5:]) if choice.startswith("cuda:") else local_rank
+    if index >= torch.cuda.device_count():
+        raise BadInput(f"device={choice!r} on rank {local_rank} needs GPU {index}, but {torch.cuda.device_count()} "
+                       "are visible; launch at most that many processes per node (--nproc_per_node)")
+    return torch.device("cuda", index)
 
 
 def compute_dtype(device, choice):

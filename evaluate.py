@@ -1,19 +1,18 @@
-"""Evaluation: grading math answers, greedy accuracy, maj@k, pass@k, and sandboxed programs.
+"""Evaluation: greedy accuracy, maj@k and pass@k of a checkpoint, graded in a pool of processes.
 
 DeepSeekMath (Shao et al., 2024) reports accuracy on GSM8K and MATH with chain-of-thought
 (section 3.2.1, tables 3-5), with programs (program-of-thought, tool-integrated reasoning), and
 compares Maj@K with Pass@K (section 5.2.2, figure 7) to show that RL sharpens the output
 distribution (Maj@K rises) rather than adding new abilities (Pass@K does not). This file holds
-everything that needs:
+the evaluation itself:
 
-1. answer extraction (`extract_answer`) and equivalence (`answers_equal`, through math-verify);
-2. a pool of grading processes (`Grader`), which is also the RL reward function of grpo.py;
-3. the metrics: `pass_at_k` (the unbiased estimator) and `majority_answer` (maj@k);
-4. `run_program`: generated Python run in a locked-down subprocess, for program-of-thought and
-   tool-integrated evaluation;
-5. prompts (few-shot for base models, the chat template for tuned ones), decoding (greedy and k
-   samples; tool-integrated rounds), `evaluate_model` (which sft.py and grpo.py call for their
-   held-out accuracy) and the script: a results table, every response with its grade on disk.
+1. a pool of grading processes (`Grader`), which is also the RL reward function of grpo.py; it
+   grades with grading.py (answer extraction, equivalence through math-verify);
+2. the metrics: `pass_at_k` (the unbiased estimator) and `majority_answer` (maj@k);
+3. prompts (few-shot for base models, the chat template for tuned ones);
+4. decoding (greedy and k samples; programs and tool-integrated rounds, run by sandbox.py);
+5. `evaluate_model` (which sft.py and grpo.py call for their held-out accuracy) and the script:
+   a results table, every response with its grade on disk.
 
 Run it (eval_mode fewshot|chat, eval_format cot|pot|tool, eval_k samples for maj@k / pass@k):
     python evaluate.py configs/classroom.py --eval_checkpoint=out/classroom/sft --eval_k=8
@@ -22,32 +21,21 @@ Run it (eval_mode fewshot|chat, eval_format cot|pot|tool, eval_k samples for maj
 Answers graded per second: python bench/bench_grader.py. Tests: pytest -q tests/test_evaluate.py
 """
 
-import contextlib
-import ctypes
-import inspect
 import itertools
-import json
 import math
 import multiprocessing
 import multiprocessing.connection
 import os
-import platform
 import re
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from fractions import Fraction
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from math_verify import parse, verify
 from tqdm import tqdm
 
 import config
@@ -55,119 +43,14 @@ import distributed
 import tasks
 import training
 from fileio import BadInput, write_json, write_jsonl
+from grading import answers_equal, as_text, extract_answer, needs_math_verify
 from model import Transformer, generate
+from sandbox import run_programs, sandbox_layers
 from tasks import POT_SUFFIX
 from tokenizer import COT_SUFFIX, TOOL_SUFFIX, chat_prompt, load_tokenizer
 
 # ---------------------------------------------------------------------------------------------
-# 1. Answer extraction
-# ---------------------------------------------------------------------------------------------
-
-_GSM8K_ANSWER = re.compile(r"####\s*(.+)")
-_ANSWER_IS = re.compile(r"answer is\s*:?\s*(.+)", re.IGNORECASE)
-_MATH_SPAN = re.compile(r"\$+(.+?)\$+")
-_NUMBER = re.compile(r"(?:(?<![\w)\]])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")  # "5-3": 3, not -3
-
-
-def _after_answer_is(line):
-    """'$\\frac12$. I hope it is correct.' -> '\\frac12'; '18 dollars.' -> '18 dollars'."""
-    span = _MATH_SPAN.search(line)
-    if span:
-        return span.group(1).strip()
-    return re.split(r"\.(?:\s|$)", line, maxsplit=1)[0].strip()
-
-
-def extract_answer(text):
-    """The final answer a solution states, as a string, or None when it states none.
-
-    In order: the last \\boxed{...} (our chat format and MATH's solutions), GSM8K's `#### N`,
-    "The answer is ..." (the few-shot format of GSM8K; MATH's Minerva prompt says "The final
-    answer is $...$"), and as a fallback the last number in the text.
-    """
-    boxed = tasks.last_boxed(text)
-    if boxed:
-        return boxed
-    for pattern in (_GSM8K_ANSWER, _ANSWER_IS):
-        matches = pattern.findall(text)
-        if matches and _after_answer_is(matches[-1]):
-            return _after_answer_is(matches[-1])
-    numbers = _NUMBER.findall(text)
-    return numbers[-1] if numbers else None
-
-
-# ---------------------------------------------------------------------------------------------
-# 2. Answer equivalence
-# ---------------------------------------------------------------------------------------------
-# Deciding that "\dfrac{3}{4}", "0.75" and "3/4" are one answer, that "\{1,2\}" equals
-# "\{2,1\}", "(1,2]" differs from "[1,2]", "x=3" answers "3", "2\sqrt{3}" is "\sqrt{12}" and
-# "5\text{ cm}" is "5", is a long tail of LaTeX and algebra. math-verify (Hugging Face) does it for
-# us: `parse` turns LaTeX or plain text into a sympy object (it knows \frac, \dfrac, \sqrt, \%,
-# \text{units}, ^\circ, thousands separators, sets, intervals, tuples, matrices, equations), and
-# `verify(gold, answer)` compares two of them by string, by numbers (rounded to 6 decimals) and
-# by symbolic simplification. sympy can take very long on a hostile expression, so math-verify
-# bounds each call with signal.alarm - which works only in a process's main thread; hence the
-# Grader below runs it in worker processes.
-
-_PLAIN_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|-?\.\d+")
-_FRACTION = re.compile(r"(-?)\\[dt]?frac(?:\{(-?\d+)\}\{(\d+)\}|(\d)(\d))|(-?\d+)/(\d+)")  # \frac{-3}{4}, \frac12, 3/4
-_UNITS = re.compile(r"(-?[\d,.]*\d)\s+[A-Za-z]{2,}[A-Za-z ]*")  # "18 dollars", "5 apples" -> the number
-
-
-def _clean(answer):
-    """Strip what only dresses an answer: $ delimiters, a dollar sign, a final period, units."""
-    answer = re.sub(r"\\[,;:! ]", "", answer)  # LaTeX spacing, e.g. the thin space of 1\,000
-    answer = answer.strip().strip("$").strip()
-    answer = re.sub(r"^(-?)\\?\$\s*", r"\1", answer)  # "\$18", "$18", "-$5" (currency)
-    answer = answer.rstrip(".").strip()
-    units = _UNITS.fullmatch(answer)
-    return units.group(1) if units else answer
-
-
-def _rational(answer):
-    """The exact value of a plain number or fraction: '1,234.5' -> 2469/2, '-\\frac{3}{4}' -> -3/4;
-    None for anything else (radicals, expressions, sets, ...)."""
-    if _PLAIN_NUMBER.fullmatch(answer):
-        return Fraction(answer.replace(",", "").rstrip("."))
-    fraction = _FRACTION.fullmatch(answer)
-    if not fraction:
-        return None
-    sign, *parts = fraction.groups()
-    numerator, denominator = [int(p) for p in parts if p is not None]
-    return (-1 if sign else 1) * Fraction(numerator, denominator) if denominator else None
-
-
-def answers_equal(answer, gold, timeout=3):
-    """Whether `answer` states the same mathematical value as `gold` (both extracted strings).
-
-    Plain numbers and fractions (all of GSM8K's answers and ours, many of MATH's) are compared
-    exactly here, in microseconds: 0.75 = 3/4, but 0.333333 is not 1/3 (math-verify, which
-    rounds to 6 decimals, would accept it). Everything else goes to math-verify (its LaTeX
-    parser takes tens of milliseconds), with `timeout` seconds per parse or comparison. It uses
-    signal.alarm: call this from a main thread (the Grader does).
-    """
-    if answer is None:
-        return False
-    answer, gold = _clean(answer), _clean(gold)
-    if answer == gold:
-        return True
-    answer_value, gold_value = _rational(answer), _rational(gold)
-    if answer_value is not None and gold_value is not None:
-        return answer_value == gold_value
-    parsed_gold = parse(f"${gold}$", parsing_timeout=timeout)
-    parsed_answer = parse(f"${answer}$", parsing_timeout=timeout)
-    return bool(parsed_gold and parsed_answer and verify(parsed_gold, parsed_answer, timeout_seconds=timeout))
-
-
-def _needs_math_verify(answer, gold):
-    """False when answers_equal decides without sympy (numbers, fractions, identical strings)."""
-    if answer is None:
-        return False
-    answer, gold = _clean(answer), _clean(gold)
-    return answer != gold and (_rational(answer) is None or _rational(gold) is None)
-
-
-# ---------------------------------------------------------------------------------------------
-# 3. The Grader: a pool of grading processes (also the RL reward function)
+# 1. The Grader: a pool of grading processes (also the RL reward function)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -246,11 +129,12 @@ class Grader:
         """answers_equal(answer, gold) for each pair (None answers are unequal), in parallel."""
         if len(answers) != len(golds):
             raise ValueError(f"{len(answers)} answers but {len(golds)} gold answers")
+        answers = [None if answer is None else as_text(answer) for answer in answers]
         unique = {}  # an RL group often repeats one answer: grade each distinct pair once
         for pair in zip(answers, golds):
             unique.setdefault(pair, None)
         pairs = list(unique)
-        slow = {i for i, (answer, gold) in enumerate(pairs) if _needs_math_verify(answer, gold)}
+        slow = {i for i, (answer, gold) in enumerate(pairs) if needs_math_verify(answer, gold)}
         results = {i: answers_equal(*pairs[i]) for i in range(len(pairs)) if i not in slow}
         results.update(self._check_in_workers([(i, *pairs[i]) for i in sorted(slow)]))
         equal = {pairs[i]: results[i] for i in range(len(pairs))}
@@ -295,7 +179,7 @@ class Grader:
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. Metrics
+# 2. Metrics
 # ---------------------------------------------------------------------------------------------
 
 
@@ -335,227 +219,7 @@ def majority_answer(answers, equal):
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. Sandboxed program execution
-# ---------------------------------------------------------------------------------------------
-# Program-of-thought and tool-integrated solutions are Python programs written by a model. Each
-# runs in a fresh interpreter (`python -I`: no user site-packages, no PYTHON* variables, no
-# current directory on sys.path) that locks itself down before it runs the program:
-#   - an empty environment (only thread-count variables), so no inherited secret (tokens, keys)
-#     is in os.environ; a temporary working directory that is deleted afterwards;
-#   - rlimits: address space (memory), CPU seconds, file size (which also bounds its output,
-#     captured in a file), open files, no core dumps, RLIMIT_NPROC 0 (no new process or thread
-#     for a non-root user);
-#   - Linux seccomp (x86-64, arm64): fork, vfork, clone, clone3 and socket fail with EPERM. This
-#     is what stops a fork bomb when we run as root (RLIMIT_NPROC does not bind root) and it
-#     closes the network; 32-bit system calls kill the program;
-#   - Linux Landlock (kernel >= 5.13): it may write only in its working directory (and
-#     /dev/null), and read and execute only outside /proc, /home and /root, except the Python
-#     installation itself. So it cannot read other processes' environments (/proc/PID/environ),
-#     nor home-directory secrets (~/.ssh, ~/.netrc, ~/.cache/huggingface/token);
-#   - a wall-clock timeout, after which its whole process group is killed.
-# What it does NOT protect against: it runs as our user (no separate uid, no container, no
-# namespaces), so it can read every file outside /proc, /home and /root that we can read (the
-# repository, data files with the gold answers, /etc, /tmp); it can fill its working directory
-# with files up to the size limit, many of them, until the timeout; it can use CPU and memory up
-# to the limits; the seccomp filter does not restrict other system calls (ptrace is harmless
-# without new processes, and our own processes are off limits through /proc but not through
-# every kernel interface). Without Landlock (older kernels, non-Linux) it can write wherever we
-# can; without seccomp (other architectures, non-Linux) a root user has no fork limit and the
-# network is open. `sandbox_layers()` tells which layers this machine has. Use a container or a
-# VM for code you have reason to distrust more than a model's arithmetic.
-
-_SECCOMP_ARCH = {  # platform.machine() -> (AUDIT_ARCH_*, blocked syscall numbers, x32 guard)
-    "x86_64": (0xC000003E, {"fork": 57, "vfork": 58, "clone": 56, "clone3": 435, "socket": 41}, True),
-    "aarch64": (0xC00000B7, {"clone": 220, "clone3": 435, "socket": 198}, False),
-}
-_SANDBOX_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-_SETUP_FAILED = 121  # exit status of the sandboxed interpreter when it could not lock itself down
-
-
-class SandboxError(RuntimeError):
-    """The sandbox could not be set up on this machine (not a failure of the program)."""
-
-
-@dataclass
-class ProgramResult:
-    output: str  # stdout and stderr together, truncated
-    returncode: int  # negative: killed by that signal
-    timed_out: bool
-
-    @property
-    def ok(self):
-        return self.returncode == 0 and not self.timed_out
-
-
-def _seccomp_instructions(machine):
-    """Classic-BPF seccomp filter (code, jt, jf, k) that fails the blocked system calls.
-
-    seccomp hands the filter a struct seccomp_data: nr (the syscall number) at offset 0, arch
-    at offset 4. A conditional jump skips jt instructions when true and jf when false.
-    """
-    arch, blocked, x32_guard = _SECCOMP_ARCH[machine]
-    load, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, JGE|K, BPF_RET|K
-    allow, deny, kill = 0x7FFF0000, 0x00050000 | 1, 0x80000000  # ALLOW, ERRNO(EPERM), KILL_PROCESS
-    tests = [(jge, 0x40000000)] if x32_guard else []  # x32 syscalls bypass the numbers below
-    tests += [(jeq, nr) for nr in blocked.values()]
-    program = [(load, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, kill), (load, 0, 0, 0)]
-    for i, (code, k) in enumerate(tests):
-        program.append((code, len(tests) - i, 0, k))  # true: jump to `deny`, past the rest and `allow`
-    return program + [(ret, 0, 0, allow), (ret, 0, 0, deny)]
-
-
-def _landlock_abi():
-    """The Landlock ABI version of this kernel, 0 when it has none."""
-    if sys.platform != "linux":
-        return 0
-    libc = ctypes.CDLL(None, use_errno=True)
-    version = libc.syscall(444, None, 0, 1)  # landlock_create_ruleset(NULL, 0, ..._VERSION)
-    return max(version, 0)
-
-
-def _landlock_read_roots():
-    """Directories the program may read: all of / but /proc, /home, /root, plus Python itself."""
-    roots = [os.path.join("/", name) for name in sorted(os.listdir("/")) if name not in ("proc", "home", "root")]
-    roots += [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
-    return sorted({os.path.realpath(root) for root in roots if os.path.isdir(os.path.realpath(root))})
-
-
-def sandbox_layers():
-    """Names of the protections run_program has on this machine, beyond rlimits and timeout."""
-    layers = []
-    if _landlock_abi() > 0:
-        layers.append("landlock")
-    if sys.platform == "linux" and platform.machine() in _SECCOMP_ARCH:
-        layers.append("seccomp")
-    return layers
-
-
-def _sandboxed_main():
-    """What the sandboxed interpreter runs first: lock itself down, then run ./program.py.
-
-    run_program ships this function's source (`python -I -c SOURCE SETTINGS`): importing
-    evaluate.py there would import torch, seconds per program. Everything it needs is computed
-    by the parent and passed as JSON in argv[1].
-    """
-    import ctypes
-    import json
-    import os
-    import resource
-    import sys
-
-    settings = json.loads(sys.argv[1])
-    try:
-        for name, value in settings["rlimits"].items():
-            resource.setrlimit(getattr(resource, name), (value, value))
-        if settings["landlock_abi"] or settings["seccomp"]:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: required by both below
-                raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
-        if settings["landlock_abi"]:
-            # Rights: execute 1, write_file 2, read_file 4, read_dir 8, then remove, make_* up to
-            # 1<<12; refer 1<<13 from ABI 2; truncate 1<<14 from ABI 3. Handled rights are denied
-            # unless a rule beneath a directory grants them.
-            abi = settings["landlock_abi"]
-            handled = (1 << 13) - 1 | (1 << 13 if abi >= 2 else 0) | (1 << 14 if abi >= 3 else 0)
-            read, file_rw = 1 | 4 | 8, 2 | 4 | (1 << 14 if abi >= 3 else 0)
-            ruleset = ctypes.c_uint64(handled)  # struct landlock_ruleset_attr {handled_access_fs}
-            ruleset_fd = libc.syscall(444, ctypes.byref(ruleset), 8, 0)  # landlock_create_ruleset
-            rules = [(path, read) for path in settings["read_roots"]]
-            rules += [(".", handled), ("/dev/null", file_rw)]
-            for path, access in rules:
-                path_fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-                rule = ctypes.create_string_buffer(12)  # packed {u64 allowed_access; s32 parent_fd}
-                ctypes.memmove(rule, ctypes.byref(ctypes.c_uint64(access)), 8)
-                ctypes.memmove(ctypes.byref(rule, 8), ctypes.byref(ctypes.c_int32(path_fd)), 4)
-                if ruleset_fd < 0 or libc.syscall(445, ruleset_fd, 1, rule, 0) != 0:  # PATH_BENEATH
-                    raise OSError(ctypes.get_errno(), f"landlock_add_rule({path})")
-                os.close(path_fd)
-            if libc.syscall(446, ruleset_fd, 0) != 0:  # landlock_restrict_self
-                raise OSError(ctypes.get_errno(), "landlock_restrict_self")
-        if settings["seccomp"]:
-
-            class SockFilter(ctypes.Structure):
-                _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
-
-            class SockFprog(ctypes.Structure):
-                _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
-
-            instructions = (SockFilter * len(settings["seccomp"]))(*[SockFilter(*i) for i in settings["seccomp"]])
-            program = SockFprog(len(settings["seccomp"]), instructions)
-            if libc.prctl(22, 2, ctypes.byref(program), 0, 0) != 0:  # PR_SET_SECCOMP, MODE_FILTER
-                raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
-    except (OSError, ValueError) as e:
-        print(f"sandbox setup failed: {e}", file=sys.stderr)
-        sys.exit(121)
-    source = open("program.py", encoding="utf-8").read()
-    sys.argv = ["program.py"]
-    try:
-        exec(compile(source, "program.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
-    except Exception as e:  # the traceback from program.py on, without this function's frame
-        import traceback
-
-        traceback.print_exception(type(e), e, e.__traceback__.tb_next)
-        sys.exit(1)
-
-
-def run_program(code, timeout=10.0, memory_mb=2048, max_output_chars=4000, max_file_mb=16):
-    """Run Python `code` in the sandbox described above; return its captured output.
-
-    timeout: wall-clock seconds (CPU time is limited to one second more, so that a busy loop is
-    stopped by the wall clock and reported as timed out, not killed first by the CPU limit: the
-    program's CPU clock starts a moment before our wall clock does); memory_mb: its
-    address space; max_file_mb: the largest file it may write, its output included.
-    Raises SandboxError only when the sandbox itself cannot be set up on this machine.
-    """
-    workdir = tempfile.mkdtemp(prefix="sandbox-")
-    try:
-        with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8") as f:
-            f.write(code)
-        settings = {
-            "rlimits": {
-                "RLIMIT_AS": memory_mb << 20,
-                "RLIMIT_CPU": math.ceil(timeout) + 1,
-                "RLIMIT_FSIZE": max_file_mb << 20,
-                "RLIMIT_NOFILE": 64,
-                "RLIMIT_CORE": 0,
-                "RLIMIT_NPROC": 0,
-            },
-            "landlock_abi": min(_landlock_abi(), 3),
-            "read_roots": _landlock_read_roots(),
-            "seccomp": _seccomp_instructions(platform.machine()) if "seccomp" in sandbox_layers() else [],
-        }
-        prelude = inspect.getsource(_sandboxed_main) + "\n_sandboxed_main()\n"
-        command = [sys.executable, "-I", "-c", prelude, json.dumps(settings)]
-        with tempfile.TemporaryFile() as output:  # outside workdir: the program cannot reach it by name
-            process = subprocess.Popen(command, cwd=workdir, env=_SANDBOX_ENV, stdin=subprocess.DEVNULL,
-                                       stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                process.wait(timeout=timeout)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            with contextlib.suppress(ProcessLookupError):  # the whole group, should it have forked
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            output.seek(0)
-            text = output.read(4 * max_output_chars).decode("utf-8", errors="replace")
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if process.returncode == _SETUP_FAILED and text.startswith("sandbox setup failed"):
-        raise SandboxError(f"{text.strip()}; this machine cannot run programs in the sandbox")
-    if len(text) > max_output_chars:
-        text = text[:max_output_chars] + "\n[... output truncated]"
-    return ProgramResult(text, process.returncode, timed_out)
-
-
-def run_programs(codes, n_workers=0, **limits):
-    """run_program over many programs, several at a time (threads: each one waits on a process)."""
-    with ThreadPoolExecutor(max_workers=n_workers or os.cpu_count() or 1) as pool:
-        return list(pool.map(lambda code: run_program(code, **limits), codes))
-
-
-# ---------------------------------------------------------------------------------------------
-# 6. Prompts
+# 3. Prompts
 # ---------------------------------------------------------------------------------------------
 # Base models are evaluated few-shot (paper section 3.2.1): GSM8K with the 8 chain-of-thought
 # exemplars of Wei et al. (2022) as `Q: ...\nA: ...`, MATH with the 4 of Minerva (Lewkowycz et
@@ -619,17 +283,20 @@ def fewshot_exemplars(style, fmt, shots, cfg):
     return (GSM8K_EXEMPLARS if style == "gsm8k" else MATH_EXEMPLARS)[:shots]
 
 
-def make_prompt(question, mode, fmt, style, exemplars):
-    """The prompt text (BOS goes before it): the chat template, or few-shot exemplars."""
+def make_prompt(tokenizer, question, mode, fmt, style, exemplars):
+    """The prompt's token ids: the checkpoint's chat template (DeepSeekMath's, or Qwen's / Llama
+    3's from tokenizer_config.json), or BOS and few-shot exemplars."""
     if mode == "chat":
-        return chat_prompt(question, SUFFIXES[fmt])
+        return tokenizer.encode_prompt(question, SUFFIXES[fmt])
     if style == "math":
-        return "".join(f"Problem:\n{q}\n\nSolution:\n{a}\n\n" for q, a in exemplars) + f"Problem:\n{question}\n\nSolution:\n"
-    return "".join(f"Q: {q}\nA: {a}\n\n" for q, a in exemplars) + f"Q: {question}\nA:"
+        text = "".join(f"Problem:\n{q}\n\nSolution:\n{a}\n\n" for q, a in exemplars) + f"Problem:\n{question}\n\nSolution:\n"
+    else:
+        text = "".join(f"Q: {q}\nA: {a}\n\n" for q, a in exemplars) + f"Q: {question}\nA:"
+    return [tokenizer.bos_id] + tokenizer.encode(text)
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. Decoding: greedy, k samples, programs and tool rounds
+# 4. Decoding: greedy, k samples, programs and tool rounds
 # ---------------------------------------------------------------------------------------------
 
 _PYTHON_BLOCK = re.compile(r"```python\n(.*?)(?:```|$)", re.DOTALL)
@@ -647,7 +314,7 @@ class Decoding:
     program_limits: dict  # run_program's timeout and memory_mb
 
 
-def _continue(model, contexts, decoding, temperature, eos_id, stops, generator, progress):
+def _continue(model, contexts, decoding, temperature, eos_ids, stops, generator, progress):
     """Generate a continuation of every context (token ids), in batches of similar length
     (less padding). Returns (new ids without EOS, truncated) per context."""
     order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
@@ -656,10 +323,10 @@ def _continue(model, contexts, decoding, temperature, eos_id, stops, generator, 
         rows = order[start : start + decoding.batch_size]
         room = model.args.max_seq_len - max(len(contexts[i]) for i in rows)
         out = generate(model, [contexts[i] for i in rows], min(decoding.max_new_tokens, room),
-                       temperature=temperature, eos_id=eos_id, stop_sequences=stops, generator=generator)
+                       temperature=temperature, eos_id=eos_ids, stop_sequences=stops, generator=generator)
         for row, i in enumerate(rows):
             ids = out.tokens[row][out.mask[row]].tolist()
-            results[i] = (ids[:-1] if ids and ids[-1] == eos_id else ids, bool(out.truncated[row]))
+            results[i] = (ids[:-1] if ids and ids[-1] in eos_ids else ids, bool(out.truncated[row]))
         if progress is not None:
             progress.update(len(rows))
     return results
@@ -675,11 +342,11 @@ def _tool_output(result):
     return lines[-1] if lines else f"the program ended with status {result.returncode}"
 
 
-def respond(model, tokenizer, prompts, decoding, temperature, generator, progress):
+def respond(model, tokenizer, contexts, decoding, temperature, generator, progress):
     """One response per prompt: {"text", "truncated"}. Tool-integrated responses pause after a
     code block's "```output" line, run the block in the sandbox, read its output back and go on,
     for at most decoding.tool_rounds executions."""
-    contexts = [[tokenizer.bos_id] + tokenizer.encode(prompt) for prompt in prompts]
+    contexts = [list(c) for c in contexts]
     longest = max(map(len, contexts), default=0)
     if longest >= model.args.max_seq_len:
         raise BadInput(f"a prompt of {longest} tokens leaves no room in the model's {model.args.max_seq_len} "
@@ -687,15 +354,15 @@ def respond(model, tokenizer, prompts, decoding, temperature, generator, progres
     stops = [tokenizer.encode(decoding.stop_text)] if decoding.stop_text else []
     if decoding.fmt == "tool":
         stops.append(tokenizer.encode(OUTPUT_MARKER))
-    responses = [[] for _ in prompts]
-    truncated = [False] * len(prompts)
-    active = list(range(len(prompts)))
+    responses = [[] for _ in contexts]
+    truncated = [False] * len(contexts)
+    active = list(range(len(contexts)))
     for round_ in range(decoding.tool_rounds + 1):
         full = {i for i in active if len(contexts[i]) + len(responses[i]) >= model.args.max_seq_len}
         truncated = [cut or i in full for i, cut in enumerate(truncated)]  # no room to go on after an output
         active = [i for i in active if i not in full]
         outs = _continue(model, [contexts[i] + responses[i] for i in active], decoding, temperature,
-                         tokenizer.eos_id, stops, generator, progress if round_ == 0 else None)
+                         tokenizer.eos_ids, stops, generator, progress if round_ == 0 else None)
         paused = []
         for i, (ids, cut_short) in zip(active, outs):
             responses[i] += ids
@@ -728,7 +395,7 @@ def answers_of(responses, fmt, program_limits):
 
 
 # ---------------------------------------------------------------------------------------------
-# 8. Evaluating a model on a task, and the script
+# 5. Evaluating a model on a task, and the script
 # ---------------------------------------------------------------------------------------------
 
 
@@ -753,29 +420,30 @@ def evaluate_model(model, tokenizer, problems, cfg, task="classroom", grader=Non
     exemplars = []
     if cfg.eval_mode == "fewshot":
         exemplars = fewshot_exemplars(style, cfg.eval_format, cfg.eval_shots or DEFAULT_SHOTS[style], cfg)
-    prompts = [make_prompt(problems[i].question, cfg.eval_mode, cfg.eval_format, style, exemplars) for i in mine]
+    prompts = [make_prompt(tokenizer, problems[i].question, cfg.eval_mode, cfg.eval_format, style, exemplars)
+               for i in mine]
     limits = {"timeout": cfg.eval_program_timeout, "memory_mb": cfg.eval_program_memory_mb}
     decoding = Decoding(cfg.eval_format, cfg.eval_max_new_tokens, cfg.eval_batch_size,
                         FEWSHOT_STOP[style] if cfg.eval_mode == "fewshot" else "", cfg.eval_tool_rounds, limits)
     k = cfg.eval_k
     device = model.embed_tokens.weight.device
     generator = torch.Generator(device).manual_seed(cfg.seed + rank)
-    progress = tqdm(total=len(mine) * (1 + k * (k > 1)), desc=f"eval {task}", unit="response", disable=rank != 0)
+    # maj@k and pass@k on the first eval_k_problems problems only: k samples each cost k greedy answers
+    sampled = [p for p, i in zip(prompts, mine) if k > 1 and i < (cfg.eval_k_problems or len(problems))]
+    progress = tqdm(total=len(mine) + k * len(sampled), desc=f"eval {task}", unit="response", disable=rank != 0)
     was_training = model.training
     model.eval()
     with training.autocast(device, cfg.dtype):
         greedy = respond(model, tokenizer, prompts, decoding, 0.0, generator, progress)
-        samples = []
-        if k > 1:
-            samples = respond(model, tokenizer, [p for p in prompts for _ in range(k)], decoding,
-                              cfg.eval_temperature, generator, progress)
+        samples = respond(model, tokenizer, [p for p in sampled for _ in range(k)], decoding,
+                          cfg.eval_temperature, generator, progress) if sampled else []
     model.train(was_training)
     progress.close()
 
     own_grader = grader is None
     grader = grader or Grader(cfg.grader_workers, cfg.grader_timeout)
     try:
-        records = graded_records([problems[i] for i in mine], greedy, samples, cfg.eval_format, limits, grader)
+        records = graded_records([problems[i] for i in mine], greedy, samples, k, cfg.eval_format, limits, grader)
     finally:
         if own_grader:
             grader.close()
@@ -788,16 +456,17 @@ def evaluate_model(model, tokenizer, problems, cfg, task="classroom", grader=Non
     return Evaluation(task_metrics(records, k), records)
 
 
-def graded_records(problems, greedy, samples, fmt, limits, grader):
-    """One record per problem: its greedy response and its samples (k per problem, in order),
-    each with its answer and grade, and the samples' majority answer."""
+def graded_records(problems, greedy, samples, k, fmt, limits, grader):
+    """One record per problem: its greedy response and its samples (k per problem, in order, for
+    the first len(samples) / k problems), each with its answer and grade, and the samples'
+    majority answer."""
     golds = [problem.answer for problem in problems]
-    k = len(samples) // max(1, len(problems))
+    n_sampled = len(samples) // k if samples else 0
     greedy_answers = answers_of(greedy, fmt, limits)
     sample_answers = answers_of(samples, fmt, limits)
-    correct = grader.check(greedy_answers + sample_answers, golds + [gold for gold in golds for _ in range(k)])
+    correct = grader.check(greedy_answers + sample_answers, golds + [gold for gold in golds[:n_sampled] for _ in range(k)])
     greedy_correct, sample_correct = correct[: len(golds)], correct[len(golds) :]
-    groups = [range(j * k, (j + 1) * k) for j in range(len(problems))]
+    groups = [range(j * k, (j + 1) * k) for j in range(n_sampled)]
     # maj@k groups a problem's sampled answers by equivalence: grade each pair of its distinct answers once
     pairs = set()
     for group in groups:
@@ -812,7 +481,7 @@ def graded_records(problems, greedy, samples, fmt, limits, grader):
     for j, problem in enumerate(problems):
         record = {"id": problem.id, "question": problem.question, "gold": golds[j],
                   "greedy": {**greedy[j], "answer": greedy_answers[j], "correct": greedy_correct[j]}}
-        if k:
+        if j < n_sampled:
             group = groups[j]
             record["samples"] = [{**samples[s], "answer": sample_answers[s], "correct": sample_correct[s]} for s in group]
             majority = majority_answer([sample_answers[s] for s in group], equal)
@@ -827,9 +496,11 @@ def task_metrics(records, k):
     n = k); the shares of responses with no answer (format failures) and cut at the length limit."""
     responses = [r["greedy"] for r in records] + [s for r in records for s in r.get("samples", [])]
     metrics = {"problems": len(records), "greedy": float(np.mean([r["greedy"]["correct"] for r in records]))}
-    if k > 1:
-        n_correct = [sum(s["correct"] for s in r["samples"]) for r in records]
-        metrics[f"maj@{k}"] = float(np.mean([r["majority_correct"] for r in records]))
+    sampled = [r for r in records if "samples" in r]
+    if sampled:
+        metrics["sampled_problems"] = len(sampled)
+        n_correct = [sum(s["correct"] for s in r["samples"]) for r in sampled]
+        metrics[f"maj@{k}"] = float(np.mean([r["majority_correct"] for r in sampled]))
         metrics[f"pass@{k}"] = float(np.mean([pass_at_k(k, c, k) for c in n_correct]))
         metrics["pass@1"] = float(np.mean([pass_at_k(k, c, 1) for c in n_correct]))
     metrics["no_answer"] = float(np.mean([s["answer"] is None for s in responses]))
@@ -883,8 +554,8 @@ def check_eval_config(cfg):
 
 def main():
     cfg = config.main_config()
-    d = distributed.setup(cfg.device)
     try:
+        d = distributed.setup(cfg.device)
         check_eval_config(cfg)
         tokenizer = load_tokenizer(cfg, cfg.eval_checkpoint)
         task_problems = {}
@@ -909,7 +580,7 @@ def main():
         settings = {key: value for key, value in vars(cfg).items() if key.startswith("eval_")}
         write_json(os.path.join(out_dir, "metrics.json"), {"settings": settings, "metrics": metrics})
         print(f"\n{cfg.eval_checkpoint}: {cfg.eval_mode} {cfg.eval_format}, k={cfg.eval_k}, sandbox: "
-              f"{', '.join(['rlimits'] + sandbox_layers())}\n{results_table(metrics)}\nevery response and its grade: {out_dir}/")
+              f"{', '.join(sandbox_layers())}\n{results_table(metrics)}\nevery response and its grade: {out_dir}/")
     distributed.cleanup()
 
 

@@ -3,12 +3,16 @@
 Pages, problems and samples are records (dicts) in JSONL files (or Parquet, read through the
 `datasets` library's Arrow backend). Every file this project writes appears whole or not at
 all: we write to a temporary name in the same folder and `os.replace` it into place, which is
-atomic on POSIX, so a crash mid-write never leaves a half-written output.
+atomic on POSIX, so a crash mid-write never leaves a half-written output. A folder (a
+checkpoint, the corpus) is written likewise under a temporary name and swapped into place by
+model.staged_folder; `recover_staged_folder` finishes a swap that a kill interrupted.
 """
 
 import contextlib
 import json
 import os
+import re
+import shutil
 import tempfile
 
 
@@ -47,8 +51,15 @@ def write_json(path, obj):
 
 
 def read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """The JSON value in `path`; a missing, truncated or corrupt file is a BadInput naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file; check the path, or run the stage that writes it")
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadInput(f"{path}: not valid JSON ({e}); the file is truncated or corrupt: restore it, "
+                       "or delete it and run the stage that writes it again")
 
 
 def read_jsonl(path, malformed=None):
@@ -82,3 +93,28 @@ def read_records(path, malformed=None):
         yield from datasets.Dataset.from_parquet(path)
     else:
         yield from read_jsonl(path, malformed)
+
+
+def recover_staged_folder(folder):
+    """Finish what a killed model.staged_folder left beside `folder`, and remove its leftovers.
+
+    staged_folder writes `.NAME.XXXXXXXX`, renames NAME to `.NAME.XXXXXXXX.old`, renames the
+    new one to NAME, then removes the old one. Killed between the two renames, NAME is missing
+    and the new folder, complete, waits beside its `.old`: it is put in place. Any other
+    leftover (a folder killed while being written, an old one killed while being removed) is
+    deleted. Run it before reading NAME, in one process only; returns what it recovered, or ""."""
+    parent, name = os.path.split(os.path.abspath(folder))
+    pattern = re.compile(rf"\.{re.escape(name)}\.([^.]+)(\.old)?")
+    if not os.path.isdir(parent):
+        return ""
+    found = [(m.group(1), bool(m.group(2))) for m in map(pattern.fullmatch, sorted(os.listdir(parent))) if m]
+    done = ""
+    ready = [key for key, old in found if old and (key, False) in found]
+    if ready and not os.path.exists(folder):  # the new folder was written whole before the first rename
+        os.replace(os.path.join(parent, f".{name}.{ready[0]}"), folder)
+        done = f"recovered {folder} from a save interrupted between its renames"
+    for key, old in found:
+        path = os.path.join(parent, f".{name}.{key}" + (".old" if old else ""))
+        if os.path.exists(path):
+            shutil.rmtree(path, ignore_errors=True)
+    return done

@@ -38,10 +38,15 @@ from dataclasses import dataclass
 import torch
 
 import config
+from fileio import read_json
 from model import ModelArgs, Transformer, sequence_logprobs
 
 GiB = 2**30
 BF16, FP32 = 2, 4
+# GPUs the plan is checked against (GiB), and what a run needs beyond the plan's rows: the CUDA
+# context, cuBLAS workspaces, the caching allocator's fragmentation (our estimate, not measured)
+GPUS = {"24 GB": 24, "80 GB": 80}
+RESERVE_GIB = 2.0
 
 
 @dataclass
@@ -109,9 +114,18 @@ def activation_bytes(args, tokens, checkpointing):
     return tokens * (per_token + outside_layers_bytes(args))
 
 
+def model_args(cfg):
+    """The planned model: the RL start checkpoint's config.json when it is there (exactly its
+    model: Qwen2's biases, a tied head), else the config's model keys."""
+    path = os.path.join(cfg.rl_init_checkpoint, "config.json")
+    if cfg.rl_init_checkpoint and os.path.isfile(path):
+        return ModelArgs.from_hf(read_json(path), path)
+    return ModelArgs.from_config(cfg)
+
+
 def memory_plans(cfg, world_size):
     """{"GRPO": Plan, "PPO": Plan} per GPU, and the parameter counts."""
-    args = ModelArgs.from_config(cfg)
+    args = model_args(cfg)
     n_policy, n_scalar, n_block, n_root = parameter_counts(args)
     W = world_size
     length = cfg.plan_prompt_len + cfg.rl_max_new_tokens  # tokens per row (prompt + output)
@@ -160,7 +174,7 @@ PHASES = (("held", "held throughout", "total held"),
 
 def print_plan(cfg, world_size):
     plans, (n_policy, n_scalar) = memory_plans(cfg, world_size)
-    args = ModelArgs.from_config(cfg)
+    args = model_args(cfg)
     print(f"model: {args.n_layer} layers x {args.dim}, {args.n_head} heads ({args.n_kv_head} kv), "
           f"vocab {args.vocab_size}: {n_policy:,} parameters ({n_policy / 1e9:.2f}B); value model "
           f"(scalar head) {n_scalar:,}")
@@ -181,6 +195,10 @@ def print_plan(cfg, world_size):
     print(f"\npeak per GPU: GRPO {peak['GRPO'] / GiB:.2f} GiB, PPO {peak['PPO'] / GiB:.2f} GiB "
           f"(PPO / GRPO = {peak['PPO'] / peak['GRPO']:.2f}); held throughout: PPO / GRPO = "
           f"{ppo.total('held') / grpo.total('held'):.2f}")
+    for gpu, size in GPUS.items():
+        verdicts = ", ".join(f"{algo} {'fits' if p / GiB + RESERVE_GIB <= size else 'does not fit'}"
+                             for algo, p in peak.items())
+        print(f"GPU of {gpu} ({size} GiB, {RESERVE_GIB:g} of them for the CUDA context and allocator): {verdicts}")
     flipped = not cfg.rl_activation_checkpointing
     tokens = cfg.rl_micro_batch * (cfg.plan_prompt_len + cfg.rl_max_new_tokens)
     print(f"policy activations with --rl_activation_checkpointing={flipped}: "

@@ -6,9 +6,11 @@ one results table and the plots, as in the paper's Tables 5-6 and Figures 5-7.
     python pipeline.py configs/classroom.py --out_dir=out/try2 --sft_steps=100   # overrides reach every stage
 
 Every stage is its own script, run here as a subprocess with the same config file and overrides,
-exactly the command you would type (it is printed). A stage whose outputs are there, load, and
-are newer than the outputs it was built from is skipped: delete a stage's folder (or change
-what it reads) to run it again. The stages, with the paper's sections:
+exactly the command you would type (it is printed). A stage whose outputs are there, load, are
+newer than the outputs it was built from, and were made with the same settings (the config keys
+that shape them, recorded in its stage_config.json) is skipped; one that is stale runs again from
+the start, one that was interrupted resumes. Delete a stage's folder to run it again anyway.
+The stages, with the paper's sections:
 
     corpus    corpus.py   2.1  fastText math-page selection, decontamination, BPE, token shards
     pretrain  pretrain.py 2.3  AdamW, multi-step LR, on the selected corpus
@@ -19,6 +21,8 @@ what it reads) to run it again. The stages, with the paper's sections:
 At the end, under out_dir: results.md (also printed) and plots/*.png.
 """
 
+import fnmatch
+import json
 import os
 import subprocess
 import sys
@@ -28,7 +32,8 @@ from dataclasses import dataclass, field
 import config
 import evaluate
 import grpo
-from fileio import BadInput, atomic_path, read_json, read_jsonl
+import report
+from fileio import BadInput, atomic_path, read_json, read_jsonl, write_json
 from model import Transformer
 
 
@@ -40,26 +45,48 @@ class Stage:
     checkpoint: bool = True  # writes {folder}/ckpt
 
 
-# The RL runs: (folder, label in the table, grpo.py overrides). Each starts from the SFT checkpoint.
+# The RL methods: (key, label in the table, grpo.py overrides). Each starts from the SFT checkpoint
+# with the same budget; its folder is rl/{key} (grpo.method_name of these overrides), and with
+# --seeds=N the study's seeds 2..N run again in rl/{key}-seed{s}, with rl_seed = s.
 RL_METHODS = [
     ("rft", "RFT", ["--rl_algo=rft"]),
     ("online_rft", "Online RFT", ["--rl_algo=online_rft"]),
     ("ppo", "PPO", ["--rl_algo=ppo"]),
     ("grpo_outcome", "GRPO (outcome)", ["--rl_algo=grpo", "--rl_reward=outcome"]),
     ("grpo_process", "GRPO (process)", ["--rl_algo=grpo", "--rl_reward=process"]),
+    ("grpo_orm", "GRPO (ORM)", ["--rl_algo=grpo", "--rl_reward=orm"]),
+    ("grpo_prm", "GRPO (PRM)", ["--rl_algo=grpo", "--rl_reward=prm"]),
+    # the paper's iterative RL (Fig. 6): 2 iterations of half the steps, pi_ref reset and the PRM retrained
+    ("grpo_prm_iterative", "GRPO (PRM, iterative)", ["--rl_algo=grpo", "--rl_reward=prm", "--rl_iteration_steps=HALF"]),
 ]
 
-STAGES = [
-    Stage("corpus", ["corpus.py"], checkpoint=False),
-    Stage("pretrain", ["pretrain.py"], ["corpus"]),
-    Stage("sft", ["sft.py"], ["pretrain"]),
-    *[Stage(f"rl/{folder}", ["grpo.py", *overrides], ["sft"]) for folder, _, overrides in RL_METHODS],
-]
 
-# Evaluated checkpoints, in table order: (table label, stage, prompting). The base model has
-# never seen the chat template, so it is prompted few-shot, as the paper evaluates base models.
-EVALUATED = [("Base (few-shot)", "pretrain", "fewshot"), ("SFT", "sft", "chat"),
-             *[(label, f"rl/{folder}", "chat") for folder, label, _ in RL_METHODS]]
+def rl_runs(cfg):
+    """(key, label, [(folder, grpo.py overrides) per seed]) for each RL method."""
+    runs = []
+    for key, label, overrides in RL_METHODS:
+        overrides = [o.replace("HALF", str(max(1, cfg.rl_steps // 2))) for o in overrides]
+        seeds = [(f"rl/{key}", overrides)]
+        seeds += [(f"rl/{key}-seed{s}", [*overrides, f"--rl_seed={s}"]) for s in range(2, cfg.seeds + 1)]
+        runs.append((key, label, seeds))
+    return runs
+
+
+def stages(cfg):
+    return [
+        Stage("corpus", ["corpus.py"], checkpoint=False),
+        Stage("pretrain", ["pretrain.py"], ["corpus"]),
+        Stage("sft", ["sft.py"], ["pretrain"]),
+        *[Stage(folder, ["grpo.py", *overrides], ["sft"]) for _, _, seeds in rl_runs(cfg) for folder, overrides in seeds],
+    ]
+
+
+def evaluated(cfg):
+    """Evaluated checkpoints, in table order: (label, key, stages (one per seed), prompting). The
+    base model has never seen the chat template, so it is prompted few-shot, as the paper
+    evaluates base models."""
+    return [("Base (few-shot)", "base", ["pretrain"], "fewshot"), ("SFT", "sft", ["sft"], "chat"),
+            *[(label, key, [folder for folder, _ in seeds], "chat") for key, label, seeds in rl_runs(cfg)]]
 
 
 # ---------------------------------------------------------------- running the stages
@@ -75,16 +102,64 @@ def eval_metrics_path(cfg, stage):
     return os.path.join(cfg.out_dir, "eval", evaluate.run_name(checkpoint), "metrics.json")
 
 
-def is_done(output, checkpoint, inputs):
-    """An output counts when it parses, its checkpoint (if any) loads, and it is newer than every
-    output it was built from (a re-run upstream stage makes everything downstream stale)."""
+# The config keys whose values shape what each script writes (fnmatch patterns): a stage done
+# with other values runs again. Keys that change only speed or places (out_dir, device, compile,
+# parallel, grader_workers) and other stages' keys do not count.
+MODEL_KEYS = ("vocab_size", "n_layer", "n_head", "n_kv_head", "dim", "intermediate_size", "max_seq_len",
+              "rope_theta", "norm_eps", "tie_embeddings", "init_std")
+PROBLEM_KEYS = ("seed", "dtype", "tokenizer_path", "train_problems", "test_problems", "classroom_*", "grader_timeout")
+SETTINGS = {
+    "corpus.py": ("seed", "vocab_size", "tokenizer_path", "classroom_*", "corpus_*", "fasttext_*", "web_*"),
+    "pretrain.py": ("seed", "dtype", "tokenizer_path", *MODEL_KEYS, "pretrain_*"),
+    "sft.py": (*PROBLEM_KEYS, "sft_*"),
+    "grpo.py": (*PROBLEM_KEYS, "rl_*", "ppo_*"),
+    "evaluate.py": (*PROBLEM_KEYS, "eval_*"),
+}
+# A finished stage that must run again starts over instead of resuming its finished checkpoint.
+START_OVER = {"pretrain.py": ["--pretrain_resume=false"], "sft.py": ["--sft_resume=false"],
+              "grpo.py": ["--rl_resume=false"]}
+
+
+def loads(output, checkpoint):
+    """Whether a step's output parses and its checkpoint (if any) loads."""
     try:
         read_json(output)
         if checkpoint:
             Transformer.from_pretrained(checkpoint)
     except (OSError, ValueError, KeyError, BadInput):
         return False
-    return all(os.path.getmtime(output) >= os.path.getmtime(path) for path in inputs)
+    return True
+
+
+def newer_input(output, inputs):
+    """An output it was built from that is newer than it (a re-run upstream stage), or ""."""
+    return next((path for path in inputs if os.path.getmtime(path) > os.path.getmtime(output)), "")
+
+
+def settings(command, argv):
+    """{key: value} of the keys that shape what `command` (script, its overrides) writes."""
+    values = vars(config.load_config([*command[1:], *argv]))
+    patterns = SETTINGS[command[0]]
+    chosen = {key: value for key, value in values.items() if any(fnmatch.fnmatchcase(key, p) for p in patterns)}
+    return json.loads(json.dumps(chosen))  # as the record holds them: tuples as lists
+
+
+def record_path(output):
+    return os.path.join(os.path.dirname(output), "stage_config.json")
+
+
+def settings_change(output, wanted):
+    """How `wanted` differs from the settings `output` was made with, or "". The record is written
+    here after a stage succeeds; one older than the output means the stage ran outside this script."""
+    record = record_path(output)
+    try:
+        recorded = read_json(record)
+        if os.path.getmtime(record) < os.path.getmtime(output):
+            return f"it ran outside pipeline.py after {record} was written"
+    except (OSError, BadInput):
+        return f"{record}, the settings it ran with, is missing"
+    changed = [f"{key} {recorded.get(key)!r} -> {value!r}" for key, value in wanted.items() if recorded.get(key) != value]
+    return "settings changed: " + ", ".join(changed) if changed else ""
 
 
 def run_command(name, command, argv):
@@ -98,82 +173,58 @@ def run_command(name, command, argv):
     return time.time() - start
 
 
-def run_stages(cfg, argv):
-    """Every stage in order, then every evaluation; returns {step name: seconds} (0 = skipped)."""
-    seconds = {}
-    for stage in STAGES:
-        output = summary_path(cfg, stage.name)
-        checkpoint = os.path.join(cfg.out_dir, stage.name, "ckpt") if stage.checkpoint else None
-        if is_done(output, checkpoint, [summary_path(cfg, need) for need in stage.needs]):
-            print(f"=== {stage.name}: done before, skipped ({output})")
-            seconds[stage.name] = 0.0
-        else:
-            seconds[stage.name] = run_command(stage.name, stage.command, argv)
-    for _, stage, mode in EVALUATED:
-        output, checkpoint = eval_metrics_path(cfg, stage), os.path.join(cfg.out_dir, stage, "ckpt")
-        name = f"eval {os.path.basename(stage)}"
-        if is_done(output, None, [summary_path(cfg, stage)]):
+def run_step(name, command, output, checkpoint, inputs, argv):
+    """Run one stage or evaluation unless its output is there, loads, is newer than its inputs
+    and was made with these settings; returns its seconds (0 = skipped). A missing or broken
+    output is a run to resume; a stale one is run again from the start."""
+    wanted = settings(command, argv)
+    start_over = []
+    if loads(output, checkpoint):
+        stale = newer_input(output, inputs)
+        why = f"{stale} is newer" if stale else settings_change(output, wanted)
+        if not why:
             print(f"=== {name}: done before, skipped ({output})")
-            seconds[name] = 0.0
-        else:
-            seconds[name] = run_command(name, ["evaluate.py", f"--eval_checkpoint={checkpoint}",
-                                               f"--eval_mode={mode}"], argv)
+            return 0.0
+        print(f"=== {name}: done before, but {why}; running it again from the start")
+        start_over = START_OVER.get(command[0], [])
+    seconds = run_command(name, command, [*argv, *start_over])
+    write_json(record_path(output), wanted)
     return seconds
 
 
-# ---------------------------------------------------------------- the table
+def run_stages(cfg, argv):
+    """Every stage in order, then every evaluation; returns {step name: seconds} (0 = skipped)."""
+    seconds = {}
+    for stage in stages(cfg):
+        checkpoint = os.path.join(cfg.out_dir, stage.name, "ckpt") if stage.checkpoint else None
+        seconds[stage.name] = run_step(stage.name, stage.command, summary_path(cfg, stage.name), checkpoint,
+                                       [summary_path(cfg, need) for need in stage.needs], argv)
+    for _, _, folders, mode in evaluated(cfg):
+        for stage in folders:
+            checkpoint = os.path.join(cfg.out_dir, stage, "ckpt")
+            name = f"eval {os.path.basename(stage)}"
+            command = ["evaluate.py", f"--eval_checkpoint={checkpoint}", f"--eval_mode={mode}"]
+            seconds[name] = run_step(name, command, eval_metrics_path(cfg, stage), None, [summary_path(cfg, stage)], argv)
+    return seconds
 
 
-def percent(value):
-    return "-" if value is None else f"{100 * value:.1f}"
+# ---------------------------------------------------------------- the results
 
 
-def results_rows(cfg):
-    """One row per evaluated checkpoint: accuracy on the held-out task and, for RL, its cost."""
-    task = os.path.splitext(os.path.basename(cfg.eval_tasks[0] if cfg.eval_tasks else cfg.test_problems))[0]
-    k = cfg.eval_k
-    rows = []
-    for label, stage, _ in EVALUATED:
-        metrics = read_json(eval_metrics_path(cfg, stage))["metrics"][task]
-        rl = read_json(summary_path(cfg, stage)) if stage.startswith("rl/") else {}
-        rows.append({"label": label, "greedy": metrics["greedy"], "maj": metrics.get(f"maj@{k}"),
-                     "pass": metrics.get(f"pass@{k}"), "memory_mb": rl.get("model_state_mb"),
-                     "rss_mb": rl.get("peak_rss_mb"), "step_s": rl.get("seconds_per_step"),
-                     "models": ", ".join(rl["models_held"]) if rl else None})
-    return task, rows
+def task_name(cfg):
+    return os.path.splitext(os.path.basename(cfg.eval_tasks[0] if cfg.eval_tasks else cfg.test_problems))[0]
 
 
-def markdown_table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def results_markdown(cfg, task, rows, seconds):
-    k = cfg.eval_k
-
-    def cell(value, fmt):
-        return "-" if value is None else fmt.format(value)
-
-    main = markdown_table(
-        ["model", "greedy %", f"maj@{k} %", f"pass@{k} %", "RL train memory MB", "RL peak RSS MB", "s / RL step",
-         "models held"],
-        [[r["label"], percent(r["greedy"]), percent(r["maj"]), percent(r["pass"]), cell(r["memory_mb"], "{:.1f}"),
-          cell(r["rss_mb"], "{:.0f}"), cell(r["step_s"], "{:.2f}"), r["models"] or "-"] for r in rows])
+def results_markdown(cfg):
+    """results.md: the findings (report.py) and the corpus loop: all of it the same, byte for
+    byte, when the same command runs again on the same machine."""
+    task = task_name(cfg)
+    rows = [report.load_row(cfg.out_dir, task, label, key, folders) for label, key, folders, _ in evaluated(cfg)]
     corpus = read_json(summary_path(cfg, "corpus"))
-    loop = markdown_table(["iteration", "collected", "new", "math domains", "recall", "precision"],
-                          [[it["iteration"], it["collected"], it["new"], it["math_domains"], it.get("recall", "-"),
-                            it.get("precision", "-")] for it in corpus["iterations"]])
-    timing = markdown_table(["step", "seconds"], [[name, f"{s:.0f}" if s else "skipped"] for name, s in seconds.items()])
-    return f"""# Results: {cfg.out_dir}
-
-Held-out `{task}` problems ({cfg.eval_n_problems or 'all'}): greedy accuracy, and over {k} samples at
-temperature {cfg.eval_temperature} the majority-vote (maj@{k}) and any-correct (pass@{k}) accuracy. RL
-memory: bytes of the parameters, gradients and optimizer states of every model the method holds
-(the paper's argument: GRPO holds no value model); peak RSS is the whole process.
-
-{main}
-
+    loop = report.markdown(["iteration", "collected", "new", "math domains", "recall", "precision"],
+                           [[it["iteration"], it["collected"], it["new"], it["math_domains"], it.get("recall", "-"),
+                             it.get("precision", "-")] for it in corpus["iterations"]])
+    return f"""{report.findings(cfg, rows, task, cfg.seeds)}
 ## Corpus loop (paper 2.1): each iteration's collection against the classroom web's truth
 
 {loop}
@@ -181,10 +232,20 @@ memory: bytes of the parameters, gradients and optimizer states of every model t
 Pages: {corpus['pool_pages']} in the pool, {corpus['url_duplicates']} URL and {corpus['near_duplicates']} near
 duplicates removed, {corpus['selected']} selected; decontamination removed {corpus['decontaminated']}.
 Tokens: {corpus['tokens']['train']:,} train, {corpus['tokens']['val']:,} validation.
+"""
 
-## Time per step of this run
 
-{timing}
+def timings_markdown(cfg, seconds, total):
+    """timings.md: what this run took, stage by stage, and each RL method's cost per step."""
+    rl = [(folder, read_json(summary_path(cfg, folder))) for _, _, seeds in rl_runs(cfg) for folder, _ in seeds]
+    return f"""# Timings
+
+Wall time {total / 60:.1f} min. {report.machine_header(cfg, cfg.seeds)}
+
+{report.markdown(["step", "seconds"], [[name, f"{s:.0f}" if s else "skipped"] for name, s in seconds.items()])}
+
+{report.markdown(["RL run", "s / step", "peak RSS MB"],
+                 [[folder, f"{s['seconds_per_step']:.2f}", f"{s['peak_rss_mb']:.0f}"] for folder, s in rl])}
 """
 
 
@@ -259,6 +320,12 @@ def draw_plots(cfg, task):
     return paths
 
 
+def write(path, text):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+
+
 def main():
     cfg = config.main_config()
     if cfg.eval_k < 2:
@@ -266,14 +333,16 @@ def main():
     argv = sys.argv[1:]  # the config file and overrides, passed to every stage unchanged
     start = time.time()
     seconds = run_stages(cfg, argv)
-    task, rows = results_rows(cfg)
-    report = results_markdown(cfg, task, rows, seconds)
-    path = os.path.join(cfg.out_dir, "results.md")
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.write(report)
-    plots = draw_plots(cfg, task)
-    print("\n" + report)
-    print(f"pipeline: {(time.time() - start) / 60:.1f} min; table {path}; plots {', '.join(plots)}")
+    results, path = results_markdown(cfg), os.path.join(cfg.out_dir, "results.md")
+    write(path, results)
+    timings = timings_markdown(cfg, seconds, time.time() - start)
+    write(os.path.join(cfg.out_dir, "timings.md"), timings)
+    if cfg.results_file:  # the study's copy (results/classroom.md is the README's), with its wall time
+        write(cfg.results_file, results.replace("\n", f"\n\nWall time of the run that wrote this: "
+                                                f"{(time.time() - start) / 60:.1f} min.\n", 1))
+    plots = draw_plots(cfg, task_name(cfg))
+    print("\n" + results + "\n" + timings)
+    print(f"pipeline: {(time.time() - start) / 60:.1f} min; results {path}; plots {', '.join(plots)}")
 
 
 if __name__ == "__main__":

@@ -30,14 +30,12 @@ Resume: a run whose {out_dir}/pretrain/ckpt holds a train_state.pt continues fro
 --pretrain_resume=false) and is exact: the rows of step k are a function of (seed, k) alone, so
 the resumed run sees the same next batch, the same learning rate, and ends with the same
 weights as a run that never stopped. Ctrl-C (or SIGTERM) drops the step in progress, saves the
-whole steps done and exits; a NaN/inf loss or gradient norm stops the run naming the step,
-before the update, leaving the last checkpoint as it was.
+whole steps done and exits with status 130; a NaN/inf loss or gradient norm stops the run
+(status 1) naming the step, before the update, leaving the last checkpoint as it was. Every
+input is checked before the previous run's summary.json or metrics are touched.
 """
 
-import math
 import os
-import signal
-import sys
 import time
 from glob import glob
 
@@ -189,36 +187,6 @@ def peak_flops(device):
 
 
 # ----------------------------------------------------------------------------- the run
-class Diverged(RuntimeError):
-    """A NaN/inf loss or gradient norm: the run stops before the update that would spread it."""
-
-
-class StopRequest:
-    """Ctrl-C / SIGTERM set a flag that the loop reads before every micro-step: it drops the
-    step in progress (its weights and optimizer are untouched until optimizer.step) and saves
-    the whole steps done, within one micro-step, before torchrun's agent, which answers Ctrl-C
-    by sending its workers SIGTERM, kills them 30 s later. A second Ctrl-C stops at once."""
-
-    def __init__(self):
-        self.requested = self.ctrl_c = False
-        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def handle(self, signum, frame):
-        if signum == signal.SIGINT and self.ctrl_c:
-            raise KeyboardInterrupt
-        self.ctrl_c |= signum == signal.SIGINT
-        self.requested = True
-
-    def agreed(self, d):
-        """Whether any rank was asked to stop (every rank must answer the same, or they would
-        part ways at the next collective)."""
-        return distributed.all_reduce_mean(float(self.requested), d) > 0
-
-    def restore(self):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-
 @torch.no_grad()
 def validation_loss(model, val, cfg, d):
     """Mean loss over the same pretrain_eval_batches x batch x ranks validation rows every time."""
@@ -274,9 +242,8 @@ def main(argv=None):
     d = distributed.setup(cfg.device)
     folder = os.path.join(cfg.out_dir, "pretrain")
     ckpt = os.path.join(folder, "ckpt")
+    training.recover_checkpoint(ckpt, d)
     resume = cfg.pretrain_resume and os.path.exists(os.path.join(ckpt, "train_state.pt"))
-    if d.is_main and os.path.exists(os.path.join(folder, "summary.json")):
-        os.remove(os.path.join(folder, "summary.json"))  # "done" only once this run has finished
 
     tokenizer = load_tokenizer(cfg, cfg.pretrain_init)
     train = load_mixture(cfg, "train", cfg.max_seq_len + 1)
@@ -307,11 +274,11 @@ def main(argv=None):
         + f"  unigram entropy of the val data {entropy:.3f} nats; "
         + (f"resuming from {ckpt} at step {start}" if resume else "starting from step 0"))
 
+    training.unmark_done(folder, d)
     log = training.MetricsLog(os.path.join(folder, "metrics.jsonl"), resume_step=start)
-    stop = StopRequest()
     val_loss, clock = None, time.time()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="pretrain", disable=not d.is_main)
-    try:
+    with training.StopRequest() as stop, bar:
         for step in bar:
             lr = learning_rate(step, steps, cfg.pretrain_lr, cfg.pretrain_warmup_steps)
             for group in optimizer.param_groups:
@@ -321,8 +288,7 @@ def main(argv=None):
             for micro in range(accumulation):
                 if stop.agreed(d):
                     save(ckpt, model, optimizer, tokenizer, cfg, step, seconds_before + time.time() - clock, recent)
-                    distributed.print0(f"\ninterrupted: saved step {step} to {ckpt}; run the same command to resume")
-                    sys.exit(130)
+                    training.exit_interrupted(step, ckpt)
                 first = (micro * d.world_size + d.rank) * B  # this rank's rows of the step's batch
                 rows = train.rows((cfg.seed, 0, step), rows_per_step, first, first + B).to(d.device)
                 with distributed.gradient_sync(model, micro == accumulation - 1):
@@ -332,10 +298,8 @@ def main(argv=None):
                 loss_sum += loss.detach()
             grad_norm = training.clip_gradients(model, cfg.pretrain_grad_clip)
             loss_value = distributed.all_reduce_mean(loss_sum.item(), d)
-            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-                raise Diverged(f"step {step + 1}: loss {loss_value}, gradient norm {grad_norm}; "
-                               f"training diverged, stopped before the update. The last checkpoint, "
-                               f"{ckpt}, is untouched; lower pretrain_lr or raise pretrain_warmup_steps")
+            training.check_finite(step + 1, ckpt, "lower pretrain_lr or raise pretrain_warmup_steps",
+                                  loss=loss_value, grad_norm=grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             tokens_per_s = cfg.pretrain_tokens_per_step / (time.time() - started)
@@ -351,9 +315,6 @@ def main(argv=None):
             bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", **({"val": val_loss} if val_loss else {}))
             if done % cfg.pretrain_ckpt_every == 0 or done == steps:
                 save(ckpt, model, optimizer, tokenizer, cfg, done, seconds_before + time.time() - clock, recent)
-    finally:
-        stop.restore()
-        bar.close()
 
     if val_loss is None:  # a resumed run that had already finished
         val_loss = round(validation_loss(model, val, cfg, d), 5)
@@ -379,7 +340,4 @@ def save(ckpt, model, optimizer, tokenizer, cfg, done, seconds, recent):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (BadInput, Diverged) as e:
-        sys.exit(f"pretrain.py: {e}")
+    training.run_main("pretrain.py", main)

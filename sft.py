@@ -32,7 +32,10 @@ Run:
 Output in {out_dir}/sft/: ckpt/ (Hugging Face layout, tokenizer, train_state.pt), metrics.jsonl,
 summary.json, eval-{format}.jsonl (every held-out response with its grade). A run whose ckpt/
 holds a train_state.pt continues from it (--sft_resume=false starts over); the rows of step k
-are a function of (seed, k), so the resumed run ends where an unbroken one would.
+are a function of (seed, k), so the resumed run ends where an unbroken one would. Ctrl-C (or
+SIGTERM) saves the whole steps done and exits with status 130; a NaN/inf loss or gradient norm
+stops the run (status 1) before the update, the last checkpoint untouched. Every input is
+checked before the previous run's summary.json or metrics are touched.
 Tests: pytest -q tests/test_sft.py
 """
 
@@ -221,6 +224,7 @@ def check_config(cfg, world_size):
 def train(cfg, d, out):
     """The SFT steps; returns the number of steps done and the training seconds."""
     ckpt = os.path.join(out, "ckpt")
+    training.recover_checkpoint(ckpt, d)
     resume = cfg.sft_resume and os.path.exists(os.path.join(ckpt, "train_state.pt"))
     init = ckpt if resume else (cfg.sft_init or os.path.join(cfg.out_dir, "pretrain", "ckpt"))
     if not os.path.isdir(init):
@@ -255,6 +259,7 @@ def train(cfg, d, out):
         training.set_rng_state(state["rng"])
         start, seconds = state["step"], state["seconds"]
         distributed.print0(f"sft: resuming {ckpt} at step {start}")
+    training.unmark_done(out, d)
     log = training.MetricsLog(os.path.join(out, "metrics.jsonl"), resume_step=start)
 
     def save(step):
@@ -264,42 +269,44 @@ def train(cfg, d, out):
 
     bar = tqdm(range(start, cfg.sft_steps), desc="sft", unit="step", disable=not d.is_main,
                initial=start, total=cfg.sft_steps)
-    for step in bar:
-        began = time.time()
-        rows = [[examples[i] for i in row] for row in plan[step * cfg.sft_batch_size:(step + 1) * cfg.sft_batch_size]]
-        n_examples = sum(map(len, rows))  # N: the loss is a mean over every example of the global batch
-        mine = rows[d.rank::d.world_size]
-        loss = 0.0
-        for s in range(0, len(mine), cfg.sft_micro_batch_size):
-            batch = collate(mine[s:s + cfg.sft_micro_batch_size], tokenizer.pad_id, d.device)
-            with distributed.gradient_sync(model, s + cfg.sft_micro_batch_size >= len(mine)):
-                with training.autocast(d.device, cfg.dtype):
-                    nll = packed_nll(model, batch) / n_examples
-                # DDP and FSDP average gradients over ranks; our sum over the global batch needs x world
-                (nll * d.world_size).backward()
-            loss += nll.item()
-        grad_norm = training.clip_gradients(model, cfg.sft_grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        seconds += time.time() - began
-        loss = distributed.all_reduce_mean(loss, d) * d.world_size
-        filled = sum(len(e.tokens) for row in rows for e in row) / (len(rows) * seq_len)
-        log.log(step + 1, loss=loss, lr=cfg.sft_lr, grad_norm=grad_norm, examples=n_examples,
-                trained_tokens=int(sum(e.trained.sum() for row in rows for e in row)), fill=round(filled, 4))
-        bar.set_postfix(loss=f"{loss:.3f}")
-        if (step + 1) % cfg.sft_save_every == 0 or step + 1 == cfg.sft_steps:
-            save(step + 1)
-    bar.close()
+    with training.StopRequest() as stop, bar:
+        for step in bar:
+            began = time.time()
+            rows = [[examples[i] for i in row] for row in plan[step * cfg.sft_batch_size:(step + 1) * cfg.sft_batch_size]]
+            n_examples = sum(map(len, rows))  # N: the loss is a mean over every example of the global batch
+            mine = rows[d.rank::d.world_size]
+            loss = 0.0
+            for s in range(0, len(mine), cfg.sft_micro_batch_size):
+                if stop.agreed(d):  # drop this step: the weights and optimizer are as step - 1 left them
+                    save(step)
+                    training.exit_interrupted(step, ckpt)
+                batch = collate(mine[s:s + cfg.sft_micro_batch_size], tokenizer.pad_id, d.device)
+                with distributed.gradient_sync(model, s + cfg.sft_micro_batch_size >= len(mine)):
+                    with training.autocast(d.device, cfg.dtype):
+                        nll = packed_nll(model, batch) / n_examples
+                    # DDP and FSDP average gradients over ranks; our sum over the global batch needs x world
+                    (nll * d.world_size).backward()
+                loss += nll.item()
+            grad_norm = training.clip_gradients(model, cfg.sft_grad_clip)
+            loss = distributed.all_reduce_mean(loss, d) * d.world_size
+            training.check_finite(step + 1, ckpt, "lower sft_lr", loss=loss, grad_norm=grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            seconds += time.time() - began
+            filled = sum(len(e.tokens) for row in rows for e in row) / (len(rows) * seq_len)
+            log.log(step + 1, loss=loss, lr=cfg.sft_lr, grad_norm=grad_norm, examples=n_examples,
+                    trained_tokens=int(sum(e.trained.sum() for row in rows for e in row)), fill=round(filled, 4))
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if (step + 1) % cfg.sft_save_every == 0 or step + 1 == cfg.sft_steps:
+                save(step + 1)
     return max(start, cfg.sft_steps), seconds
 
 
 def main():
     cfg = config.main_config()
-    d = distributed.setup(cfg.device)
     out = os.path.join(cfg.out_dir, "sft")
-    if d.is_main and os.path.exists(os.path.join(out, "summary.json")):
-        os.remove(os.path.join(out, "summary.json"))  # "done" only once this run has finished
     try:
+        d = distributed.setup(cfg.device)
         check_config(cfg, d.world_size)
         shares = format_shares(cfg)
         test = tasks.load_problems(cfg.test_problems, "test", cfg)
@@ -316,7 +323,7 @@ def main():
                 results[fmt], records = held_out_results(model, tokenizer, test, fmt, cfg, grader)
                 if d.is_main:
                     write_jsonl(os.path.join(out, f"eval-{fmt}.jsonl"), records)
-    except (BadInput, FileNotFoundError, KeyError, ValueError) as e:
+    except (BadInput, training.Diverged, FileNotFoundError, KeyError, ValueError) as e:
         sys.exit(f"sft.py: {e}")
     main_format = max(shares, key=shares.get)
     summary = {"steps": steps, "seconds": round(seconds, 1), **results[main_format], "format": main_format,
@@ -331,4 +338,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    training.run_main("sft.py", main)

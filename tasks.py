@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from fileio import BadInput, read_records
+from grading import last_boxed
 
 GSM8K_HUB = ("openai/gsm8k", "main")  # load_dataset(name, config); splits train / test
 MATH_HUB = "EleutherAI/hendrycks_math"  # one config per subject, each with train / test
@@ -67,27 +68,6 @@ class Problem:
 
 
 # ---------------------------------------------------------------- answers in solutions
-
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
-
-
-def last_boxed(text):
-    """Content of the last complete \\boxed{...} or \\fbox{...} (braces may nest), or of
-    MATH's rare `\\boxed 5`; None when there is none."""
-    for match in reversed(list(_BOXED.finditer(text))):
-        start = match.end()
-        if text.startswith("{", start):
-            depth = 0
-            for i in range(start, len(text)):
-                depth += {"{": 1, "}": -1}.get(text[i], 0)
-                if depth == 0:
-                    return text[start + 1 : i].strip()
-            continue  # unbalanced: the output was cut off inside this box; try an earlier one
-        token = re.match(r"[^\s$]+", text[start:])
-        if token:
-            return token.group(0)
-    return None
-
 
 def _number(text):
     """Exact value of a plain number ("1,000", "2.5", "-3", "7/2"), else None."""

@@ -11,12 +11,16 @@ the same at classroom size:
   * `Tokenizer.save(path)` writes tiktoken's `.tiktoken` ranks file (one "base64(token) rank"
     line per token) plus a JSON sidecar `path + ".json"` holding the pre-tokenizer (pat_str and
     split_patterns, see `Tokenizer`) and the special tokens {string: id};
-  * `Tokenizer.load(path)` reads that, or a Hugging Face `tokenizer.json` (a real
-    DeepSeekMath-7B checkpoint's), giving ids identical to the `tokenizers` library's
-    (see `_hf_tokenizer_parts` for exactly what is and is not supported);
-  * `chat_prompt` / `encode_prompt` / `encode_response`: the one DeepSeekMath-Instruct/RL template
-    that SFT, RL and evaluation share: BOS, `User: {question}{suffix}\n\nAssistant:`, then the
-    response as ` {response}` and EOS. No system prompt.
+  * `Tokenizer.load(path)` reads that, or a Hugging Face `tokenizer.json` (DeepSeekMath-7B's,
+    Qwen2/2.5's, Llama 3's), giving ids identical to the `tokenizers` library's (see
+    `_hf_tokenizer_parts` for exactly what is and is not supported), with the special tokens, EOS
+    ids and chat template of the tokenizer_config.json beside it;
+  * `encode_prompt` / `encode_response`: the prompt of a question and the response after it.
+    Without a chat template (ours, DeepSeekMath's): the one DeepSeekMath-Instruct/RL template
+    (`chat_prompt`) that SFT, RL and evaluation share: BOS, `User: {question}{suffix}\n\nAssistant:`,
+    then the response as ` {response}` and EOS; no system prompt. With one (Qwen2.5-Instruct,
+    Llama 3 Instruct): the template's user turn and generation prompt, rendered with Jinja as
+    transformers' apply_chat_template does, then the response and the template's end of turn.
 
 Use:
     tok = train_bpe(texts, vocab_size=4096); tok.save("out/classroom/tokenizer.tiktoken")
@@ -27,11 +31,15 @@ Training speed: `python bench/bench_tokenizer.py`. Tests: `pytest -q tests/test_
 
 import base64
 import binascii
+import functools
 import heapq
 import json
 import os
+import unicodedata
 from collections import Counter, defaultdict
 
+import jinja2.ext
+import jinja2.sandbox
 import regex  # tiktoken's own dependency; the same Unicode-aware regex syntax as its Rust engine
 import tiktoken
 from tqdm import tqdm
@@ -79,41 +87,69 @@ class Tokenizer:
     mergeable_ranks: {token bytes: id}; tiktoken merges the adjacent pair whose concatenation has
         the lowest rank, so ranks are merge priorities and ids at once.
     special_tokens: {string: id}; decoded by `decode`, never produced by `encode` (a special
-        token's string inside a text is plain text: user text cannot inject a BOS or an EOS).
+        token's string inside a text is plain text: user text cannot inject a BOS or an EOS);
+        `encode_with_special_tokens` reads them, for chat-template text.
     pat_str: the regex tiktoken splits text with (its matches are the pieces).
     split_patterns: for pre-tokenizers that are no single regex (DeepSeek's: a Sequence of Split
         steps), the regexes applied one after the other in Python, each splitting every piece
         into its matches and the text between them; tiktoken then encodes each piece whole.
+    bos, eos, pad: the special tokens' strings; eos is a list whose first token ends a response
+        (the chat template's end of turn when there is one) and any of which ends generation.
+        A tokenizer without BOS (Qwen2's) gets bos=None: bos_id is then the pad token, Qwen2's
+        <|endoftext|>, which its pretraining puts between documents.
+    normalizer: None, or "NFC" (Qwen2 normalizes text to Unicode NFC before splitting it).
+    chat_template: a Hugging Face (Jinja) chat template; None = DeepSeekMath's (`chat_prompt`).
     """
 
-    def __init__(self, mergeable_ranks, special_tokens, pat_str, split_patterns=()):
-        missing = [t for t in (BOS, EOS) if t not in special_tokens]
-        if missing:
-            raise BadInput(f"tokenizer has no special token {missing[0]!r}; "
-                           f"BOS {BOS!r} and EOS {EOS!r} are required (DeepSeek's spelling)")
+    def __init__(self, mergeable_ranks, special_tokens, pat_str, split_patterns=(), bos=BOS,
+                 eos=(EOS,), pad=PAD, normalizer=None, chat_template=None):
+        missing = [t for t in (bos, *eos, pad) if t is not None and t not in special_tokens]
+        if missing or not eos:
+            raise BadInput(f"tokenizer has no special token {(missing or ['EOS'])[0]!r}; its BOS, EOS "
+                           f"and PAD must be special tokens (ours and DeepSeek's: {BOS!r}, {EOS!r})")
         self.mergeable_ranks = mergeable_ranks
         self.special_tokens = special_tokens
         self.pat_str = pat_str
         self.split_patterns = list(split_patterns)
+        self.normalizer = normalizer
         # Hugging Face runs these with Oniguruma, where `$` and `^` match at every line end/start;
         # MULTILINE gives Python's `regex` the same meaning.
         self._splitters = [regex.compile(p, regex.MULTILINE) for p in self.split_patterns]
+        self._specials = regex.compile("|".join(map(regex.escape, sorted(special_tokens, key=len, reverse=True))))
         self._memo = {}
         self.encoding = tiktoken.Encoding(
             "deepseekmath-bpe", pat_str=pat_str,
             mergeable_ranks=mergeable_ranks, special_tokens=special_tokens,
         )
-        self.bos_id = special_tokens[BOS]
-        self.eos_id = special_tokens[EOS]
+        self.bos, self.eos, self.pad = bos, list(eos), pad
+        self.chat_template = chat_template
+        self.response_prefix = " "  # what follows "Assistant:" before the response
+        if chat_template:
+            self.response_prefix, end_of_turn = self._template_response_parts()
+            self.eos = [end_of_turn] + [t for t in eos if t != end_of_turn]
+        self.eos_ids = [special_tokens[t] for t in self.eos]
+        self.eos_id = self.eos_ids[0]
         # Without a PAD token (a checkpoint may have none) EOS pads: padding is masked out anyway.
-        self.pad_id = special_tokens.get(PAD, self.eos_id)
+        self.pad_id = special_tokens[pad] if pad else self.eos_id
+        self.bos_id = special_tokens[bos] if bos else self.pad_id
         self.n_vocab = self.encoding.n_vocab
 
     def encode(self, text):
         """Token ids of `text` (no BOS/EOS; special-token strings in `text` are plain text)."""
+        if self.normalizer == "NFC":
+            text = unicodedata.normalize("NFC", text)
         if not self._splitters:
             return self.encoding.encode_ordinary(text)
         return list(self._encode_from_step(0, text))
+
+    def encode_with_special_tokens(self, text):
+        """Token ids of `text` in which special-token strings are those tokens, as the `tokenizers`
+        library encodes (and transformers' apply_chat_template): for chat-template output."""
+        ids, end = [], 0
+        for match in self._specials.finditer(text):
+            ids += self.encode(text[end:match.start()]) + [self.special_tokens[match.group()]]
+            end = match.end()
+        return ids + self.encode(text[end:])
 
     def _encode_from_step(self, step, text):
         """Ids of `text` split by split steps `step`, `step` + 1, ... then BPE-encoded piece by
@@ -130,23 +166,43 @@ class Tokenizer:
                 self._memo[step, text] = ids
         return ids
 
-    def _pre_tokenize(self, text):
-        """The pieces that BPE encodes one by one (for tests; `encode` does this itself)."""
-        pieces = [text]
-        for splitter in self._splitters:
-            pieces = [part for piece in pieces for part in _split_isolated(splitter, piece)]
-        return pieces
-
     def decode(self, ids):
         """The text of `ids`; a token sequence cut inside a UTF-8 character decodes to U+FFFD."""
         return self.encoding.decode(list(ids))
 
     def encode_prompt(self, question, suffix=COT_SUFFIX):
+        """The prompt ids of one question: the chat template's text up to the assistant's turn,
+        or BOS + DeepSeekMath's `chat_prompt`."""
+        if self.chat_template:
+            return self.encode_with_special_tokens(self.render_chat(question + suffix))
         return [self.bos_id] + self.encode(chat_prompt(question, suffix))
 
     def encode_response(self, response):
-        """The response after "Assistant:" (one space, then the text), ended by EOS."""
-        return self.encode(" " + response) + [self.eos_id]
+        """The response after the prompt (ours: one space, then the text), ended by EOS (the
+        template's end of turn)."""
+        return self.encode(self.response_prefix + response) + [self.eos_id]
+
+    def render_chat(self, user, response=None):
+        """The chat template's text of one user turn and the assistant's `response` (None: the
+        generation prompt that opens the assistant's turn), as transformers renders it."""
+        messages = [{"role": "user", "content": user}]
+        if response is not None:
+            messages.append({"role": "assistant", "content": response})
+        return _jinja().from_string(self.chat_template).render(
+            messages=messages, add_generation_prompt=response is None,
+            bos_token=self.bos or "", eos_token=self.eos[0])
+
+    def _template_response_parts(self):
+        """(text between the generation prompt and the response, end-of-turn token) of the chat
+        template, found by rendering a conversation around a marker."""
+        marker = "RESPONSE-7f3c"
+        head, _, tail = self.render_chat("Q", marker).partition(marker)
+        prompt = self.render_chat("Q")
+        end = self._specials.match(tail)
+        if not head.startswith(prompt) or end is None:
+            raise BadInput("chat_template: a conversation must read generation prompt + response + "
+                           f"an end-of-turn special token; it renders as {head + marker + tail!r}")
+        return head[len(prompt):], end.group()
 
     def save(self, path):
         """Write the `.tiktoken` ranks file at `path` and the JSON sidecar `path + ".json"`."""
@@ -157,17 +213,25 @@ class Tokenizer:
             "pat_str": self.pat_str,
             "split_patterns": self.split_patterns,
             "special_tokens": self.special_tokens,
+            "bos": self.bos, "eos": self.eos, "pad": self.pad,
+            "normalizer": self.normalizer,
+            "chat_template": self.chat_template,
         })
 
     @classmethod
     def load(cls, path):
-        """Our `.tiktoken` file (with its `.json` sidecar), or a Hugging Face `tokenizer.json`."""
+        """Our `.tiktoken` file (with its `.json` sidecar), or a Hugging Face `tokenizer.json`
+        (with, when beside it, tokenizer_config.json's special tokens and chat template and
+        generation_config.json's EOS ids)."""
         if not os.path.isfile(path):
             raise BadInput(f"{path}: no such tokenizer file; set tokenizer_path to a .tiktoken "
                            "file written by Tokenizer.save or to a Hugging Face tokenizer.json")
         if path.endswith(".json"):
-            return cls(*_hf_tokenizer_parts(path))
-        return cls(*_read_tiktoken(path))
+            ranks, special_tokens, pat_str, split_patterns, normalizer = _hf_tokenizer_parts(path)
+            return cls(ranks, special_tokens, pat_str, split_patterns, normalizer=normalizer,
+                       **_hf_special_roles(os.path.dirname(path), special_tokens))
+        ranks, options = _read_tiktoken(path)
+        return cls(ranks, **options)
 
 
 def load_tokenizer(cfg, checkpoint=""):
@@ -320,7 +384,7 @@ def _merge_word(word, pair, new_id, freq, delta):
 # ----------------------------------------------------------------------------- files
 
 def _read_tiktoken(path):
-    """(ranks, special tokens, pat_str, split_patterns) from a `.tiktoken` file and its sidecar.
+    """(ranks, the other Tokenizer arguments) from a `.tiktoken` file and its sidecar.
     (tiktoken.load caches files by path in a temp folder, so a retrained file could be read stale.)
     """
     ranks = {}
@@ -340,7 +404,65 @@ def _read_tiktoken(path):
                        "special tokens and the pre-tokenizer)")
     with open(sidecar, encoding="utf-8") as f:
         meta = json.load(f)
-    return ranks, meta["special_tokens"], meta["pat_str"], meta["split_patterns"]
+    specials = meta["special_tokens"]
+    # sidecars written before Qwen2/Llama 3 support hold DeepSeek's tokens and no template
+    return ranks, dict(special_tokens=specials, pat_str=meta["pat_str"], split_patterns=meta["split_patterns"],
+                       bos=meta.get("bos", BOS), eos=meta.get("eos", [EOS]),
+                       pad=meta.get("pad", PAD if PAD in specials else None),
+                       normalizer=meta.get("normalizer"), chat_template=meta.get("chat_template"))
+
+
+def _read_json_if_there(path):
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise BadInput(f"{path}: not valid JSON ({e})")
+
+
+def _hf_special_roles(folder, special_tokens):
+    """bos, eos, pad and chat_template of a Hugging Face folder: tokenizer_config.json's tokens
+    and template (or chat_template.jinja's, where newer transformers write it), then the EOS ids
+    of generation_config.json and config.json (instruct models list several: Llama 3.1's
+    <|end_of_text|>, <|eom_id|>, <|eot_id|>). No tokenizer_config.json: DeepSeek's tokens."""
+    config = _read_json_if_there(os.path.join(folder, "tokenizer_config.json"))
+    if not config:
+        return dict(bos=BOS, eos=[EOS], pad=PAD if PAD in special_tokens else None)
+
+    def token(key):  # a string, or an AddedToken written as {"content": ...}
+        value = config.get(key)
+        return value.get("content") if isinstance(value, dict) else value
+
+    by_id = {i: t for t, i in special_tokens.items()}
+    eos = [token("eos_token")]
+    for name in ("generation_config.json", "config.json"):
+        ids = _read_json_if_there(os.path.join(folder, name)).get("eos_token_id")
+        eos += [by_id.get(i) for i in (ids if isinstance(ids, list) else [ids])]
+    template = config.get("chat_template")
+    if isinstance(template, list):  # several named templates: the default one
+        template = {t["name"]: t["template"] for t in template}.get("default")
+    jinja_file = os.path.join(folder, "chat_template.jinja")
+    if os.path.isfile(jinja_file):
+        template = open(jinja_file, encoding="utf-8").read()
+    return dict(bos=token("bos_token"), eos=list(dict.fromkeys(t for t in eos if t)),
+                pad=token("pad_token"), chat_template=template)
+
+
+def _raise_template_error(message):
+    raise BadInput(f"chat_template: {message}")
+
+
+@functools.cache
+def _jinja():
+    """transformers' chat-template environment: sandboxed, trim_blocks and lstrip_blocks, loop
+    controls, raise_exception. It has no strftime_now, so Llama 3.2's template writes its fixed
+    default date: a prompt does not change with the day it is rendered."""
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                       extensions=[jinja2.ext.loopcontrols])
+    env.globals["raise_exception"] = _raise_template_error
+    return env
 
 
 def _byte_level_chars():
@@ -355,11 +477,12 @@ def _byte_level_chars():
 
 
 def _hf_tokenizer_parts(path):
-    """(ranks, special tokens, pat_str, split_patterns) of a Hugging Face byte-level BPE
-    `tokenizer.json`, for ids identical to the `tokenizers` library's.
+    """(ranks, special tokens, pat_str, split_patterns, normalizer) of a Hugging Face byte-level
+    BPE `tokenizer.json` (DeepSeek's, Qwen2's, Llama 3's), for ids identical to the `tokenizers`
+    library's.
 
     Supported (anything else is a BadInput naming it):
-      normalizer: null (or an empty Sequence);
+      normalizer: null, NFC (Qwen2), or a Sequence of those;
       pre_tokenizer: ByteLevel(add_prefix_space=false), alone, or last in a Sequence whose other
         steps are Split(pattern, behavior="Isolated", invert=false) and Digits; a ByteLevel with
         use_regex=true adds GPT-2's pattern as a last split;
@@ -369,7 +492,9 @@ def _hf_tokenizer_parts(path):
         writes);
       decoder: ByteLevel; added_tokens become tiktoken special tokens.
     Differences by design: the post_processor is ignored (`encode` adds no BOS; encode_prompt
-    does), and added tokens are not recognised inside text (the library's encode splits them out).
+    does), and `encode` reads added tokens' strings as plain text (the library's encode splits
+    them out, as our `encode_with_special_tokens` does; all of Qwen2's and Llama 3's added tokens
+    match as written: no lstrip/rstrip/single_word).
     Why it is exact: the library merges pairs by their rank in `merges`; tiktoken merges by the
     rank of the resulting token and takes a piece that is a whole token at once (the library's
     ignore_merges). With ids in merge order and each token made by one merge, both give the same
@@ -390,9 +515,11 @@ def _hf_tokenizer_parts(path):
         return BadInput(f"{path}: unsupported {what}; we read byte-level BPE tokenizers like "
                         "DeepSeek's (see tokenizer._hf_tokenizer_parts for what is supported)")
 
-    normalizer = hf.get("normalizer")
-    if normalizer and not (normalizer.get("type") == "Sequence" and not normalizer["normalizers"]):
-        raise unsupported(f"normalizer {normalizer.get('type')}")
+    normalizer = hf.get("normalizer") or {}
+    steps = normalizer.get("normalizers", []) if normalizer.get("type") == "Sequence" else [normalizer]
+    kinds = [step.get("type") for step in steps if step]
+    if kinds not in ([], ["NFC"]):
+        raise unsupported(f"normalizer {'+'.join(kinds)} (only NFC, Qwen2's, or none)")
     decoder = hf.get("decoder") or {}
     if decoder.get("type") != "ByteLevel":
         raise unsupported(f"decoder {decoder.get('type')} (byte-level BPE decodes with ByteLevel)")
@@ -410,8 +537,8 @@ def _hf_tokenizer_parts(path):
         # One split step: the matches AND the text between them are pieces; tiktoken keeps only
         # matches, so a second alternative takes the characters where no match starts.
         pat_str = f"(?m:{patterns[0]})|(?:(?!(?m:{patterns[0]}))[\\s\\S])+"
-        return ranks, special_tokens, pat_str, []
-    return ranks, special_tokens, WHOLE_PIECE_PAT_STR, patterns
+        return ranks, special_tokens, pat_str, [], (kinds or [None])[0]
+    return ranks, special_tokens, WHOLE_PIECE_PAT_STR, patterns, (kinds or [None])[0]
 
 
 def _hf_split_patterns(pre_tokenizer, unsupported):

@@ -7,18 +7,31 @@ A checkpoint is one folder, written under a temporary name and renamed into plac
     train_state.pt                       optimizer, step, RNG states, data position (resume only)
 train_state.pt holds only tensors, numbers and strings, so it loads with
 torch.load(weights_only=True), which cannot execute code hidden in a pickle.
+
+Failures every stage handles the same way, with the helpers below:
+- divergence: `check_finite` stops a run (Diverged, exit status 1) at the first NaN/inf loss,
+  gradient norm or reward, before the update, naming the step and the last checkpoint, which
+  stays as it was; `save_checkpoint` refuses non-finite weights;
+- Ctrl-C / SIGTERM: `StopRequest` turns them into a flag the loop reads; the loop saves the
+  whole steps done and calls `exit_interrupted` (one line, exit status 130);
+- a save killed between its two renames: `fileio.recover_staged_folder`, run by
+  `save_checkpoint` and at every stage's start, finishes it (or removes its leftovers).
 """
 
 import contextlib
 import json
 import os
+import pickle
 import random
+import signal
+import sys
 import time
 
 import numpy as np
 import torch
 
 import distributed
+from fileio import BadInput, recover_staged_folder
 from model import staged_folder
 
 
@@ -40,9 +53,43 @@ def make_adamw(model, lr, weight_decay, betas, device):
 
 def clip_gradients(model, max_norm):
     """Scale the gradients so that their global norm is at most max_norm; the norm before
-    clipping, as a float (under FSDP2 each rank holds a shard: the norm comes back whole)."""
+    clipping, as a float (under FSDP2 each rank holds a shard: the norm comes back whole).
+    A NaN/inf norm leaves NaN gradients: pass it to check_finite before optimizer.step."""
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+class Diverged(RuntimeError):
+    """A NaN/inf loss, gradient norm, reward or weight: the run stops before it spreads."""
+
+
+def check_finite(step, last_checkpoint, fix="lower the learning rate", **quantities):
+    """Raise Diverged, naming the step, the quantity and the last checkpoint, when any of the
+    quantities (floats or tensors, e.g. loss=..., grad_norm=...) holds a NaN or inf.
+
+    Call it with values every rank agrees on (all-reduced losses, the global gradient norm),
+    so that every rank stops at the same step."""
+    shown = [_describe(name, torch.as_tensor(value)) for name, value in quantities.items()]
+    bad = [text for text in shown if text]
+    if bad:
+        raise Diverged(f"step {step}: {', '.join(bad)}: training diverged and stopped before the update; "
+                       f"{_last_saved(last_checkpoint)}; {fix}")
+
+
+def _describe(name, value):
+    """'' for an all-finite value, else e.g. "loss nan" or "rewards: 3 of 64 values NaN/inf"."""
+    bad = int((~torch.isfinite(value)).sum())
+    if not bad:
+        return ""
+    if value.numel() == 1:
+        return f"{name} {value.item()}"
+    return f"{name}: {bad} of {value.numel()} values NaN/inf"
+
+
+def _last_saved(folder):
+    if not os.path.exists(os.path.join(folder, "config.json")):
+        return f"no checkpoint was saved in {folder} yet"
+    return f"the last checkpoint, {folder}, is untouched"
 
 
 def autocast(device, dtype_choice):
@@ -76,10 +123,16 @@ def set_rng_state(state):
 
 
 def save_checkpoint(folder, model, tokenizer, train_state=None):
-    """Every rank calls this (FSDP must gather); rank 0 writes the folder atomically."""
+    """Every rank calls this (FSDP must gather); rank 0 writes the folder atomically. Weights
+    holding a NaN/inf are never saved: Diverged, on every rank, and the folder stays as it was."""
+    if not finite_weights(model):
+        step = f"step {train_state['step']}: " if train_state and "step" in train_state else ""
+        raise Diverged(f"{step}the weights hold NaN/inf, so they were not saved; {_last_saved(folder)}; "
+                       "lower the learning rate")
     state_dict = distributed.full_state_dict(model)
     if not distributed.is_main_process():
         return
+    recover_staged_folder(folder)
     inner = distributed.unwrap(model)
     with staged_folder(folder) as tmp:
         inner.save_pretrained(tmp, state_dict=state_dict, atomic=False)
@@ -89,12 +142,48 @@ def save_checkpoint(folder, model, tokenizer, train_state=None):
             torch.save(train_state, os.path.join(tmp, "train_state.pt"))
 
 
+def unmark_done(folder, d):
+    """Remove {folder}/summary.json, the mark of a finished stage. Call it once every input is
+    read and checked, just before the first output is touched: a run that fails on a bad input
+    leaves the previous run's outputs whole, and one that fails later never looks done."""
+    summary = os.path.join(folder, "summary.json")
+    if d.is_main and os.path.exists(summary):
+        os.remove(summary)
+
+
+def recover_checkpoint(folder, d):
+    """At a stage's start, before it looks for `folder`: finish a save that a kill interrupted
+    between its renames, and remove the temporary folders of killed saves (rank 0 does it)."""
+    if d.is_main:
+        recovered = recover_staged_folder(folder)
+        if recovered:
+            print(recovered, flush=True)
+    distributed.barrier(d)
+
+
+def finite_weights(model):
+    """Whether every parameter is finite, agreed by every rank (each checks its own FSDP2 shard)."""
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    finite = torch.stack([torch.isfinite(p).all() for p in local]).all().float()
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    return bool(finite)
+
+
 def load_train_state(folder):
     path = os.path.join(folder, "train_state.pt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{folder}: no train_state.pt, so this checkpoint cannot resume "
                                 "training (it holds weights only); start a new run instead")
-    return torch.load(path, weights_only=True)
+    try:
+        state = torch.load(path, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as e:
+        raise BadInput(f"{path}: truncated or corrupt ({str(e).splitlines()[0]}); this checkpoint cannot "
+                       f"resume: restore it from a copy, or delete {folder} (or turn the stage's *_resume "
+                       "off) to start over")
+    if not isinstance(state, dict) or "step" not in state:
+        raise BadInput(f"{path}: not a train state (no step in it); delete {folder} to start over")
+    return state
 
 
 def optimizer_state(optimizer, model):
@@ -113,6 +202,72 @@ def load_optimizer_state(optimizer, model, state):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
     set_optimizer_state_dict(distributed.unwrap(model), optimizer, state,
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
+class StopRequest:
+    """Ctrl-C / SIGTERM set a flag that the training loop reads between (micro-)steps: the loop
+    drops the step in progress (weights and optimizer are untouched until optimizer.step),
+    saves the whole steps done and calls exit_interrupted, before torchrun's agent, which
+    answers Ctrl-C by sending its workers SIGTERM, kills them 30 s later. A second Ctrl-C
+    stops at once (KeyboardInterrupt). Use it as a context manager around the loop: outside
+    it, Ctrl-C is Python's again.
+
+        with training.StopRequest() as stop:
+            for step in range(start, steps):
+                if stop.agreed(d):
+                    save(step)  # the steps done so far
+                    training.exit_interrupted(step, ckpt)
+                ...
+    """
+
+    def __init__(self):
+        self.requested = self.ctrl_c = False
+        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.restore()
+        return False
+
+    def handle(self, signum, frame):
+        if signum == signal.SIGINT and self.ctrl_c:
+            raise KeyboardInterrupt
+        self.ctrl_c |= signum == signal.SIGINT
+        self.requested = True
+
+    def agreed(self, d):
+        """Whether any rank was asked to stop (every rank must answer the same, or they would
+        part ways at the next collective)."""
+        return distributed.all_reduce_mean(float(self.requested), d) > 0
+
+    def restore(self):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C: 128 + SIGINT, as shells report it
+
+
+def exit_interrupted(step, checkpoint):
+    """End a run that StopRequest stopped, after it saved `step` to `checkpoint` (every rank)."""
+    distributed.print0(f"\ninterrupted: saved step {step} to {checkpoint}; run the same command to resume")
+    distributed.cleanup()
+    sys.exit(INTERRUPTED)
+
+
+def run_main(script, main, errors=(BadInput, Diverged)):
+    """A stage's entry point: an input error or a divergence ends it with one line naming the
+    script (exit status 1), a Ctrl-C outside the training loop with one line (status 130)."""
+    try:
+        main()
+    except errors as e:
+        sys.exit(f"{script}: {e}")
+    except KeyboardInterrupt:
+        print(f"\n{script}: interrupted; what it saved before is kept, nothing half-written; run the "
+              "same command to go on", file=sys.stderr)
+        sys.exit(INTERRUPTED)
 
 
 class MetricsLog:

@@ -58,3 +58,24 @@ def test_1_3b_fits_the_papers_small_runs():
     assert cfg.pretrain_tokens_per_step == pytest.approx(4e6, rel=0.05) and cfg.pretrain_lr == 5.3e-4
     assert cfg.pretrain_tokens_per_step % (cfg.pretrain_batch_size * cfg.max_seq_len) == 0
     assert cfg.sft_batch_size % cfg.sft_micro_batch_size == 0
+
+
+@pytest.mark.parametrize("override, named", [
+    ("--device=banana", "device must be auto, cpu, cuda, cuda:N or mps"),
+    ("--corpus_lsh_bands=0", "corpus_lsh_bands must be at least 1"),
+    ("--rl_micro_batch=0", "rl_micro_batch must be at least 1"),
+    ("--corpus_val_share=-1", "corpus_val_share must be in (0, 1)"),
+    ("--pretrain_lr=0", "pretrain_lr must be above 0"),
+    ("--ppo_gamma=1.5", "ppo_gamma must be in [0, 1]"),
+    ("--pretrain_betas=[0.9, 1.0]", "pretrain_betas must be two numbers in [0, 1)"),
+    ("--corpus_lsh_bands=256", "corpus_lsh_bands = 256 exceeds corpus_minhash_perms = 128"),
+])
+def test_a_value_out_of_range_is_rejected_naming_the_key(override, named):
+    with pytest.raises(config.ConfigError) as error:
+        config.load_config([os.path.join(ROOT, "configs", "classroom.py"), override])
+    assert named in str(error.value) and "\n" not in str(error.value)
+
+
+def test_every_range_rule_names_a_key_and_accepts_its_default():
+    for key, (test, _) in config.RULES.items():
+        assert key in config.DEFAULTS and test(config.DEFAULTS[key]), key

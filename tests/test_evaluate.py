@@ -1,5 +1,6 @@
-"""Tests for evaluate.py: answer extraction, equivalence, the grading pool, pass@k, maj@k, and
-the program sandbox (hostile programs are contained and score 0 while evaluation goes on)."""
+"""Tests for evaluate.py and grading.py: answer extraction, equivalence, the grading pool, pass@k,
+maj@k, prompts, and evaluation with a scripted model (programs and tool rounds in the sandbox,
+whose hostile programs are tests/test_sandbox.py's)."""
 
 import itertools
 import json
@@ -15,7 +16,9 @@ import torch
 import config
 import evaluate
 import tasks
-from evaluate import Grader, extract_answer, majority_answer, pass_at_k, run_program, run_programs
+import grading
+from evaluate import Grader, majority_answer, pass_at_k
+from grading import extract_answer
 from fileio import BadInput, read_jsonl, write_jsonl
 from model import Generation, ModelArgs, Transformer
 from tasks import POT_SUFFIX
@@ -224,7 +227,7 @@ def test_answer_pairs_table(grader):
 
 def test_answers_equal_in_the_main_thread_agrees_with_the_pool():
     for answer, gold, equal in PAIRS[::10]:
-        assert evaluate.answers_equal(answer, gold) == equal, (answer, gold)
+        assert grading.answers_equal(answer, gold) == equal, (answer, gold)
 
 
 def test_grade_extracts_then_checks(grader):
@@ -281,88 +284,28 @@ def test_pass_at_k_is_stable_for_large_n_and_rejects_bad_counts():
 
 def test_majority_vote_groups_equivalent_answers_not_strings():
     answers = ["3", "\\frac{1}{2}", "0.5", "3", "1/2", None, None, None]
-    assert majority_answer(answers, evaluate.answers_equal) == "\\frac{1}{2}"  # 3 votes, "3" has 2
-    assert majority_answer(["2", "5", "5.0", "2"], evaluate.answers_equal) == "2"  # tie: formed first
-    assert majority_answer([None, None], evaluate.answers_equal) is None
-
-
-# ---------------------------------------------------------------- the sandbox
-
-
-def program_score(result, gold, grader):
-    return grader.grade([result.output if result.ok else ""], [gold])[0]
-
-
-def test_a_program_runs_and_its_printed_answer_is_graded(grader):
-    result = run_program("import sympy\nprint(sympy.Rational(3, 4) + sympy.Rational(1, 4) * 3)")
-    assert result.ok and result.output == "3/2\n"
-    assert program_score(result, "1.5", grader) == 1.0
-    crashed = run_program("print(1 / 0)")
-    assert not crashed.ok and "ZeroDivisionError" in crashed.output and "_sandboxed_main" not in crashed.output
-
-
-def test_working_directory_is_private_and_temporary():
-    result = run_program("import os\nopen('notes.txt', 'w').write('hi')\nprint(os.getcwd(), open('notes.txt').read())")
-    folder, text = result.output.split()
-    assert result.ok and text == "hi" and not os.path.exists(folder)
-
-
-def test_output_is_truncated():
-    result = run_program("print('x' * 100000)", max_output_chars=100)
-    assert result.ok and result.output.startswith("x" * 100) and result.output.endswith("[... output truncated]")
-
-
-def test_no_environment_secrets(monkeypatch, grader):
-    monkeypatch.setenv("SECRET_TOKEN", "42")
-    result = run_program("import os\nprint(os.environ.get('SECRET_TOKEN', 'none'))")
-    assert result.output == "none\n" and program_score(result, "42", grader) == 0.0
-    if "landlock" in evaluate.sandbox_layers():  # nor through another process's /proc/PID/environ
-        result = run_program(f"print(open('/proc/{os.getpid()}/environ', 'rb').read())")
-        assert not result.ok and "SECRET_TOKEN" not in result.output
-
-
-def fork_is_blocked():
-    result = run_program("import os\nn = 0\ntry:\n    for _ in range(5):\n        if os.fork() == 0:\n"
-                         "            os._exit(0)\n        n += 1\nexcept OSError:\n    pass\nprint(n)", timeout=5)
-    return result.output == "0\n"
-
-
-def test_hostile_programs_are_contained_and_score_zero_while_the_rest_is_graded(tmp_path, grader):
-    """Each hostile program prints the gold answer 42 only if its attack got through."""
-    if not fork_is_blocked():  # a bounded probe first: never start a real fork bomb unguarded
-        pytest.skip("this machine's sandbox cannot block fork (no seccomp, running as root)")
-    outside = tmp_path / "escaped.txt"
-    programs = {
-        "good": "print(6 * 7)",
-        "infinite loop": "while True:\n    pass\nprint(42)",
-        "sleeps past the timeout": "import time\ntime.sleep(60)\nprint(42)",
-        "fork bomb": "import os\nwhile True:\n    os.fork()\nprint(42)",
-        "10 GB allocation": "x = bytearray(10 * 1024 ** 3)\nprint(42)",
-        "network": "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1)\nprint(42)",
-        "crash": "import sys\nsys.setrecursionlimit(10 ** 6)\nf = lambda n: f(n + 1)\nf(0)\nprint(42)",
-    }
-    if "landlock" in evaluate.sandbox_layers():
-        programs["write outside"] = f"open({str(outside)!r}, 'w').write('x')\nprint(42)"
-    start = time.monotonic()
-    results = run_programs(list(programs.values()), timeout=2.0, memory_mb=1024)
-    assert time.monotonic() - start < 30
-    scores = {name: program_score(result, "42", grader) for name, result in zip(programs, results)}
-    assert scores == {name: float(name == "good") for name in programs}
-    assert results[1].timed_out and results[2].timed_out
-    assert not outside.exists()
+    assert majority_answer(answers, grading.answers_equal) == "\\frac{1}{2}"  # 3 votes, "3" has 2
+    assert majority_answer(["2", "5", "5.0", "2"], grading.answers_equal) == "2"  # tie: formed first
+    assert majority_answer([None, None], grading.answers_equal) is None
 
 
 # ---------------------------------------------------------------- prompts
 
 
-def test_prompts_chat_template_and_few_shot_formats():
+def test_prompts_chat_template_and_few_shot_formats(tiny_tokenizer):
     cfg = config.load_config([])
     question = "Ann has 3 pens and buys 4 more. How many pens does she have?"
-    assert evaluate.make_prompt(question, "chat", "cot", "gsm8k", []) == chat_prompt(question, COT_SUFFIX)
-    assert evaluate.make_prompt(question, "chat", "pot", "gsm8k", []).endswith(POT_SUFFIX + "\n\nAssistant:")
-    gsm8k = evaluate.make_prompt(question, "fewshot", "cot", "gsm8k", evaluate.fewshot_exemplars("gsm8k", "cot", 8, cfg))
+
+    def prompt(*args):
+        ids = evaluate.make_prompt(tiny_tokenizer, question, *args)
+        assert ids[0] == tiny_tokenizer.bos_id
+        return tiny_tokenizer.decode(ids[1:])
+
+    assert prompt("chat", "cot", "gsm8k", []) == chat_prompt(question, COT_SUFFIX)
+    assert prompt("chat", "pot", "gsm8k", []).endswith(POT_SUFFIX + "\n\nAssistant:")
+    gsm8k = prompt("fewshot", "cot", "gsm8k", evaluate.fewshot_exemplars("gsm8k", "cot", 8, cfg))
     assert gsm8k.startswith("Q: There are 15 trees") and gsm8k.count("\nA: ") == 8 and gsm8k.endswith(f"Q: {question}\nA:")
-    math_prompt = evaluate.make_prompt(question, "fewshot", "cot", "math", evaluate.fewshot_exemplars("math", "cot", 4, cfg))
+    math_prompt = prompt("fewshot", "cot", "math", evaluate.fewshot_exemplars("math", "cot", 4, cfg))
     assert math_prompt.count("Problem:\n") == 5 and math_prompt.endswith(f"Problem:\n{question}\n\nSolution:\n")
     classroom = evaluate.fewshot_exemplars("classroom", "pot", 3, cfg)
     assert len(classroom) == 3 and all(not tasks.is_test_question(q) and "```python" in a for q, a in classroom)
@@ -386,8 +329,9 @@ def scripted(tiny_tokenizer, monkeypatch):
     returns what the 'model' writes next (the prompts, tool rounds and grading are real)."""
 
     def use(script, problems, **keys):
-        def fake_generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, eos_id=None,
+        def fake_generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None,
                           stop_sequences=(), generator=None):
+            eos_id = eos_id[0]  # evaluate passes the tokenizer's list of end ids
             rows = []
             for prompt in prompts:
                 ids = tiny_tokenizer.encode(script(tiny_tokenizer.decode(prompt), temperature))[:max_new_tokens]
@@ -396,7 +340,7 @@ def scripted(tiny_tokenizer, monkeypatch):
             n = max(len(row) for row in rows)
             tokens = torch.tensor([row + [eos_id] * (n - len(row)) for row in rows])
             mask = torch.arange(n)[None, :] < torch.tensor([len(row) for row in rows])[:, None]
-            return Generation(tokens, mask, torch.zeros(tokens.shape), torch.zeros(len(rows), dtype=torch.bool))
+            return Generation(tokens, mask, torch.zeros(len(rows), dtype=torch.bool))
 
         monkeypatch.setattr(evaluate, "generate", fake_generate)
         args = ModelArgs(vocab_size=tiny_tokenizer.n_vocab, dim=16, n_layer=1, n_head=2, n_kv_head=2,
@@ -452,7 +396,7 @@ def test_few_shot_responses_are_cut_and_samples_voted_by_equivalence(scripted):
     assert record["greedy"]["text"] == "Half of 1 is 0.5. The answer is 0.5." and record["greedy"]["correct"]
     assert [s["correct"] for s in record["samples"]] == [True, True, False, True, False]
     assert record["majority_correct"]  # {1/2, 0.5, 1/2}: 3 votes; by string "3" would win with 2
-    assert result.metrics == {"problems": 1, "greedy": 1.0, "maj@5": 1.0, "pass@5": 1.0, "pass@1": 0.6,
+    assert result.metrics == {"problems": 1, "sampled_problems": 1, "greedy": 1.0, "maj@5": 1.0, "pass@5": 1.0, "pass@1": 0.6,
                               "no_answer": 0.0, "truncated": 0.0}
 
 

@@ -45,7 +45,7 @@ def test_outcome_advantage_is_the_normalised_reward_on_every_token():
     rewards, reward_mask = torch.zeros(6, T), torch.zeros(6, T, dtype=torch.bool)
     for row, ((_, end), r) in enumerate(zip(spans, outcome)):
         rewards[row, end - 1], reward_mask[row, end - 1] = r, True
-    advantages, zero_var = grpo.group_advantages(rewards, reward_mask, mask, 3)
+    advantages, _, _, zero_var = grpo.group_advantages(rewards, reward_mask, mask, 3)
     # group 1: r = (1, 0, 0): mean 1/3, std sqrt(2/9); group 2: r = (1, 1, 0): mean 2/3, std sqrt(2/9)
     s = math.sqrt(2 / 9)
     expected = [(1 - 1 / 3) / s, -1 / 3 / s, -1 / 3 / s, 1 / 3 / s, 1 / 3 / s, -2 / 3 / s]
@@ -61,7 +61,7 @@ def test_process_advantage_sums_the_normalised_rewards_of_later_steps():
     rewards, reward_mask = torch.zeros(2, T), torch.zeros(2, T, dtype=torch.bool)
     for row, column, r in [(0, 1, 1.0), (0, 3, 0.0), (1, 2, 1.0)]:  # step ends and their rewards
         rewards[row, column], reward_mask[row, column] = r, True
-    advantages, _ = grpo.group_advantages(rewards, reward_mask, mask, 2)
+    advantages, _, _, _ = grpo.group_advantages(rewards, reward_mask, mask, 2)
     # R = (1, 0, 1): mean 2/3, std sqrt(2/9); normalised: 1 -> 1/sqrt(2), 0 -> -sqrt(2)
     hi, lo = 1 / math.sqrt(2), -math.sqrt(2)
     expected = torch.tensor([[hi + lo, hi + lo, lo, lo, 0, 0],  # steps end at columns 1 and 3
@@ -74,7 +74,7 @@ def test_zero_variance_group_gives_zero_advantage_without_nan():
     rewards, reward_mask = torch.zeros(4, 4), torch.zeros(4, 4, dtype=torch.bool)
     rewards[:2, 2] = 1.0  # group 1: both correct; group 2: both wrong
     reward_mask[:, 2] = True
-    advantages, zero_var = grpo.group_advantages(rewards, reward_mask, mask, 2)
+    advantages, _, _, zero_var = grpo.group_advantages(rewards, reward_mask, mask, 2)
     assert not advantages.isnan().any() and advantages.abs().sum() == 0
     assert zero_var == 2
 
@@ -89,7 +89,8 @@ def test_grpo_objective_and_k3_kl_match_a_direct_computation():
     ref[0, 0] = -80.0  # an extreme ratio: the clamped KL stays finite
     advantages = torch.randn(N, T)
     mask = response_mask_of([(0, 5), (1, 4), (2, 3)], T)
-    loss, info = grpo.grpo_loss(logp, old, ref, advantages, mask, eps, beta)
+    loss, info = grpo.grpo_loss(logp, old, ref, advantages, mask, eps, beta, n_outputs=N)
+    expected = 0.0
     for i in range(N):
         terms = []
         for t in mask[i].nonzero().squeeze(-1).tolist():
@@ -99,7 +100,22 @@ def test_grpo_objective_and_k3_kl_match_a_direct_computation():
             kl = min(10.0, math.exp(log_ratio) - log_ratio - 1)
             assert kl >= 0 and abs(kl - float(info["kl"][i, t])) < 1e-4
             terms.append(min(r * a, max(1 - eps, min(1 + eps, r)) * a) - beta * kl)
-        assert abs(-sum(terms) / len(terms) - float(loss[i])) < 1e-5
+        expected += -sum(terms) / len(terms) / N  # eq. 3: 1/G sum_i 1/|o_i| sum_t
+    assert abs(expected - float(loss)) < 1e-5
+
+
+def test_extreme_log_ratios_give_a_finite_loss_and_gradient():
+    """exp(100) overflows float32: the surrogate and the KL clamp their log-ratios first (as verl
+    does), so log-ratios of +-100 against pi_old and pi_ref leave loss and gradient finite."""
+    old = torch.zeros(2, 4)
+    logp = torch.tensor([[100.0, -100.0, 0.0, 50.0], [-100.0, 100.0, 3.0, -3.0]], requires_grad=True)
+    ref = torch.tensor([[-100.0, 100.0, 0.0, 0.0], [100.0, -100.0, 0.0, 0.0]])
+    advantages = torch.tensor([[0.0, 1.0, -1.0, 2.0], [-2.0, 0.0, 1.0, -1.0]])
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    loss, info = grpo.grpo_loss(logp, old, ref, advantages, mask, 0.2, 0.04, n_outputs=2)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logp.grad).all()
+    assert torch.isfinite(info["ratio"]).all() and torch.isfinite(info["kl"]).all()
 
 
 def test_gae_matches_a_direct_loop_and_ppo_value_loss_is_clipped():
@@ -122,7 +138,7 @@ def test_gae_matches_a_direct_loop_and_ppo_value_loss_is_clipped():
     zeros = torch.zeros(1, 1)
     one = torch.ones(1, 1, dtype=torch.bool)
     _, value_loss, _ = grpo.ppo_losses(zeros, zeros, zeros, torch.full((1, 1), 1.0), zeros,
-                                       torch.full((1, 1), 2.0), one, 0.2, 0.2)
+                                       torch.full((1, 1), 2.0), one, 0.2, 0.2, n_outputs=1)
     assert abs(float(value_loss) - 0.5 * max((1 - 2) ** 2, (0.2 - 2) ** 2)) < 1e-6
 
 
@@ -148,7 +164,7 @@ def test_grpo_gradient_at_mu_1_is_the_policy_gradient_with_coefficient_a_plus_kl
     with torch.no_grad():
         ref_logp = sequence_logprobs(ref, tokens, mask)
     g_grpo = gradient(lambda logp: grpo.grpo_loss(logp, logp.detach(), ref_logp, advantages, response,
-                                                  0.2, beta)[0].mean())
+                                                  0.2, beta, n_outputs=4)[0])
     m = response.float()
 
     def policy_gradient(logp):
@@ -254,8 +270,8 @@ def read_run(out, method):
     ("ppo", ["--rl_algo=ppo"]),
     ("rft", ["--rl_algo=rft"]),
     ("online_rft", ["--rl_algo=online_rft"]),
-    ("grpo_outcome", ["--rl_reward=orm", "--rl_iteration_steps=1"]),
-    ("ppo", ["--rl_algo=ppo", "--rl_reward=prm", "--ppo_value_init=reward", "--rl_iteration_steps=1"]),
+    ("grpo_orm_iterative", ["--rl_reward=orm", "--rl_iteration_steps=1"]),
+    ("ppo_prm_iterative", ["--rl_algo=ppo", "--rl_reward=prm", "--ppo_value_init=reward", "--rl_iteration_steps=1"]),
 ])
 def test_every_algorithm_runs_and_logs(start, tmp_path, monkeypatch, method, flags):
     os.symlink(start / "sft", tmp_path / "sft")
@@ -265,7 +281,7 @@ def test_every_algorithm_runs_and_logs(start, tmp_path, monkeypatch, method, fla
     for key in ("reward", "accuracy", "kl", "clip_frac", "entropy", "response_len", "truncated",
                 "zero_var_groups", "step_seconds", "model_state_mb", "peak_rss_mb"):
         assert all(math.isfinite(r[key]) for r in records), key
-    assert ("value_loss" in records[0]) == (method == "ppo")
+    assert ("value_loss" in records[0]) == method.startswith("ppo")
     assert summary["method"] == method and 0 <= summary["accuracy_after"] <= 1
     assert ("reward model" in summary["models_held"]) == any("rm" in f for f in flags)
     assert os.path.exists(tmp_path / "rl" / method / "ckpt" / "model.safetensors")

@@ -1,3 +1,4 @@
+import json
 import os
 import re
 
@@ -133,3 +134,26 @@ def test_command_line(monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["memory_plan.py", CONFIG_7B, "--world_size=0"])
     with pytest.raises(SystemExit, match="world_size=0"):
         memory_plan.main()
+
+
+CONFIG_QWEN = CONFIG_7B.replace("7b.py", "qwen2.5-0.5b-gsm8k.py")
+# Qwen2.5-0.5B-Instruct's config.json (the fields that set the model)
+QWEN25_05B = dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", vocab_size=151936, hidden_size=896,
+                  intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                  max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                  use_sliding_window=False, sliding_window=32768, max_window_layers=21, hidden_act="silu",
+                  bos_token_id=151643, eos_token_id=151645)
+
+
+def test_qwen_config_fits_one_24gb_gpu(capsys, tmp_path):
+    memory_plan.print_plan(config.load_config([CONFIG_QWEN]), 1)
+    out = capsys.readouterr().out
+    assert "GPU of 24 GB (24 GiB, 2 of them for the CUDA context and allocator): GRPO fits" in out
+    assert "GPU of 80 GB (80 GiB, 2 of them for the CUDA context and allocator): GRPO fits, PPO fits" in out
+    # with the checkpoint's config.json the plan counts exactly its model: 494,032,768 parameters
+    # (Qwen's published count), q/k/v biases included, the head tied to the embeddings
+    json.dump(QWEN25_05B, open(tmp_path / "config.json", "w"))
+    memory_plan.print_plan(config.load_config([CONFIG_QWEN, f"--rl_init_checkpoint={tmp_path}"]), 1)
+    assert "494,032,768 parameters" in capsys.readouterr().out
+    grpo = memory_plan.memory_plans(config.load_config([CONFIG_QWEN]), 1)[0]["GRPO"]
+    assert max(grpo.peak("rollout"), grpo.peak("update")) / memory_plan.GiB + memory_plan.RESERVE_GIB <= 24

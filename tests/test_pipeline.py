@@ -9,7 +9,9 @@ import time
 
 import torch
 
+import config
 import pipeline
+from fileio import write_json
 from model import ModelArgs, Transformer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,18 +44,42 @@ def test_a_stage_is_redone_when_missing_broken_or_older_than_its_inputs(tmp_path
     upstream, output = tmp_path / "up.json", tmp_path / "summary.json"
     checkpoint = tmp_path / "ckpt"
     upstream.write_text("{}")
-    assert not pipeline.is_done(str(output), None, [str(upstream)])  # missing
+    assert not pipeline.loads(str(output), None)  # missing
     output.write_text("{not json")
-    assert not pipeline.is_done(str(output), None, [str(upstream)])  # half written
+    assert not pipeline.loads(str(output), None)  # half written
     output.write_text(json.dumps({"steps": 1}))
-    assert pipeline.is_done(str(output), None, [str(upstream)])
-    assert not pipeline.is_done(str(output), str(checkpoint), [str(upstream)])  # no checkpoint
+    assert pipeline.loads(str(output), None) and not pipeline.newer_input(str(output), [str(upstream)])
+    assert not pipeline.loads(str(output), str(checkpoint))  # no checkpoint
     Transformer(ModelArgs(vocab_size=16, dim=8, n_layer=1, n_head=2, n_kv_head=2, intermediate_size=16,
                           max_seq_len=8)).save_pretrained(str(checkpoint))
-    assert pipeline.is_done(str(output), str(checkpoint), [str(upstream)])
+    assert pipeline.loads(str(output), str(checkpoint))
     later = time.time() + 5
     os.utime(upstream, (later, later))  # upstream was re-run after this stage
-    assert not pipeline.is_done(str(output), str(checkpoint), [str(upstream)])
+    assert pipeline.newer_input(str(output), [str(upstream)]) == str(upstream)
+
+
+def test_a_stage_done_with_other_settings_is_named_and_run_again_from_the_start(tmp_path, monkeypatch, capsys):
+    """Only the keys that shape a stage count; the run that follows a change starts over."""
+    out = tmp_path / "sft"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    argv = ["configs/classroom.py", f"--out_dir={tmp_path}", "--sft_lr=0.001"]
+    command = ["sft.py"]
+    assert "missing" in pipeline.settings_change(str(out / "summary.json"), pipeline.settings(command, argv))
+    write_json(pipeline.record_path(str(out / "summary.json")), pipeline.settings(command, argv))
+    assert pipeline.settings_change(str(out / "summary.json"), pipeline.settings(command, argv + ["--rl_lr=1.0"])) == ""
+    assert pipeline.settings_change(str(out / "summary.json"), pipeline.settings(command, argv + ["--device=cpu"])) == ""
+    changed = pipeline.settings_change(str(out / "summary.json"), pipeline.settings(command, argv + ["--sft_lr=0.01"]))
+    assert changed == "settings changed: sft_lr 0.001 -> 0.01"
+
+    ran = []
+    monkeypatch.setattr(pipeline, "run_command", lambda name, command, argv: ran.append(argv) or 1.0)
+    monkeypatch.setattr(pipeline, "loads", lambda output, checkpoint: True)
+    assert pipeline.run_step("sft", command, str(out / "summary.json"), None, [], argv) == 0.0  # same settings
+    assert pipeline.run_step("sft", command, str(out / "summary.json"), None, [], [*argv, "--sft_lr=0.01"]) == 1.0
+    assert ran[-1][-1] == "--sft_resume=false"  # a finished checkpoint is not resumed
+    assert "sft_lr 0.001 -> 0.01; running it again from the start" in capsys.readouterr().out
+    assert pipeline.settings_change(str(out / "summary.json"), pipeline.settings(command, [*argv, "--sft_lr=0.01"])) == ""
 
 
 # Every stage at a tiny size: a smaller web, a few steps each, few problems. Real runs of the
@@ -67,26 +93,39 @@ TINY = ["--web_pool_pages=4000", "--web_seed_pages=400", "--web_shards=2", "--we
         "--eval_n_problems=8", "--eval_k=2", "--eval_max_new_tokens=48", "--grader_workers=1"]
 
 
-def test_the_whole_recipe_runs_end_to_end_at_a_tiny_size(tmp_path):
-    out = tmp_path / "run"
-    command = [sys.executable, "pipeline.py", "configs/classroom.py", f"--out_dir={out}", *TINY]
+def run_tiny(out, *extra):
+    command = [sys.executable, "pipeline.py", "configs/classroom.py", f"--out_dir={out}", *TINY, *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_the_whole_recipe_runs_end_to_end_at_a_tiny_size_and_again_byte_for_byte(tmp_path):
+    out = tmp_path / "run"
+    run = run_tiny(out, "--seeds=2")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    cfg = config.load_config(["configs/classroom.py", f"--out_dir={out}", *TINY, "--seeds=2"])
 
     corpus = json.loads((out / "corpus" / "summary.json").read_text())
     assert corpus["tokens"]["train"] > 10_000 and corpus["iterations"][-1]["recall"] > 0.5
     pretrain = json.loads((out / "pretrain" / "summary.json").read_text())
     assert pretrain["val_loss"] < pretrain["unigram_entropy"]  # it learned something about the text
-    for stage in ["pretrain", "sft"] + [f"rl/{folder}" for folder, _, _ in pipeline.RL_METHODS]:
-        model = Transformer.from_pretrained(str(out / stage / "ckpt"))
-        assert all(torch.isfinite(p).all() for p in model.parameters()), stage
+    for stage in pipeline.stages(cfg)[1:]:
+        model = Transformer.from_pretrained(str(out / stage.name / "ckpt"))
+        assert all(torch.isfinite(p).all() for p in model.parameters()), stage.name
     results = (out / "results.md").read_text()
-    for label, _, _ in pipeline.EVALUATED:
-        assert f"| {label} |" in results
+    for label, _, folders, _ in pipeline.evaluated(cfg):
+        assert results.count(f"| {label} |") == 1
+    assert "| GRPO (outcome) |" in results and " / " in results.split("| GRPO (outcome) |")[1].split("\n")[0]
+    assert "## The paper's claims" in results and "(n=8)" in results
     for plot in ["corpus_recall", "pretrain_loss", "rl_ppo_vs_grpo", "maj_pass_at_k"]:
         assert (out / "plots" / f"{plot}.png").stat().st_size > 10_000, plot
 
-    # A second run finds every stage done and only redraws the table and plots.
-    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and again.stdout.count("done before, skipped") == len(pipeline.STAGES) + len(pipeline.EVALUATED)
+    # A second run finds every stage done and only rewrites the tables and plots.
+    again = run_tiny(out, "--seeds=2")
+    evaluations = sum(len(folders) for _, _, folders, _ in pipeline.evaluated(cfg))
+    assert again.returncode == 0 and again.stdout.count("done before, skipped") == len(pipeline.stages(cfg)) + evaluations
+
+    # The same command from an empty folder writes the same results, byte for byte.
+    fresh = run_tiny(tmp_path / "fresh", "--seeds=2")
+    assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
+    assert (tmp_path / "fresh" / "results.md").read_text() == results

@@ -4,6 +4,7 @@ gradient accumulation, the NaN stop and Ctrl-C, on a tiny corpus written here.""
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch
 
 import pretrain
 import shards
+import training
 from fileio import BadInput
 from model import Transformer
 from tokenizer import train_bpe
@@ -120,8 +122,9 @@ def test_resume_after_ctrl_c_is_exact(corpus, tmp_path, monkeypatch):
         return loss_of(model, rows)
 
     monkeypatch.setattr(pretrain, "lm_loss", ctrl_c_in_step_3)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as stopped:
         run(corpus, str(tmp_path / "resumed"))
+    assert stopped.value.code == 130
     monkeypatch.setattr(pretrain, "lm_loss", loss_of)
     assert load_train_state(tmp_path / "resumed" / "pretrain" / "ckpt")["step"] == 2
     run(corpus, str(tmp_path / "resumed"))
@@ -133,7 +136,7 @@ def test_resume_after_ctrl_c_is_exact(corpus, tmp_path, monkeypatch):
 
 
 def test_sigterm_then_ctrl_c_still_saves_and_a_second_ctrl_c_stops_at_once():
-    stop = pretrain.StopRequest()
+    stop = training.StopRequest()
     try:
         signal.raise_signal(signal.SIGTERM)  # torchrun's agent forwards a Ctrl-C as SIGTERM
         signal.raise_signal(signal.SIGINT)  # and the terminal's own Ctrl-C reaches the worker too
@@ -170,7 +173,7 @@ def test_two_process_run_matches_one_process(corpus, tmp_path, parallel):
 
 def test_divergence_stops_naming_the_step_and_keeps_the_last_checkpoint(corpus, tmp_path):
     # a learning rate of 1e9 blows the weights up within a few steps; a checkpoint every step
-    with pytest.raises(pretrain.Diverged, match=r"step (\d+)") as stopped:
+    with pytest.raises(training.Diverged, match=r"step (\d+)") as stopped:
         run(corpus, str(tmp_path), "--pretrain_lr=1e9", "--pretrain_ckpt_every=1", "--pretrain_steps=50")
     bad_step = int(stopped.value.args[0].split()[1].rstrip(":"))
     assert load_train_state(tmp_path / "pretrain" / "ckpt")["step"] == bad_step - 1
@@ -183,3 +186,26 @@ def test_bad_batch_arithmetic_and_missing_shards_are_clear_errors(corpus, tmp_pa
         run(corpus, str(tmp_path / "a"), "--pretrain_tokens_per_step=300")
     with pytest.raises(BadInput, match="no train-\\*.bin token shards"):
         run(corpus, str(tmp_path / "b"), "--pretrain_sources={'web': 'nowhere'}", "--pretrain_weights={'web': 1.0}")
+
+
+def test_a_corrupt_train_state_is_named_and_the_previous_outputs_stay(corpus, tmp_path):
+    run(corpus, str(tmp_path))
+    state = tmp_path / "pretrain" / "ckpt" / "train_state.pt"
+    state.write_bytes(state.read_bytes()[:100])  # a copy cut short
+    log = (tmp_path / "pretrain" / "metrics.jsonl").read_text()
+    with pytest.raises(BadInput, match=f"{state}: truncated or corrupt.*delete"):
+        run(corpus, str(tmp_path))
+    assert (tmp_path / "pretrain" / "summary.json").exists()  # inputs are checked before outputs are touched
+    assert (tmp_path / "pretrain" / "metrics.jsonl").read_text() == log
+
+
+def test_a_save_killed_between_its_renames_is_recovered_at_the_next_start(corpus, tmp_path, capsys):
+    run(corpus, str(tmp_path), "--pretrain_steps=4", "--pretrain_ckpt_every=2")
+    folder = tmp_path / "pretrain"
+    (folder / ".ckpt.killed01").mkdir()  # a save killed while writing
+    shutil.copytree(folder / "ckpt", folder / ".ckpt.swapped")  # a save killed between its renames:
+    os.rename(folder / "ckpt", folder / ".ckpt.swapped.old")  # the new folder whole, the old one aside
+    run(corpus, str(tmp_path), "--pretrain_steps=4", "--pretrain_ckpt_every=2")
+    out = capsys.readouterr().out
+    assert f"recovered {folder / 'ckpt'}" in out and "at step 4" in out  # resumed, not started over
+    assert sorted(os.listdir(folder)) == ["ckpt", "metrics.jsonl", "summary.json"]

@@ -3,6 +3,7 @@ leaks across examples, a short real run (loss falls, summary written), exact res
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -45,7 +46,7 @@ def tiny_model(tokenizer, seed=0):
 def test_examples_use_the_prompt_evaluation_writes_and_train_only_the_response(tokenizer, problems, fmt):
     problem = problems[0]
     example = sft.make_example(tokenizer, problem, fmt)
-    prompt = [tokenizer.bos_id] + tokenizer.encode(evaluate.make_prompt(problem.question, "chat", fmt, "classroom", []))
+    prompt = evaluate.make_prompt(tokenizer, problem.question, "chat", fmt, "classroom", [])
     assert example.tokens[:len(prompt)].tolist() == prompt
     assert not example.trained[:len(prompt)].any() and example.trained[len(prompt)]
     assert example.tokens[-1] == tokenizer.eos_id and example.trained[-1]
@@ -209,3 +210,35 @@ def test_two_process_fsdp_run_matches_one_process(base, straight, tmp_path):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=k)
     summary = json.load(open(tmp_path / "sft" / "summary.json"))
     assert summary["accuracy"] == json.load(open(straight / "sft" / "summary.json"))["accuracy"]
+
+
+def test_divergence_exits_naming_the_step_and_saves_no_nan(base, tmp_path, monkeypatch):
+    os.symlink(base / "pretrain", tmp_path / "pretrain")
+    with pytest.raises(SystemExit, match=r"sft.py: step (\d+): .*(loss|grad_norm) nan.*untouched; lower sft_lr") as stopped:
+        run_sft(monkeypatch, run_args(tmp_path, 6, "--sft_lr=1e30", "--sft_save_every=1"))
+    bad_step = int(str(stopped.value).split()[2].rstrip(":"))
+    assert training.load_train_state(tmp_path / "sft" / "ckpt")["step"] == bad_step - 1
+    assert all(torch.isfinite(w).all() for w in sft_weights(tmp_path).values())
+    assert not os.path.exists(tmp_path / "sft" / "summary.json")
+
+
+def test_ctrl_c_saves_the_whole_steps_done_and_exits_130(base, straight, tmp_path, monkeypatch):
+    os.symlink(base / "pretrain", tmp_path / "pretrain")
+    nll, calls = sft.packed_nll, []
+
+    def ctrl_c_in_step_3(model, batch):
+        calls.append(1)
+        if len(calls) == 5:  # steps 1 and 2 took two micro-batches each
+            signal.raise_signal(signal.SIGINT)
+        return nll(model, batch)
+
+    monkeypatch.setattr(sft, "packed_nll", ctrl_c_in_step_3)
+    with pytest.raises(SystemExit) as stopped:
+        run_sft(monkeypatch, run_args(tmp_path, 6))
+    assert stopped.value.code == 130
+    assert training.load_train_state(tmp_path / "sft" / "ckpt")["step"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's again
+    monkeypatch.setattr(sft, "packed_nll", nll)
+    run_sft(monkeypatch, run_args(tmp_path, 6))
+    for (k, a), (_, b) in zip(sft_weights(straight).items(), sft_weights(tmp_path).items()):
+        assert torch.equal(a, b), k

@@ -10,12 +10,12 @@ from collections import Counter
 import pytest
 import regex
 import tiktoken.load
-from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from fileio import BadInput
-from tokenizer import (BOS, COT_SUFFIX, EOS, PAD, PAT_STR, TOOL_SUFFIX, Tokenizer, chat_prompt,
-                       train_bpe)
+from tokenizer import (BOS, COT_SUFFIX, EOS, PAD, PAT_STR, TOOL_SUFFIX, Tokenizer, _split_isolated,
+                       chat_prompt, train_bpe)
 
 WORDS = ("the of and a to in is you that it he was for on are as with his they I at be this "
          "have from or one had by word but not what all were we when your can said there use an "
@@ -259,6 +259,14 @@ def hf_tokenizer_json(tmp_path, kind):
     return hf, path
 
 
+def python_pieces(tok, text):
+    """The pieces the Python split steps give, which tiktoken then encodes one by one."""
+    pieces = [text]
+    for splitter in tok._splitters:
+        pieces = [part for piece in pieces for part in _split_isolated(splitter, piece)]
+    return pieces
+
+
 @pytest.mark.parametrize("kind", list(HF_PRE_TOKENIZERS))
 def test_hugging_face_ids_identical(tmp_path, kind):
     hf, path = hf_tokenizer_json(tmp_path, kind)
@@ -275,7 +283,7 @@ def test_hugging_face_ids_identical(tmp_path, kind):
         assert ours.decode(ids) == text
         if ours.split_patterns:  # the Python pre-tokenizer gives the library's very pieces
             to_byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-            ours_pieces = [to_byte_level.pre_tokenize_str(p)[0][0] for p in ours._pre_tokenize(text)]
+            ours_pieces = [to_byte_level.pre_tokenize_str(p)[0][0] for p in python_pieces(ours, text)]
             assert ours_pieces == [p for p, _ in hf.pre_tokenizer.pre_tokenize_str(text)]
     assert ours.bos_id == hf.token_to_id(BOS) and ours.eos_id == hf.token_to_id(EOS)
     assert ours.pad_id == hf.token_to_id(PAD)
@@ -285,7 +293,7 @@ def test_hugging_face_ids_identical(tmp_path, kind):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda j: j.update(normalizer={"type": "NFC"}), "unsupported normalizer NFC"),
+    (lambda j: j.update(normalizer={"type": "NFKC"}), "unsupported normalizer NFKC"),
     (lambda j: j.update(pre_tokenizer={"type": "Metaspace", "replacement": "_"}),
      "ByteLevel must be the last step"),
     (lambda j: j["pre_tokenizer"]["pretokenizers"][0].update(behavior="Removed"),
@@ -305,3 +313,133 @@ def test_hugging_face_unsupported(tmp_path, edit, message):
     json.dump(spec, open(path, "w", encoding="utf-8"))
     with pytest.raises(BadInput, match=message):
         Tokenizer.load(path)
+
+
+# ---------------------------------------------------------------- Qwen2 and Llama 3 folders
+# Their tokenizer.json layouts (Qwen2: NFC normalizer, digits one by one; Llama 3: digits in
+# threes), with special tokens and chat templates as their tokenizer_config.json has them: Qwen2.5's
+# template without its tool-call branches, Llama 3 Instruct's as released.
+QWEN2_PATTERN = LLAMA3_PATTERN.replace("\\p{N}{1,3}", "\\p{N}")
+QWEN25_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}\n"
+    "    {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n"
+    "{%- else %}\n"
+    "    {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}\n"
+    "{%- endif %}\n"
+    "{%- for message in messages %}\n"
+    "    {%- if (message.role == \"user\") or (message.role == \"system\" and not loop.first) or (message.role == \"assistant\") %}\n"
+    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|im_start|>assistant\\n' }}\n"
+    "{%- endif %}\n")
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + "
+    "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant"
+    "<|end_header_id|>\\n\\n' }}{% endif %}")
+FAMILY_TOKENIZERS = {
+    "qwen2": dict(pattern=QWEN2_PATTERN, nfc=True, template=QWEN25_TEMPLATE,
+                  specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                  config=dict(bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>"),
+                  generation_eos=["<|im_end|>", "<|endoftext|>"]),
+    "llama3": dict(pattern=LLAMA3_PATTERN, nfc=False, template=LLAMA3_TEMPLATE,
+                   specials=["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                             "<|end_header_id|>", "<|eot_id|>"],
+                   config=dict(bos_token="<|begin_of_text|>", eos_token="<|eot_id|>"),
+                   generation_eos=["<|end_of_text|>", "<|eot_id|>"]),
+}
+
+
+def family_folder(tmp_path, family):
+    """A tokenizer folder as the hub has it: tokenizer.json trained by the `tokenizers` library,
+    tokenizer_config.json, generation_config.json. Returns (library tokenizer, folder)."""
+    spec = FAMILY_TOKENIZERS[family]
+    hf = HFTokenizer(models.BPE())
+    if spec["nfc"]:
+        hf.normalizer = normalizers.NFC()
+    hf.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(spec["pattern"]), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=900, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    hf.train_from_iterator(make_corpus(300, seed=2), trainer)
+    hf.add_special_tokens(spec["specials"])  # ids after the BPE's, as in both families
+    folder = tmp_path / family
+    folder.mkdir()
+    hf.save(str(folder / "tokenizer.json"))
+    config = dict(spec["config"], chat_template=spec["template"], tokenizer_class="PreTrainedTokenizerFast")
+    json.dump(config, open(folder / "tokenizer_config.json", "w"))
+    json.dump({"eos_token_id": [hf.token_to_id(t) for t in spec["generation_eos"]]},
+              open(folder / "generation_config.json", "w"))
+    return hf, folder
+
+
+def special_texts(specials):
+    rng = random.Random(4)
+    texts = [SAMPLE, "e\u0301t\u00e9 \u212b \u1e9b\u0323 12345678 \u4e00\u4e8c\u4e09 \U0001F600\U0001F680   \t\n\n x",
+             f"{specials[0]}hello{specials[-1]}\n\n{specials[1]}{specials[1]}  world {specials[2]}"]
+    for _ in range(20):  # random text with special tokens dropped in anywhere
+        parts = [random_unicode(rng, rng.randint(0, 40)) for _ in range(4)]
+        texts.append("".join(p + rng.choice(specials) for p in parts))
+    return texts + make_corpus(10, seed=5)
+
+
+@pytest.mark.parametrize("family", list(FAMILY_TOKENIZERS))
+def test_qwen2_and_llama3_tokenizer_ids_identical(tmp_path, family):
+    hf, folder = family_folder(tmp_path, family)
+    ours = Tokenizer.load(str(folder / "tokenizer.json"))
+    specials = FAMILY_TOKENIZERS[family]["specials"]
+    for text in special_texts(specials):
+        assert ours.encode_with_special_tokens(text) == hf.encode(text, add_special_tokens=False).ids, text
+        plain = text
+        for s in specials:
+            plain = plain.replace(s, "")
+        assert ours.encode(plain) == hf.encode(plain, add_special_tokens=False).ids, plain
+    assert not set(ours.encode(specials[1])) & set(ours.special_tokens.values())  # plain text there
+    # the EOS ids: the template's end of turn first, then the generation config's
+    expected = {"qwen2": ["<|im_end|>", "<|endoftext|>"], "llama3": ["<|eot_id|>", "<|end_of_text|>"]}[family]
+    assert ours.eos_ids == [hf.token_to_id(t) for t in expected]
+    assert ours.bos_id == hf.token_to_id({"qwen2": "<|endoftext|>", "llama3": "<|begin_of_text|>"}[family])
+
+
+@pytest.mark.parametrize("family", list(FAMILY_TOKENIZERS))
+def test_chat_template_prompts_equal_transformers(tmp_path, family):
+    from transformers import AutoTokenizer
+    _, folder = family_folder(tmp_path, family)
+    theirs = AutoTokenizer.from_pretrained(folder)
+    ours = Tokenizer.load(str(folder / "tokenizer.json"))
+    for question in ["What is 2+3?", "  Ωμέγα 数学 12345 😀 \n\n it's"]:
+        user = question + COT_SUFFIX
+        messages = [{"role": "user", "content": user}]
+        ids = theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        assert ours.encode_prompt(question, COT_SUFFIX) == ids
+        # prompt + response ids are the whole conversation's, the response ending the turn
+        response = "We add: 2+3=5. The answer is \\boxed{5}."
+        whole = theirs.apply_chat_template(messages + [{"role": "assistant", "content": response}],
+                                           tokenize=True, return_dict=False)
+        conversation = ours.encode_prompt(question, COT_SUFFIX) + ours.encode_response(response)
+        assert whole[:len(conversation)] == conversation and conversation[-1] == ours.eos_id
+    # saved as .tiktoken and loaded again: the same template, tokens and EOS ids
+    ours.save(str(tmp_path / "converted.tiktoken"))
+    again = Tokenizer.load(str(tmp_path / "converted.tiktoken"))
+    assert again.encode_prompt("What is 2+3?") == ours.encode_prompt("What is 2+3?")
+    assert (again.eos_ids, again.bos_id, again.pad_id) == (ours.eos_ids, ours.bos_id, ours.pad_id)
+    assert again.encode("e\u0301") == ours.encode("e\u0301")
+    assert (ours.encode("e\u0301") == ours.encode("\u00e9")) == (family == "qwen2")  # NFC: one character
+
+
+def test_chat_template_errors(tmp_path):
+    _, folder = family_folder(tmp_path, "qwen2")
+    config = json.load(open(folder / "tokenizer_config.json"))
+    config["chat_template"] = "{{ raise_exception('no chat here') }}"
+    json.dump(config, open(folder / "tokenizer_config.json", "w"))
+    with pytest.raises(BadInput, match="chat_template: no chat here"):
+        Tokenizer.load(str(folder / "tokenizer.json"))
+    config.update(chat_template=QWEN25_TEMPLATE, eos_token="<|im_stop|>")
+    json.dump(config, open(folder / "tokenizer_config.json", "w"))
+    with pytest.raises(BadInput, match="no special token '<\\|im_stop\\|>'"):
+        Tokenizer.load(str(folder / "tokenizer.json"))

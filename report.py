@@ -1,0 +1,191 @@
+"""The classroom run's findings: the results table with intervals, paired comparisons, and the
+paper's claims as a checklist of verdicts (pipeline.py writes them; see README "Findings").
+
+    python pipeline.py configs/classroom.py                 # one RL seed: out/classroom/results.md
+    python pipeline.py configs/classroom.py --seeds=3 --results_file=results/classroom.md
+
+Every number comes from the evaluation records on disk (eval/NAME/TASK.jsonl: each held-out
+problem's greedy answer and its k samples, graded), so a table can be checked problem by problem.
+Accuracies carry a 95% interval and the number of problems; with several RL seeds a method's
+row is the mean over its seeds, with the per-seed values beside it. A difference between two
+methods is paired (the same problems, seed against seed) with a two-level bootstrap interval
+(stats.py), and a claim of the paper is marked holds / contradicted / not resolved at this
+scale from that interval, not from prose.
+
+results.md holds only what the same command on the same machine reproduces byte for byte (no
+times, no resident memory): timings.md holds those.
+"""
+
+import os
+import platform
+
+import numpy as np
+import torch
+
+import stats
+from fileio import read_json, read_jsonl
+
+# The paper's claims: (claim, paper's place, [(method a, method b, what a - b measures)], margin).
+# A claim holds when every one of its differences holds (a - b > -margin at 95%).
+CLAIMS = [
+    ("GRPO > online RFT > RFT", "Fig. 5", [("grpo_outcome", "online_rft", "greedy"), ("online_rft", "rft", "greedy")], 0.0),
+    ("process > outcome supervision (rule-based)", "Fig. 5, 4.1.3", [("grpo_process", "grpo_outcome", "greedy")], 0.0),
+    ("process > outcome supervision (learned PRM vs ORM)", "4.1.2-4.1.3", [("grpo_prm", "grpo_orm", "greedy")], 0.0),
+    ("GRPO close to PPO's accuracy (within 3 points) with less memory", "4.1.1", [("grpo_outcome", "ppo", "greedy")], 0.03),
+    ("RL raises maj@k more than pass@k", "Fig. 7, 5.2.2", [("grpo_outcome", "sft", "maj_minus_pass")], 0.0),
+    ("iterative RL helps", "Fig. 6", [("grpo_prm_iterative", "grpo_prm", "greedy")], 0.0),
+]
+
+
+def outcomes(records, measure):
+    """Per-problem outcomes, (problems,): greedy correctness, maj@k, pass@k (any of k correct), or
+    maj@k - pass@k. maj@k and pass@k only over problems that were sampled."""
+    sampled = [r for r in records if r.get("samples")]
+    if measure == "greedy":
+        return np.array([float(r["greedy"]["correct"]) for r in records])
+    maj = np.array([float(r["majority_correct"]) for r in sampled])
+    any_correct = np.array([float(any(s["correct"] for s in r["samples"])) for r in sampled])
+    return {"maj": maj, "pass": any_correct, "maj_minus_pass": maj - any_correct}[measure]
+
+
+class Row:
+    """One model of the table: its evaluation records per seed, and its RL summaries."""
+
+    def __init__(self, label, key, records, summaries):
+        self.label, self.key, self.records, self.summaries = label, key, records, summaries
+
+    def matrix(self, measure):
+        return np.stack([outcomes(r, measure) for r in self.records])  # (seeds, problems)
+
+    def accuracy(self, measure):
+        """(mean, (low, high), problems): Wilson for one run, the two-level bootstrap over seeds
+        and problems for several."""
+        m = self.matrix(measure)
+        if len(m) == 1:
+            return m.mean(), stats.wilson(int(m.sum()), m.shape[1]), m.shape[1]
+        mean, interval = stats.paired_difference(m, np.zeros_like(m))
+        return mean, interval, m.shape[1]
+
+
+def percent_cell(mean, interval, n):
+    return f"{100 * mean:.1f} [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}] (n={n})"
+
+
+def points(x):
+    return f"{100 * x:+.1f}"
+
+
+def machine_header(cfg, seeds):
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor() or platform.machine()) if os.path.exists("/proc/cpuinfo") else platform.machine()
+    return (f"Machine: {cpu}, {os.cpu_count()} cores; torch {torch.__version__}, CPU kernels "
+            f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads "
+            f"(ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', 'unset')}, "
+            f"MKL_CBWR={os.environ.get('MKL_CBWR', 'unset')}). RL seeds: {seeds}.")
+
+
+def main_table(rows, k):
+    header = ["model", "greedy % [95% CI] (n)", f"maj@{k} % [95% CI] (n)", f"pass@{k} % [95% CI] (n)",
+              "greedy % per RL seed", "RL train memory MB", "models held"]
+    lines = []
+    for row in rows:
+        cells = [row.label] + [percent_cell(*row.accuracy(m)) for m in ("greedy", "maj", "pass")]
+        per_seed = row.matrix("greedy").mean(1)
+        cells.append(" / ".join(f"{100 * v:.1f}" for v in per_seed) if row.summaries else "-")
+        s = row.summaries[0] if row.summaries else None
+        cells.append(f"{s['model_state_mb']:.1f}" if s else "-")
+        cells.append(", ".join(s["models_held"]) if s else "-")
+        lines.append(cells)
+    return markdown(header, lines)
+
+
+def claims_table(by_key):
+    """The checklist: each claim, each of its differences with the interval, and the verdict."""
+    lines = []
+    for claim, where, differences, margin in CLAIMS:
+        if not all(a in by_key and b in by_key for a, b, _ in differences):
+            continue
+        measured, verdicts = [], []
+        for a, b, measure in differences:
+            mean, interval = stats.paired_difference(by_key[a].matrix(measure), by_key[b].matrix(measure))
+            v = stats.verdict(interval, margin)
+            measured.append(f"{by_key[a].label} - {by_key[b].label} ({measure.replace('_', ' ')}): "
+                            f"{points(mean)} [{points(interval[0])}, {points(interval[1])}]")
+            verdicts.append(v)
+        if "memory" in claim:
+            ratio = by_key["grpo_outcome"].summaries[0]["model_state_mb"] / by_key["ppo"].summaries[0]["model_state_mb"]
+            measured.append(f"GRPO / PPO model state: {ratio:.2f}x")
+            verdicts.append("holds" if ratio < 1 else "contradicted")
+        verdict = "contradicted" if "contradicted" in verdicts else \
+            "holds" if all(v == "holds" for v in verdicts) else "not resolved at this scale"
+        lines.append([f"{claim} ({where})", "<br>".join(measured), verdict])
+    return markdown(["the paper's claim", "measured difference, points [95% CI]", "verdict"], lines)
+
+
+def reward_model_table(rows):
+    """Each learned reward model's held-out accuracy and AUC at each (re)training, mean over seeds."""
+    lines = []
+    for row in rows:
+        evaluations = [s.get("reward_model") for s in row.summaries if s.get("reward_model")]
+        for i in range(min(map(len, evaluations)) if evaluations else 0):
+            aucs = [e[i]["heldout_auc"] for e in evaluations if e[i]["heldout_auc"] is not None]
+            accs = [e[i]["heldout_accuracy"] for e in evaluations]
+            lines.append([row.label, evaluations[0][i]["step"], evaluations[0][i]["heldout_positions"],
+                          f"{np.mean(accs):.3f}", f"{np.mean(aucs):.3f}" if aucs else "-",
+                          " / ".join(f"{a:.3f}" for a in aucs)])
+    if not lines:
+        return ""
+    return markdown(["run", "trained at step", "held-out positions", "accuracy", "AUC", "AUC per seed"], lines)
+
+
+def iteration_table(rows):
+    lines = []
+    for row in rows:
+        runs = [s["iterations"] for s in row.summaries if s.get("iterations")]
+        for i in range(min(map(len, runs)) if runs else 0):
+            accuracy = [r[i]["heldout_greedy"] for r in runs]
+            aucs = [r[i]["rm_heldout_auc"] for r in runs if r[i]["rm_heldout_auc"] is not None]
+            lines.append([row.label, runs[0][i]["iteration"], runs[0][i]["end_step"],
+                          f"{100 * np.mean(accuracy):.1f}", f"{np.mean(aucs):.3f}" if aucs else "-"])
+    if not lines:
+        return ""
+    return markdown(["run", "iteration", "to step", "held-out greedy % (RL's check set, mean over seeds)",
+                     "reward model held-out AUC"], lines)
+
+
+def markdown(header, lines):
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(out + ["| " + " | ".join(str(c) for c in line) + " |" for line in lines])
+
+
+def findings(cfg, rows, task, seeds):
+    """The deterministic part of results.md: the tables and the checklist."""
+    by_key = {row.key: row for row in rows}
+    k, n_greedy = cfg.eval_k, rows[0].matrix("greedy").shape[1]
+    parts = [
+        "# Findings", "", machine_header(cfg, seeds), "",
+        f"Held-out `{task}` problems: greedy accuracy on {n_greedy}; maj@{k} (majority vote) and pass@{k} "
+        f"(any correct) over {k} samples at temperature {cfg.eval_temperature} on the first "
+        f"{rows[0].matrix('maj').shape[1]}. Intervals: 95%, Wilson for one run, a bootstrap over seeds and "
+        "problems for several. Every RL method starts from the same SFT checkpoint with the same budget; "
+        "RL train memory counts the parameters, gradients and AdamW states of every model a method holds.",
+        "", main_table(rows, k), "", "## The paper's claims", "",
+        "Each difference is paired: the same problems, seed against seed; it holds when its whole 95% "
+        "interval is on the claimed side.", "", claims_table(by_key)]
+    for title, table in (("## Learned reward models, on held-out samples", reward_model_table(rows)),
+                         ("## Iterative RL, iteration by iteration", iteration_table(rows))):
+        if table:
+            parts += ["", title, "", table]
+    return "\n".join(parts) + "\n"
+
+
+def load_row(out_dir, task, label, key, stages):
+    """A table row from its stages' evaluation records (one stage per RL seed)."""
+    records, summaries = [], []
+    for stage in stages:
+        name = os.path.basename(stage)
+        records.append(list(read_jsonl(os.path.join(out_dir, "eval", name, f"{task}.jsonl"))))
+        summary = os.path.join(out_dir, stage, "summary.json")
+        if stage.startswith("rl/"):
+            summaries.append(read_json(summary))
+    return Row(label, key, records, summaries)

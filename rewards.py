@@ -1,0 +1,233 @@
+"""Where grpo.py's rewards come from: the rule grader, the per-step checker, and the learned
+ORM and PRM (DeepSeekMath sections 4.1.2-4.1.3, 4.2).
+
+    python grpo.py configs/classroom.py --rl_reward=orm                          # outcome RM
+    python grpo.py configs/classroom.py --rl_reward=prm                          # process RM
+    python grpo.py configs/classroom.py --rl_reward=orm --rl_iteration_steps=20  # iterative RL
+
+A reward is a list of (column, value) per output: outcome supervision puts one value on the
+output's last token; process supervision one value on the last token of every reasoning step.
+The rule-based labels (correctness, outcome_labels, process_labels) say both where a reward sits
+and what it is; a learned reward model reads the same positions and gives its own value.
+
+A reward model is a copy of the policy's trunk with a scalar head (model.py, head="scalar"),
+trained with binary cross-entropy to predict the rule grader's labels:
+    ORM: is the output's final answer right?  read at the output's last token;
+    PRM: is this reasoning step right?        read at the last token of each step.
+Its reward is sigmoid(score), a probability of being right, in (0, 1).
+
+The paper trains its reward models on the policy's own samples and, in iterative RL (Algorithm
+1), retrains them after each iteration on the new policy's samples plus "a replay mechanism that
+incorporates 10% of historical data" (rl_rm_replay). Where we differ or the paper is silent:
+  - it does not say where its reward models start from: ours start from the policy's trunk (the
+    SFT checkpoint), as InstructGPT's and most RLHF reward models do;
+  - it does not evaluate them in the paper's RL section: ours are scored on held-out samples
+    (questions they did not train on) every time they are (re)trained, by accuracy at the 0.5
+    threshold and ROC AUC against the grader, so a learner sees whether the RM separates right
+    from wrong before trusting the RL that follows. AUC is the chance that a random right sample
+    scores above a random wrong one: 0.5 is a coin, 1.0 a perfect ranking.
+
+Tests: pytest -q tests/test_grpo.py
+"""
+
+import random
+from bisect import bisect_right
+
+import torch
+import torch.nn.functional as F
+
+import distributed
+import rl_support
+import tasks
+import training
+from model import padding_positions_and_mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Rule-based rewards: the grader's verdicts, and where each reward lands
+# ---------------------------------------------------------------------------------------------
+
+
+def correctness(rollouts, grader, failures):
+    """I(o): 1.0 where the output's final answer equals the gold answer (evaluate.Grader)."""
+    rows = list(range(len(rollouts.texts)))
+    graded = guarded(lambda rs: grader.grade([rollouts.texts[r] for r in rs],
+                                             [rollouts.problems[r].answer for r in rs]),
+                     rollouts, rows, failures)
+    return torch.tensor([g or 0.0 for g in graded], device=rollouts.tokens.device)  # (N,)
+
+
+def outcome_labels(rollouts, correct):
+    """[(column of the last response token, I(o))] per output."""
+    return [[(rollouts.response_columns(r)[-1], float(correct[r]))] for r in range(len(correct))]
+
+
+def process_labels(rollouts, tokenizer, failures):
+    """tasks.step_rewards per output: [(column of the step's last token, 0/1)] per step."""
+    def label(rows):
+        out = []
+        for r in rows:
+            steps = tasks.step_rewards(rollouts.problems[r], rollouts.texts[r])
+            ends = step_end_columns(rollouts, r, tokenizer, [end for end, _ in steps])
+            out.append(list(zip(ends, [value for _, value in steps])))
+        return out
+    return [labels or [] for labels in guarded(label, rollouts, list(range(len(rollouts.texts))), failures)]
+
+
+def step_end_columns(rollouts, row, tokenizer, step_ends):
+    """The log-prob column of the token that holds character `end - 1` of each step (the paper's
+    'last token of each step'). Offsets come from the replacement-decoded text (a token may hold
+    part of a UTF-8 character), the same text the step checker read."""
+    columns = rollouts.response_columns(row)
+    ids = [t for t in rollouts.tokens[row, 1:][columns].tolist() if t != tokenizer.eos_id]
+    starts, length = [], 0
+    for t in ids:
+        starts.append(length)
+        length += len(tokenizer.encoding.decode_single_token_bytes(t).decode("utf-8", errors="replace"))
+    return [columns[max(0, bisect_right(starts, end - 1) - 1)] for end in step_ends]
+
+
+def guarded(reward_fn, rollouts, rows, failures):
+    """reward_fn(rows) -> one result per row. If it raises, each row is retried alone and a row
+    that still raises is reported with its question and output and scores nothing (None)."""
+    try:
+        return reward_fn(rows)
+    except Exception:
+        results = []
+        for row in rows:
+            try:
+                results += reward_fn([row])
+            except Exception as e:
+                failures.append(row)
+                distributed.print0(
+                    f"\nreward function failed ({type(e).__name__}: {e}); scoring 0 for\n"
+                    f"  question: {rollouts.problems[row].question!r}\n  output:   {rollouts.texts[row]!r}")
+                results.append(None)
+        return results
+
+
+# ---------------------------------------------------------------------------------------------
+# The learned reward model
+# ---------------------------------------------------------------------------------------------
+
+
+def samples_of(rollouts, labels, questions):
+    """Training samples, one per output: its token ids, the labelled columns and their 0/1
+    labels, and which question it answers (held-out splits are by question, never by output)."""
+    samples = []
+    for row, row_labels in enumerate(labels):
+        n = int(rollouts.mask[row].sum())
+        samples.append({"tokens": rollouts.tokens[row, :n].tolist(), "question": questions[row],
+                        "columns": [c for c, _ in row_labels], "labels": [v for _, v in row_labels]})
+    return samples
+
+
+def split_by_question(samples, heldout_share, seed):
+    """(train, held-out): a share of the questions, with all their outputs, is held out."""
+    questions = sorted({s["question"] for s in samples})
+    held = set(random.Random(seed).sample(questions, round(heldout_share * len(questions))))
+    return [s for s in samples if s["question"] not in held], [s for s in samples if s["question"] in held]
+
+
+def roc_auc(scores, labels):
+    """P(score of a random positive > score of a random negative), ties counting 1/2: the
+    Mann-Whitney U statistic over n_pos * n_neg. None when one class is absent."""
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    ranks = [0.0] * len(scores)
+    i = 0
+    while i < len(order):  # average ranks over ties
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    n_pos = sum(1 for y in labels if y > 0.5)
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    rank_sum = sum(r for r, y in zip(ranks, labels) if y > 0.5)
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+class RewardModel:
+    """The reward model, its optimizer, and the data it has seen (for replay)."""
+
+    def __init__(self, model, optimizer, cfg, pad_id, d):
+        self.model, self.optimizer, self.cfg, self.pad_id, self.d = model, optimizer, cfg, pad_id, d
+        self.history = []  # every sample it has trained on: the replay pool
+        self.pending = []  # the current iteration's samples, for the next retraining
+        self.evaluations = []  # held-out accuracy and AUC after each (re)training
+
+    def scores_at(self, tokens, mask, columns):
+        """Raw scores (logits) at each sample's labelled columns, concatenated."""
+        positions, attn_mask = padding_positions_and_mask(mask)
+        with training.autocast(self.d.device, self.cfg.dtype):
+            out = self.model(tokens, positions, attn_mask)[:, :-1].float()  # (n, L-1): column j reads tokens 0..j
+        return torch.cat([out[i, c] for i, c in enumerate(columns)])
+
+    def batches(self, samples):
+        for rows in rl_support.micro_batches(len(samples), self.cfg.rl_micro_batch):
+            batch = [samples[i] for i in rows]
+            tokens, mask = rl_support.right_padded([s["tokens"] for s in batch], self.pad_id, self.d.device)
+            labels = torch.tensor([v for s in batch for v in s["labels"]], device=self.d.device)
+            yield tokens, mask, [s["columns"] for s in batch], labels
+
+    def fit(self, new_samples, heldout, step):
+        """rl_rm_epochs passes over the new samples plus a replay of rl_rm_replay of all earlier
+        ones (BCE), then the held-out evaluation. Returns that evaluation (also kept)."""
+        cfg = self.cfg
+        rng = random.Random(cfg.seed + len(self.history))
+        data = new_samples + rng.sample(self.history, int(cfg.rl_rm_replay * len(self.history)))
+        losses = []
+        for _ in range(cfg.rl_rm_epochs):
+            rng.shuffle(data)
+            for tokens, mask, columns, labels in self.batches(data):
+                loss = F.binary_cross_entropy_with_logits(self.scores_at(tokens, mask, columns), labels)
+                loss.backward()
+                training.clip_gradients(self.model, cfg.rl_grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+        self.history.extend(new_samples)
+        result = {"step": step, "train_samples": len(data), "loss": sum(losses[-8:]) / max(1, len(losses[-8:])),
+                  **self.evaluate(heldout)}
+        self.evaluations.append(result)
+        return result
+
+    @torch.no_grad()
+    def evaluate(self, samples):
+        """Accuracy (score > 0, i.e. sigmoid > 0.5) and ROC AUC against the grader's labels, on
+        every labelled position of every rank's held-out samples."""
+        scores, labels = [], []
+        for tokens, mask, columns, batch_labels in self.batches(samples):
+            scores += self.scores_at(tokens, mask, columns).tolist()
+            labels += batch_labels.tolist()
+        scores = sum(distributed.all_gather(scores, self.d), [])
+        labels = sum(distributed.all_gather(labels, self.d), [])
+        correct = sum((s > 0) == (y > 0.5) for s, y in zip(scores, labels))
+        return {"heldout_positions": len(labels), "heldout_accuracy": correct / max(1, len(labels)),
+                "heldout_auc": roc_auc(scores, labels), "heldout_positive_share": sum(labels) / max(1, len(labels))}
+
+    @torch.no_grad()
+    def rewards(self, tokens, mask, labels):
+        """sigmoid(score) at each labelled column: [(column, reward)] per row. The rule labels
+        only say where to read (the last token, or each step's last token)."""
+        out = []
+        for rows in rl_support.micro_batches(len(labels), self.cfg.rl_micro_batch):
+            columns = [[c for c, _ in labels[r]] for r in rows]
+            scores = self.scores_at(tokens[rows], mask[rows], columns).sigmoid().tolist()
+            for r, cols in zip(rows, columns):
+                out.append(list(zip(cols, scores[:len(cols)])))
+                scores = scores[len(cols):]
+        return out
+
+    def state(self):
+        return {"model": distributed.full_state_dict(self.model),
+                "optimizer": training.optimizer_state(self.optimizer, self.model),
+                "history": self.history, "pending": self.pending, "evaluations": self.evaluations}
+
+    def load_state(self, state):
+        distributed.load_full_state_dict(self.model, state["model"])
+        training.load_optimizer_state(self.optimizer, self.model, state["optimizer"])
+        self.history, self.pending, self.evaluations = state["history"], state["pending"], state["evaluations"]

@@ -1,0 +1,94 @@
+"""stats.py and report.py: the Wilson interval against its definition, the paired bootstrap on
+cases whose answer is known, the verdicts, and the README's findings against the results file."""
+
+import math
+import os
+import re
+
+import numpy as np
+
+import report
+import stats
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def wilson_by_definition(k, n, z=stats.Z95):
+    """The Wilson interval is {p : |k/n - p| <= z sqrt(p (1 - p) / n)}: find its ends by bisection."""
+    phat = k / n
+
+    def inside(p):
+        return abs(phat - p) <= z * math.sqrt(p * (1 - p) / n)
+
+    def edge(lo, hi):  # lo inside, hi outside (or the other way round)
+        for _ in range(100):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if inside(mid) == inside(lo) else (lo, mid)
+        return (lo + hi) / 2
+
+    low = 0.0 if inside(0.0) else edge(phat, 0.0)
+    high = 1.0 if inside(1.0) else edge(phat, 1.0)
+    return min(low, high), max(low, high)
+
+
+def test_wilson_matches_its_definition():
+    for k, n in [(0, 10), (1, 10), (5, 10), (10, 10), (97, 200), (595, 1000), (1, 1000)]:
+        low, high = stats.wilson(k, n)
+        expected = wilson_by_definition(k, n)
+        assert abs(low - expected[0]) < 1e-6 and abs(high - expected[1]) < 1e-6, (k, n)
+    assert stats.wilson(0, 0) == (0.0, 1.0)
+
+
+def test_paired_difference_sees_what_separate_intervals_cannot():
+    """Method a solves every problem b solves plus 4% more: separate Wilson intervals of 1,000
+    problems overlap, the paired interval excludes 0."""
+    rng = np.random.default_rng(0)
+    b = (rng.random(1000) < 0.5).astype(float)
+    a = b.copy()
+    a[np.flatnonzero(b == 0)[:40]] = 1.0
+    wa, wb = stats.wilson(int(a.sum()), 1000), stats.wilson(int(b.sum()), 1000)
+    assert wa[0] < wb[1]  # the separate intervals overlap
+    mean, (low, high) = stats.paired_difference(a, b)
+    assert abs(mean - 0.04) < 1e-12 and 0 < low <= 0.04 <= high
+    assert stats.verdict((low, high)) == "holds"
+
+
+def test_identical_methods_give_zero_and_seed_noise_widens_the_interval():
+    rng = np.random.default_rng(1)
+    a = (rng.random((3, 500)) < 0.6).astype(float)
+    mean, interval = stats.paired_difference(a, a)
+    assert mean == 0 and interval == (0.0, 0.0)
+    # three seeds that disagree by +-5 points on average: the interval must cover that spread
+    b = (rng.random((1, 500)) < 0.6).astype(float)
+    shifted = np.stack([b[0]] * 3)
+    for s, n in ((0, 25), (2, 0)):
+        flips = np.flatnonzero(shifted[s] == 0)[:n]
+        shifted[s, flips] = 1
+    _, narrow = stats.paired_difference(shifted[1:2], b)
+    _, wide = stats.paired_difference(shifted, np.stack([b[0]] * 3))
+    assert narrow == (0.0, 0.0) and wide[1] - wide[0] > 0.01
+
+
+def test_verdicts():
+    assert stats.verdict((0.01, 0.05)) == "holds"
+    assert stats.verdict((-0.05, -0.01)) == "contradicted"
+    assert stats.verdict((-0.01, 0.03)) == "not resolved at this scale"
+    assert stats.verdict((-0.02, 0.01), margin=0.03) == "holds"  # within 3 points
+
+
+def test_maj_minus_pass_outcomes_by_hand():
+    records = [{"greedy": {"correct": True}, "majority_correct": True,
+                "samples": [{"correct": True}, {"correct": False}]},
+               {"greedy": {"correct": False}, "majority_correct": False,
+                "samples": [{"correct": False}, {"correct": True}]},
+               {"greedy": {"correct": False}}]  # greedy only: not in maj/pass
+    assert report.outcomes(records, "greedy").tolist() == [1, 0, 0]
+    assert report.outcomes(records, "maj_minus_pass").tolist() == [0, -1]
+
+
+def test_readme_findings_are_the_committed_results_file():
+    """The README's findings are results/classroom.md, as the seeds study wrote it, verbatim."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    block = re.search(r"<!-- results/classroom.md -->\n(.*?)<!-- end of results/classroom.md -->", readme, re.S)
+    assert block, "README.md lacks the results/classroom.md block"
+    assert block.group(1) == open(os.path.join(ROOT, "results", "classroom.md")).read()
