@@ -172,6 +172,9 @@ DEFAULTS = dict(
     ppo_gamma=1.0,  # GAE discount; ours (paper: not stated): 1, an episode is one answer, no reason to discount
     ppo_lambda=0.95,  # GAE lambda; ours (paper: not stated): the common 0.95, between TD (0) and Monte Carlo (1)
     # ---------------------------------------------------------------- pipeline.py
+    cpu_kernels="",  # pipeline.py on x86: run every stage with these CPU kernels ("avx2"), the same on every machine; "" = torch's choice
+    cpu_threads=2,  # pipeline.py with cpu_kernels: threads of every stage (a sum split over other thread counts rounds differently)
+    pipeline_jobs=1,  # pipeline.py: RL runs and evaluations side by side (each its own process, logs in {out_dir}/logs)
     seeds=1,  # RL runs per method, from the same SFT checkpoint with rl_seed 2..N beside the first; the table pairs them
     results_file="",  # also write results.md there, with the run's wall time (results/classroom.md: the README's)
     # ---------------------------------------------------------------- memory_plan.py
@@ -205,21 +208,26 @@ RULES = {
         "sft_steps", "sft_batch_size", "sft_micro_batch_size", "sft_save_every", "grader_timeout",
         "eval_k", "eval_max_new_tokens", "eval_batch_size", "eval_program_memory_mb", "rl_steps",
         "rl_questions_per_step", "rl_group_size", "rl_max_new_tokens", "rl_rollout_questions",
-        "rl_micro_batch", "rl_mu", "rl_save_every", "rl_rm_questions", "rl_rm_epochs", "plan_prompt_len"), _AT_LEAST_1),
+        "rl_micro_batch", "rl_mu", "rl_save_every", "rl_rm_questions", "rl_rm_epochs", "plan_prompt_len",
+        "rl_flat_reward_steps", "seeds", "cpu_threads", "pipeline_jobs"), _AT_LEAST_1),
     **dict.fromkeys(_keys(
         "seed", "classroom_seed", "corpus_seed_max_pages", "corpus_url_prefix_depth", "web_contaminated_pages",
         "pretrain_warmup_steps", "sft_eval_problems", "grader_workers", "eval_n_problems", "eval_shots",
-        "eval_tool_rounds", "rl_iteration_steps", "rl_eval_every", "rl_kl_coef", "*weight_decay"), _AT_LEAST_0),
+        "eval_tool_rounds", "rl_iteration_steps", "rl_eval_every", "rl_kl_coef", "*weight_decay", "rl_seed",
+        "rl_eval_problems", "rl_viewer_questions", "eval_k_problems", "rl_min_reward_spread"), _AT_LEAST_0),
     **dict.fromkeys(_keys(
         "rope_theta", "norm_eps", "init_std", "fasttext_lr", "corpus_negative_ratio", "*_lr", "*grad_clip",
         "eval_temperature", "eval_program_timeout", "rl_temperature", "rl_clip_eps", "ppo_value_clip"), _POSITIVE),
-    **dict.fromkeys(_keys("corpus_domain_share", "corpus_stop_new_share"), _SHARE),
+    **dict.fromkeys(_keys("corpus_domain_share", "corpus_stop_new_share", "rl_rm_heldout"), _SHARE),
     **dict.fromkeys(_keys("corpus_dup_jaccard", "corpus_min_score", "rl_rm_replay", "ppo_gamma", "ppo_lambda"),
                     _PROBABILITY),
     "corpus_val_share": (lambda v: 0 < v < 1, "in (0, 1): pretrain.py validates on these pages' tokens"),
+    "rl_collapse_drop": (lambda v: 0 < v <= 1, "in (0, 1]: an absolute drop of held-out accuracy"),
+    "rl_viewer_steps": (lambda v: all(isinstance(s, int) and s >= 0 for s in v), "a list of steps >= 0"),
     "pretrain_betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
     "device": _DEVICE,
     "dtype": (lambda v: v in ("auto", "float32", "bfloat16"), "auto, float32 or bfloat16"),
+    "cpu_kernels": (lambda v: v in ("", "default", "avx2", "avx512"), "'', default, avx2 or avx512"),
     "parallel": (lambda v: v in ("ddp", "fsdp"), "ddp or fsdp"),
 }
 

@@ -378,8 +378,7 @@ def update(run, rollouts, scored, targets, cfg, step):
         for rows in micro_batches(len(rollouts.texts), cfg.rl_micro_batch):
             with training.autocast(run.device, cfg.dtype):
                 loss, info = micro_batch_loss(run, rollouts, scored, targets, rows, cfg)
-            stop_if_not_finite(run, step, loss=float(loss.detach()))
-            loss.backward()
+            loss.backward()  # a NaN loss makes a NaN gradient norm, which optimizer_step stops at
             mb = m[rows]
             sums["loss"] += float(loss.detach())
             sums["value_loss"] += float(info.get("value_loss", torch.zeros(())).detach())
@@ -400,8 +399,11 @@ def rl_step(run, questions, first_index, cfg, step):
     scored = reward(run, rollouts, cfg)
     if run.rm is not None and iterative(cfg):  # kept for the reward model's next retraining
         run.rm.pending += samples_of(rollouts, scored.labels, rows_question_ids(rollouts, cfg, step, first_index))
-    finite_rewards = scored.rewards[scored.reward_mask]
-    stop_if_not_finite(run, step, reward=float(finite_rewards.sum()))
+    # a NaN/inf reward is a broken reward function or reward model: count them on every rank, stop together
+    broken = distributed.all_reduce_mean(float((~scored.rewards[scored.reward_mask].isfinite()).sum()), run.d)
+    if broken:
+        raise training.Diverged(f"step {step + 1}: {broken * run.d.world_size:.0f} rewards are NaN/inf: the reward "
+                                f"is broken and the run stopped before the update; {training.last_saved(run.last_checkpoint)}")
     targets = advantages(run, rollouts, scored, cfg)
     sums = update(run, rollouts, scored, targets, cfg, step)
     m, mu, n_tokens = rollouts.response_mask, cfg.rl_mu, max(1, int(rollouts.response_mask.sum()))
@@ -456,7 +458,7 @@ def train_reward_model(run, problems, cfg, step):
     else:
         samples, run.rm.pending = run.rm.pending, []
     train, heldout = split_by_question(samples, cfg.rl_rm_heldout, cfg.seed + step)
-    result = run.rm.fit(train, heldout, step)
+    result = run.rm.fit(train, heldout, step, run.last_checkpoint)
     auc = "n/a" if result["heldout_auc"] is None else f"{result['heldout_auc']:.3f}"
     distributed.print0(f"\nreward model ({cfg.rl_reward}) at step {step}: trained on {len(train)} samples "
                        f"(+ replay), loss {result['loss']:.3f}; held-out ({result['heldout_positions']} "
@@ -526,6 +528,7 @@ def train(cfg):
     job = Job(out, train_problems,
               test_problems[: cfg.rl_eval_problems or cfg.eval_n_problems or len(test_problems)],
               random.Random(cfg.seed + 2).sample(train_problems, cfg.rl_viewer_questions))
+    training.recover_checkpoint(job.ckpt, d)
     for folder in [init] + ([job.ckpt] if cfg.rl_resume else []):
         if not os.path.exists(os.path.join(folder, "config.json")):
             raise BadInput(f"{folder}: no checkpoint (config.json) there; run sft.py first, set "
@@ -536,6 +539,7 @@ def train(cfg):
     with evaluate.stage_grader(cfg, d) as grader:  # forked before models fill memory
         run = Run(cfg, d, tokenizer, grader, init, job.ckpt if cfg.rl_resume else init)
         run.last_checkpoint = job.ckpt
+        training.unmark_done(job.out, d)  # every input is loaded: from here on this run is not done
         start = begin(run, job, cfg)
         log = training.MetricsLog(os.path.join(job.out, "metrics.jsonl"), start)
         order = random.Random(cfg.seed).sample(range(len(train_problems)), len(train_problems))

@@ -551,23 +551,30 @@ def padding_positions_and_mask(mask):
 
 
 def _chunk_logprobs(lm_head, hidden, targets, temperature, with_entropy):
-    logits = lm_head(hidden).float() / temperature  # (B, c, V), the only place logits exist
+    logits = lm_head(hidden).float()  # (B, c, V), the only place logits exist
+    if temperature != 1.0:
+        logits = logits / temperature
     logp_all = F.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, c)
     if not with_entropy:
         return logp, None
-    entropy = -(logp_all.exp() * logp_all).sum(-1)  # H = -sum_v p_v log p_v, (B, c)
+    with torch.no_grad():  # a metric: kept out of the graph, so backward does not recompute it
+        entropy = -(logp_all.exp() * logp_all).sum(-1)  # H = -sum_v p_v log p_v, (B, c)
     return logp, entropy
+
+
+CHECKPOINT_LOGITS_BYTES = 256 * 2**20  # smaller chunks of logits are cheaper to keep than to recompute
 
 
 def chunked_logprobs(lm_head, hidden, targets, temperature, with_entropy, chunk_size):
     """log softmax(lm_head(hidden) / temperature) at targets, (B, T), one sequence chunk at a
-    time; with gradients on, each chunk is checkpointed, so only one (B, chunk, V) float32
-    logits tensor exists at a time, in forward and in backward."""
+    time; with gradients on, a chunk whose float32 logits exceed CHECKPOINT_LOGITS_BYTES is
+    checkpointed, so only one such (B, chunk, V) tensor exists at a time, in forward and in
+    backward (the 7B's vocabulary of 102,400 makes them GiBs; the classroom's are ~36 MB)."""
     logps, entropies = [], []
     for s in range(0, hidden.shape[1], chunk_size):
         h, y = hidden[:, s:s + chunk_size], targets[:, s:s + chunk_size]
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and h.shape[0] * h.shape[1] * lm_head.out_features * 4 > CHECKPOINT_LOGITS_BYTES:
             logp, ent = checkpoint(_chunk_logprobs, lm_head, h, y, temperature, with_entropy,
                                    use_reentrant=False)
         else:

@@ -21,12 +21,15 @@ The stages, with the paper's sections:
 At the end, under out_dir: results.md (also printed) and plots/*.png.
 """
 
+import contextlib
 import fnmatch
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import config
@@ -162,18 +165,40 @@ def settings_change(output, wanted):
     return "settings changed: " + ", ".join(changed) if changed else ""
 
 
-def run_command(name, command, argv):
-    """Run one stage exactly as a user would; a failing stage ends the pipeline with its command."""
+def same_numbers_env(cfg):
+    """What makes x86 machines agree: torch picks its CPU kernels (AVX2, AVX-512) and MKL its
+    matmul code path by the CPU, and both round differently; the thread count splits sums
+    differently. A 1M-parameter model trained for minutes amplifies those last bits into points
+    of accuracy (README "Same command, same numbers"). So every stage runs with the kernels of
+    cpu_kernels (torch: ATEN_CPU_CAPABILITY; MKL: its conditional numerical reproducibility mode,
+    MKL_CBWR) and cpu_threads threads, unless the environment already says otherwise."""
+    if not cfg.cpu_kernels or platform.machine().lower() not in ("x86_64", "amd64"):
+        return {}
+    wanted = {"ATEN_CPU_CAPABILITY": cfg.cpu_kernels, "MKL_CBWR": cfg.cpu_kernels.upper(),
+              "OMP_NUM_THREADS": str(cfg.cpu_threads), "MKL_NUM_THREADS": str(cfg.cpu_threads)}
+    return {key: os.environ.get(key, value) for key, value in wanted.items()}
+
+
+def run_command(name, command, argv, log=None):
+    """Run one stage exactly as a user would (into `log`, a file, when stages run side by side);
+    a failing stage ends the pipeline with its command."""
     full = [sys.executable, *command, *argv]
-    print(f"\n=== {name}: {' '.join(full[1:])}", flush=True)
+    print(f"\n=== {name}: {' '.join(full[1:])}" + (f"  (output: {log})" if log else ""), flush=True)
     start = time.time()
-    if subprocess.run(full).returncode != 0:
+    env = {**os.environ, **same_numbers_env(config.load_config(argv))}
+    with open(log, "w") if log else contextlib.nullcontext() as out:
+        status = subprocess.run(full, env=env, stdout=out, stderr=subprocess.STDOUT if log else None).returncode
+    if status != 0:
+        if log:
+            print(open(log).read()[-3000:], file=sys.stderr)
         sys.exit(f"pipeline.py: stage {name} failed (its output is above); fix it and run pipeline.py again: "
                  "finished stages are skipped")
+    if log:
+        print(f"=== {name}: done in {time.time() - start:.0f} s", flush=True)
     return time.time() - start
 
 
-def run_step(name, command, output, checkpoint, inputs, argv):
+def run_step(name, command, output, checkpoint, inputs, argv, log=None):
     """Run one stage or evaluation unless its output is there, loads, is newer than its inputs
     and was made with these settings; returns its seconds (0 = skipped). A missing or broken
     output is a run to resume; a stale one is run again from the start."""
@@ -187,24 +212,50 @@ def run_step(name, command, output, checkpoint, inputs, argv):
             return 0.0
         print(f"=== {name}: done before, but {why}; running it again from the start")
         start_over = START_OVER.get(command[0], [])
-    seconds = run_command(name, command, [*argv, *start_over])
+    seconds = run_command(name, command, [*argv, *start_over], log)
     write_json(record_path(output), wanted)
     return seconds
 
 
+def run_side_by_side(cfg, steps, argv):
+    """Independent steps (the RL runs; the evaluations) on cfg.pipeline_jobs workers, each stage
+    a process of cpu_threads threads; with more than one worker each writes to logs/NAME.log."""
+    jobs = cfg.pipeline_jobs
+    logs = os.path.join(cfg.out_dir, "logs")
+    os.makedirs(logs, exist_ok=True)
+
+    def run(step):
+        name, command, output, checkpoint, inputs = step
+        log = os.path.join(logs, name.replace("/", "_").replace(" ", "_") + ".log") if jobs > 1 else None
+        return name, run_step(name, command, output, checkpoint, inputs, argv, log)
+
+    pool = ThreadPoolExecutor(jobs)
+    try:
+        return dict(pool.map(run, steps))
+    finally:
+        pool.shutdown(cancel_futures=True)  # after a failure, start nothing more
+
+
 def run_stages(cfg, argv):
-    """Every stage in order, then every evaluation; returns {step name: seconds} (0 = skipped)."""
+    """Corpus, pretraining and SFT in order; then the RL runs, then every evaluation, side by
+    side. Returns {step name: seconds} (0 = skipped)."""
     seconds = {}
+    steps = []
     for stage in stages(cfg):
         checkpoint = os.path.join(cfg.out_dir, stage.name, "ckpt") if stage.checkpoint else None
-        seconds[stage.name] = run_step(stage.name, stage.command, summary_path(cfg, stage.name), checkpoint,
-                                       [summary_path(cfg, need) for need in stage.needs], argv)
+        steps.append((stage.name, stage.command, summary_path(cfg, stage.name), checkpoint,
+                      [summary_path(cfg, need) for need in stage.needs]))
+    for name, command, output, checkpoint, inputs in steps[:3]:
+        seconds[name] = run_step(name, command, output, checkpoint, inputs, argv)
+    seconds.update(run_side_by_side(cfg, steps[3:], argv))
+    evaluations = []
     for _, _, folders, mode in evaluated(cfg):
         for stage in folders:
             checkpoint = os.path.join(cfg.out_dir, stage, "ckpt")
-            name = f"eval {os.path.basename(stage)}"
             command = ["evaluate.py", f"--eval_checkpoint={checkpoint}", f"--eval_mode={mode}"]
-            seconds[name] = run_step(name, command, eval_metrics_path(cfg, stage), None, [summary_path(cfg, stage)], argv)
+            evaluations.append((f"eval {os.path.basename(stage)}", command, eval_metrics_path(cfg, stage), None,
+                                [summary_path(cfg, stage)]))
+    seconds.update(run_side_by_side(cfg, evaluations, argv))
     return seconds
 
 
@@ -224,7 +275,7 @@ def results_markdown(cfg):
     loop = report.markdown(["iteration", "collected", "new", "math domains", "recall", "precision"],
                            [[it["iteration"], it["collected"], it["new"], it["math_domains"], it.get("recall", "-"),
                              it.get("precision", "-")] for it in corpus["iterations"]])
-    return f"""{report.findings(cfg, rows, task, cfg.seeds)}
+    return f"""{report.findings(cfg, rows, task, cfg.seeds, same_numbers_env(cfg))}
 ## Corpus loop (paper 2.1): each iteration's collection against the classroom web's truth
 
 {loop}
@@ -240,7 +291,7 @@ def timings_markdown(cfg, seconds, total):
     rl = [(folder, read_json(summary_path(cfg, folder))) for _, _, seeds in rl_runs(cfg) for folder, _ in seeds]
     return f"""# Timings
 
-Wall time {total / 60:.1f} min. {report.machine_header(cfg, cfg.seeds)}
+Wall time {total / 60:.1f} min. {report.machine_header(cfg, cfg.seeds, same_numbers_env(cfg))}
 
 {report.markdown(["step", "seconds"], [[name, f"{s:.0f}" if s else "skipped"] for name, s in seconds.items()])}
 

@@ -75,13 +75,15 @@ def points(x):
     return f"{100 * x:+.1f}"
 
 
-def machine_header(cfg, seeds):
+def machine_header(cfg, seeds, pipeline_env):
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor() or platform.machine()) if os.path.exists("/proc/cpuinfo") else platform.machine()
-    return (f"Machine: {cpu}, {os.cpu_count()} cores; torch {torch.__version__}, CPU kernels "
-            f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads "
-            f"(ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', 'unset')}, "
-            f"MKL_CBWR={os.environ.get('MKL_CBWR', 'unset')}). RL seeds: {seeds}.")
+    env = {**os.environ, **pipeline_env}
+    kernels = env.get("ATEN_CPU_CAPABILITY") or torch.backends.cpu.get_cpu_capability()
+    threads = env.get("OMP_NUM_THREADS") or torch.get_num_threads()
+    return (f"Machine: {cpu}, {os.cpu_count()} cores; torch {torch.__version__}; the stages ran with CPU kernels "
+            f"{kernels.lower()} (this CPU's best: {torch.backends.cpu.get_cpu_capability().lower()}), "
+            f"MKL_CBWR={env.get('MKL_CBWR', 'unset')}, {threads} threads. RL seeds: {seeds}.")
 
 
 def main_table(rows, k):
@@ -158,12 +160,12 @@ def markdown(header, lines):
     return "\n".join(out + ["| " + " | ".join(str(c) for c in line) + " |" for line in lines])
 
 
-def findings(cfg, rows, task, seeds):
+def findings(cfg, rows, task, seeds, pipeline_env):
     """The deterministic part of results.md: the tables and the checklist."""
     by_key = {row.key: row for row in rows}
     k, n_greedy = cfg.eval_k, rows[0].matrix("greedy").shape[1]
     parts = [
-        "# Findings", "", machine_header(cfg, seeds), "",
+        "# Findings", "", machine_header(cfg, seeds, pipeline_env), "",
         f"Held-out `{task}` problems: greedy accuracy on {n_greedy}; maj@{k} (majority vote) and pass@{k} "
         f"(any correct) over {k} samples at temperature {cfg.eval_temperature} on the first "
         f"{rows[0].matrix('maj').shape[1]}. Intervals: 95%, Wilson for one run, a bootstrap over seeds and "

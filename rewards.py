@@ -173,7 +173,7 @@ class RewardModel:
             labels = torch.tensor([v for s in batch for v in s["labels"]], device=self.d.device)
             yield tokens, mask, [s["columns"] for s in batch], labels
 
-    def fit(self, new_samples, heldout, step):
+    def fit(self, new_samples, heldout, step, checkpoint):
         """rl_rm_epochs passes over the new samples plus a replay of rl_rm_replay of all earlier
         ones (BCE), then the held-out evaluation. Returns that evaluation (also kept)."""
         cfg = self.cfg
@@ -185,7 +185,9 @@ class RewardModel:
             for tokens, mask, columns, labels in self.batches(data):
                 loss = F.binary_cross_entropy_with_logits(self.scores_at(tokens, mask, columns), labels)
                 loss.backward()
-                training.clip_gradients(self.model, cfg.rl_grad_clip)
+                norm = training.clip_gradients(self.model, cfg.rl_grad_clip)
+                training.check_finite(step, checkpoint, fix="lower rl_rm_lr", reward_model_loss=float(loss.detach()),
+                                      reward_model_grad_norm=norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 losses.append(float(loss.detach()))

@@ -176,6 +176,8 @@ class Run:
         check(norms)
         for model, optimizer in self.trained():
             optimizer.step()
+        if not all(training.finite_weights(model) for model, _ in self.trained()):
+            check({"weights_after_the_update": float("inf")})  # finite gradients, but a step too large
         self.peak_state_bytes = max(self.peak_state_bytes, self.state_bytes())
         for model, optimizer in self.trained():
             optimizer.zero_grad(set_to_none=True)

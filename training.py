@@ -73,7 +73,7 @@ def check_finite(step, last_checkpoint, fix="lower the learning rate", **quantit
     bad = [text for text in shown if text]
     if bad:
         raise Diverged(f"step {step}: {', '.join(bad)}: training diverged and stopped before the update; "
-                       f"{_last_saved(last_checkpoint)}; {fix}")
+                       f"{last_saved(last_checkpoint)}; {fix}")
 
 
 def _describe(name, value):
@@ -86,7 +86,7 @@ def _describe(name, value):
     return f"{name}: {bad} of {value.numel()} values NaN/inf"
 
 
-def _last_saved(folder):
+def last_saved(folder):
     if not os.path.exists(os.path.join(folder, "config.json")):
         return f"no checkpoint was saved in {folder} yet"
     return f"the last checkpoint, {folder}, is untouched"
@@ -127,7 +127,7 @@ def save_checkpoint(folder, model, tokenizer, train_state=None):
     holding a NaN/inf are never saved: Diverged, on every rank, and the folder stays as it was."""
     if not finite_weights(model):
         step = f"step {train_state['step']}: " if train_state and "step" in train_state else ""
-        raise Diverged(f"{step}the weights hold NaN/inf, so they were not saved; {_last_saved(folder)}; "
+        raise Diverged(f"{step}the weights hold NaN/inf, so they were not saved; {last_saved(folder)}; "
                        "lower the learning rate")
     state_dict = distributed.full_state_dict(model)
     if not distributed.is_main_process():

@@ -1,22 +1,41 @@
-"""Benchmark: decoding with the KV cache (model.generate) against naive full recomputation,
-and, on a GPU, the 7B's decode throughput against the memory-bandwidth limit.
+"""Benchmark: model.generate against transformers' generate() on the same weights, against naive
+full recomputation, and, on a GPU, the 7B's decode throughput against the memory-bandwidth limit.
 
-1. Classroom model shape (configs/classroom.py, random weights), greedy, batch 16, 256 new
-   tokens: the naive loop re-runs the whole sequence for every new token (O(T^2) positions),
-   the cache runs one position per step (O(T)). Both must produce identical tokens.
-2. CUDA only: the full-size 7B (configs/7b.py, random bf16 weights), batch 1 and 64, 512 new
+1. Classroom model shape (configs/classroom.py, random weights), greedy, on the CPU: our
+   generate() and transformers' LlamaForCausalLM.generate() on the same weights (ours saved with
+   save_pretrained and loaded back by transformers), in interleaved rounds (ours, theirs, ours,
+   ... so both see the same machine load), for three shapes (issue 17):
+       batch  16 x 256 new tokens   an RL rollout chunk   (goal: ours >= 3x theirs)
+       batch   1 x 256 new tokens   one request           (goal: ours >= 2x theirs)
+       batch 128 x 160 new tokens   the classroom evaluation (eval_batch_size, eval_max_new_tokens)
+   each with a 32-token prompt. Printed: the median tokens/s of each and its min-max over the
+   rounds, the ratio of the medians with the min-max of the per-round ratios, and whether the
+   greedy tokens of the two agree. The CPU model, thread count, torch version and the 1-minute
+   load average (before and after) are printed beside them: on a shared machine a load above the
+   core count makes every figure noise.
+2. The same model, once: the KV cache against naive recomputation (the whole sequence re-run for
+   every new token, O(T^2) positions), batch 16 x 256; the tokens must be identical.
+3. CUDA only: the full-size 7B (configs/7b.py, random bf16 weights), batch 1 and 64, 512 new
    tokens. A decode step must read every weight once and every cached key/value once, so
        time >= (weight bytes + KV bytes) / memory bandwidth,
    with the bandwidth measured here by a device-to-device copy. The fraction printed is that
    lower bound over the measured time (1.0 = at the bandwidth limit; issue 9 asks >= 0.6 at
    batch 1).
 
-    python bench/bench_generate.py [--batch_size=16] [--new_tokens=256] [--prompt_len=32]
+    python bench/bench_generate.py [--rounds=5] [--threads=1] [--cases=16x256,1x256,128x160]
+                                   [--prompt_len=32] [--naive=true] [--compile=true]
+
+With --compile=true (the default) generate(..., compile=True), the decode step through
+torch.compile, is a third contestant ("ours compiled"; its one compilation, tens of seconds on
+a CPU, happens in the warm-up and is not timed). Needs transformers (requirements-test.txt).
 """
 
 import argparse
 import os
+import platform
+import statistics
 import sys
+import tempfile
 import time
 
 import torch
@@ -27,6 +46,21 @@ import config  # noqa: E402
 from model import ModelArgs, Transformer, generate  # noqa: E402
 
 NO_EOS = -1  # an id no token has: every row runs the full number of new tokens
+
+
+def cpu_model():
+    """The CPU's marketing name ("AMD EPYC 9654 96-Core Processor"), and its widest vector unit."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
+
+
+def load_1min():
+    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "?"
 
 
 @torch.no_grad()
@@ -49,25 +83,83 @@ def timed(fn, device):
     return result, time.perf_counter() - start
 
 
-def cache_vs_naive(batch_size, new_tokens, prompt_len):
+def classroom_model(max_len):
     cfg = config.load_config([os.path.join(ROOT, "configs", "classroom.py")])
     # the classroom context (256) is shorter than prompt + 256 new tokens: widen RoPE's table only
-    args = ModelArgs.from_config(cfg, max_seq_len=prompt_len + new_tokens)
+    args = ModelArgs.from_config(cfg, max_seq_len=max(cfg.max_seq_len, max_len))
     torch.manual_seed(0)
-    model = Transformer(args).eval()
-    prompts = torch.randint(0, args.vocab_size, (batch_size, prompt_len))
+    return Transformer(args).eval()
+
+
+def hf_twin(model, folder):
+    """transformers' LlamaForCausalLM on our weights, through the files: save_pretrained, then
+    from_pretrained, as a user would load our checkpoint. Its EOS is turned off, as ours is."""
+    from transformers import LlamaForCausalLM
+    model.save_pretrained(folder)
+    hf = LlamaForCausalLM.from_pretrained(folder, attn_implementation="sdpa").eval()
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = 0
+    return hf
+
+
+def agreement(ours, theirs):
+    """'identical', or where the greedy tokens first part (rows that differ, first step)."""
+    if torch.equal(ours, theirs):
+        return "identical"
+    rows = (ours != theirs).any(1)
+    first = int((ours != theirs).int().argmax(1)[rows].min())
+    return f"DIFFER in {int(rows.sum())}/{len(rows)} rows, first at new token {first}"
+
+
+def spread(values, fmt):
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def ours_vs_transformers(model, hf, batch_size, new_tokens, prompt_len, rounds, use_compile):
+    prompts = torch.randint(0, model.args.vocab_size, (batch_size, prompt_len),
+                            generator=torch.Generator().manual_seed(batch_size))
+    contestants = {
+        "ours": lambda: generate(model, prompts.tolist(), new_tokens, temperature=0, eos_id=NO_EOS).tokens,
+        "transformers": lambda: hf.generate(prompts, attention_mask=torch.ones_like(prompts),
+                                            max_new_tokens=new_tokens, do_sample=False)[:, prompt_len:],
+    }
+    if use_compile:
+        contestants["ours compiled"] = lambda: generate(model, prompts.tolist(), new_tokens, temperature=0,
+                                                        eos_id=NO_EOS, compile=True).tokens
+    outputs = {name: fn() for name, fn in contestants.items()}  # warm-up (and compilation)
+    seconds = {name: [] for name in contestants}
+    for r in range(rounds):
+        names = list(contestants) if r % 2 == 0 else list(reversed(contestants))  # neither always first
+        for name in names:
+            seconds[name].append(timed(contestants[name], torch.device("cpu"))[1])
+    n = batch_size * new_tokens
+    print(f"batch {batch_size} x {new_tokens} new tokens (prompt {prompt_len}), {rounds} rounds, "
+          f"load {load_1min()}:")
+    for name, s in seconds.items():
+        line = f"  {name:14s}: {spread([n / x for x in s], '{:,.0f}')} tokens/s"
+        if name != "transformers":
+            ratios = [t / o for o, t in zip(s, seconds["transformers"])]
+            line += (f"  {statistics.median(seconds['transformers']) / statistics.median(s):.2f}x transformers "
+                     f"(rounds {min(ratios):.2f}-{max(ratios):.2f}x); greedy tokens "
+                     f"{agreement(outputs[name], outputs['transformers'])}")
+        print(line)
+    return {name: statistics.median(seconds["transformers"]) / statistics.median(s)
+            for name, s in seconds.items() if name != "transformers"}
+
+
+def cache_vs_naive(model, batch_size, new_tokens, prompt_len):
+    prompts = torch.randint(0, model.args.vocab_size, (batch_size, prompt_len),
+                            generator=torch.Generator().manual_seed(0))
     generation, cached_s = timed(lambda: generate(model, prompts.tolist(), new_tokens, temperature=0,
                                                   eos_id=NO_EOS), torch.device("cpu"))
     naive, naive_s = timed(lambda: naive_greedy(model, prompts, new_tokens), torch.device("cpu"))
-    identical = torch.equal(generation.tokens, naive)
     n = batch_size * new_tokens
-    print(f"classroom shape ({args.n_layer} layers x {args.dim}, vocab {args.vocab_size}, "
-          f"{model.num_params() / 1e6:.2f}M params), batch {batch_size}, prompt {prompt_len}, "
-          f"{new_tokens} new tokens, greedy, 1 CPU thread")
-    print(f"  KV cache : {n / cached_s:9.0f} tokens/s ({cached_s:.2f} s)")
-    print(f"  naive    : {n / naive_s:9.0f} tokens/s ({naive_s:.2f} s)")
-    print(f"  speed-up : {naive_s / cached_s:.1f}x, tokens identical: {identical}")
-    if not identical:
+    print(f"KV cache vs naive recomputation, batch {batch_size} x {new_tokens} new tokens (prompt {prompt_len}), "
+          f"load {load_1min()}:")
+    print(f"  KV cache : {n / cached_s:9,.0f} tokens/s ({cached_s:.2f} s)")
+    print(f"  naive    : {n / naive_s:9,.0f} tokens/s ({naive_s:.2f} s)")
+    print(f"  speed-up : {naive_s / cached_s:.1f}x, tokens {agreement(generation.tokens, naive)}")
+    if not torch.equal(generation.tokens, naive):
         sys.exit("KV-cache generation differs from full recomputation")
 
 
@@ -118,15 +210,39 @@ def gpu_7b(new_tokens, prompt_len, batch_sizes=(1, 64)):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--new_tokens", type=int, default=256)
+    parser.add_argument("--cases", default="16x256,1x256,128x160", help="batch x new tokens, comma-separated")
     parser.add_argument("--prompt_len", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--naive", default="true", choices=["true", "false"])
+    parser.add_argument("--compile", default="true", choices=["true", "false"])
     parser.add_argument("--gpu_new_tokens", type=int, default=512)
     opts = parser.parse_args()
-    # one thread: on a shared classroom machine OpenMP threads spin against other jobs' and the
-    # timings become noise; the ratio, not the absolute speed, is what this part measures
-    torch.set_num_threads(1)
-    cache_vs_naive(opts.batch_size, opts.new_tokens, opts.prompt_len)
+    # one thread by default: on a shared classroom machine OpenMP threads spin against other jobs'
+    # and the timings become noise
+    torch.set_num_threads(opts.threads)
+    cases = [tuple(int(x) for x in case.split("x")) for case in opts.cases.split(",")]
+    import transformers
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; {torch.get_num_threads()} torch thread(s); "
+          f"torch {torch.__version__}, transformers {transformers.__version__}; "
+          f"1-minute load average {load_1min()}")
+    model = classroom_model(opts.prompt_len + max(n for _, n in cases))
+    args = model.args
+    print(f"classroom shape: {args.n_layer} layers x {args.dim}, {args.n_head} heads, vocab {args.vocab_size}, "
+          f"{model.num_params() / 1e6:.2f}M params, float32, random weights; greedy, no EOS\n")
+    with tempfile.TemporaryDirectory() as folder:
+        hf = hf_twin(model, folder)
+    ratios = {}
+    for batch_size, new_tokens in cases:
+        ratios[batch_size, new_tokens] = ours_vs_transformers(model, hf, batch_size, new_tokens, opts.prompt_len,
+                                                              opts.rounds, opts.compile == "true")
+    for name in ratios[cases[0]]:
+        print(f"summary, {name} / transformers (medians): " + ", ".join(
+            f"{b}x{n}: {r[name]:.2f}x" for (b, n), r in ratios.items()))
+    print(f"load now {load_1min()}")
+    if opts.naive == "true":
+        print()
+        cache_vs_naive(model, 16, 256, opts.prompt_len)
     if torch.cuda.is_available():
         gpu_7b(opts.gpu_new_tokens, opts.prompt_len)
     else:

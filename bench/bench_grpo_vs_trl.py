@@ -1,0 +1,524 @@
+"""Benchmark: one GRPO step of grpo.py against TRL's GRPOTrainer, same model, same work.
+
+    pip install -r requirements-bench.txt                     # TRL + accelerate (not in requirements.txt)
+    python bench/bench_grpo_vs_trl.py                         # a random classroom-shaped model
+    python bench/bench_grpo_vs_trl.py --checkpoint=out/classroom/sft/ckpt
+    python bench/bench_grpo_vs_trl.py --profile=true          # + the top ops of each side (torch.profiler)
+
+What is the same on both sides (issue 17, item 2):
+  - the model: ours in Hugging Face layout (training.save_checkpoint), which TRL loads with
+    AutoModelForCausalLM from the same folder; policy float32 (AdamW's master copy) and a
+    frozen pi_ref beside it, both from the folder;
+  - the prompts: 8 classroom training questions per step (the same questions, in the same order),
+    G = 8 outputs each = 64 rows, BOS + our chat prompt; TRL gets the prompt text and a Hugging Face
+    tokenizer built from ours (`hf_tokenizer`), and the script checks that it gives every prompt
+    exactly our ids before it times anything;
+  - generation: sampling at temperature 1, no top-k/top-p, at most --max_new_tokens (the
+    classroom's rl_max_new_tokens, 100), stopping at EOS; TRL through transformers' generate
+    (use_vllm=False, no continuous batching). Mean completion lengths are printed for both, so
+    the reader sees that the same number of tokens was generated;
+  - the reward: evaluate.Grader (the same worker count) on the decoded completions, as
+    rewards.correctness does;
+  - the objective: mu = 1 (TRL num_iterations=1, so pi_old = pi_theta.detach() on both sides, no
+    extra pass), beta = 0.04 (k3 KL to pi_ref), clip epsilon 0.2, group-normalised advantages;
+    TRL loss_type="grpo": per output 1/|o_i| sum_t, then the mean over outputs, which is eq. 3's
+    1/G sum_i 1/|o_i| (the paper's per-sequence mean; TRL's default "dapo" is a token mean over
+    the batch, see grpo.py's docstring). Two known differences: TRL normalises advantages by the
+    sample std (n - 1), we by the population std (a scale of 0.94 at G = 8, no cost), and TRL
+    does not clamp the log-ratios (two elementwise ops);
+  - one forward/backward over the 64 rows (our rl_micro_batch 64, TRL per_device_train_batch_size
+    64, gradient_accumulation_steps 1); AdamW lr 5e-5, betas (0.9, 0.95), no weight decay,
+    gradient clip 1.0; float32 on the CPU. (TRL's AdamW is torch's fused one, transformers'
+    default; ours is torch's plain loop on a CPU: at 1M parameters, milliseconds.)
+
+Each side runs in its own subprocess (so its peak RSS is its own), --rounds times, alternating
+ours / TRL so both see the same machine load; each round takes one warm-up step and --steps
+timed steps. Printed per side: seconds per step (the median step of the best round), the
+split generation / reward / log-probs (pi_ref, no gradients) / update (the policy's forward,
+backward and AdamW) / other, mean completion length, peak RSS, and the ratios ours / TRL.
+Issue 17's goal: our step <= 0.7x TRL's, with no more memory.
+
+--profile=true adds, for each side, one more run (not counted in the timings or the RSS) whose
+one step after the warm-up runs under torch.profiler: the ops with the most own CPU time, the
+share of the wall time no op accounts for (Python and framework overhead between kernels), and
+the time in the kernels both sides must run on the same shapes (matmuls, attention, the logits'
+log-softmax), which bounds how far below TRL's step ours can get.
+
+On a shared CPU set OMP_NUM_THREADS (the script defaults to --threads=1 in both subprocesses).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+SEED = 1234
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default="", help="a policy folder (ours, HF layout); default: a random "
+                        "classroom-shaped model with a BPE trained on classroom problems")
+    parser.add_argument("--questions", type=int, default=8)
+    parser.add_argument("--group_size", type=int, default=8)
+    parser.add_argument("--max_new_tokens", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per round (after one warm-up step)")
+    parser.add_argument("--rounds", type=int, default=2, help="subprocess runs per side, alternating")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--profile", default="false", choices=("true", "false"))
+    parser.add_argument("--workdir", default="", help="where the model folder and results go (default: a temp dir)")
+    parser.add_argument("--side", default="", choices=("", "ours", "trl"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", default="", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# What both sides share: the model folder, the questions, the prompt text
+# ---------------------------------------------------------------------------------------------
+
+
+def classroom_config(a):
+    import config
+    return config.load_config([os.path.join(ROOT, "configs", "classroom.py"), "--device=cpu",
+                               f"--rl_group_size={a.group_size}", f"--rl_questions_per_step={a.questions}",
+                               f"--rl_rollout_questions={a.questions}", f"--rl_micro_batch={a.questions * a.group_size}",
+                               f"--rl_max_new_tokens={a.max_new_tokens}", "--rl_mu=1", "--rl_kl_coef=0.04",
+                               "--rl_clip_eps=0.2", f"--rl_lr={a.lr}", "--rl_weight_decay=0", "--rl_grad_clip=1.0",
+                               "--rl_temperature=1.0", "--grader_workers=1", f"--seed={SEED}"])
+
+
+def classroom_tokenizer(vocab_size):
+    """Our BPE trained on classroom problems and their solutions (as tests/test_grpo.py trains
+    its tokenizer) plus pages of the classroom web (the problems alone have too few merges for
+    1,024 ids): up to 1,024 ids. A larger vocabulary (the 1.3B's 32,256, for bench/gpu.sh) is
+    filled with placeholder ids between the merges and the special tokens: byte strings that
+    start with 0xFF, which no UTF-8 text contains, so no text ever encodes to them; a random
+    model may sample them, and they decode (to U+FFFD)."""
+    import random
+
+    import classroom_web
+    import tasks
+    from tokenizer import PAT_STR, Tokenizer, train_bpe
+
+    problems = tasks.classroom_problems("train", 2000, SEED)
+    rng = random.Random(SEED)
+    styles = ("worked", "rules", "drill", "forum", "shop", "recipe", "sports", "news", "weather", "travel")
+    texts = [p.question + " " + tasks.render_solution(p, "cot") for p in problems]
+    texts += [classroom_web.page_text(rng, styles[i % len(styles)]) for i in range(3000)]
+    tokenizer = train_bpe(texts, min(vocab_size, 1024))
+    if vocab_size <= 1024:
+        return tokenizer
+    ranks = dict(tokenizer.mergeable_ranks)
+    n_specials = len(tokenizer.special_tokens)
+    for rank in range(len(ranks), vocab_size - n_specials):
+        ranks[b"\xff" + rank.to_bytes(3, "big")] = rank
+    specials = {token: vocab_size - n_specials + i
+                for i, token in enumerate(sorted(tokenizer.special_tokens, key=tokenizer.special_tokens.get))}
+    return Tokenizer(ranks, specials, PAT_STR)
+
+
+def build_model_folder(folder):
+    """A random model of configs/classroom.py's shape (4 layers x 128, vocabulary 1,024) with
+    `classroom_tokenizer`, saved as grpo.py reads a checkpoint: Hugging Face layout +
+    tokenizer.tiktoken."""
+    import torch
+
+    import config
+    import training
+    from model import ModelArgs, Transformer
+
+    cfg = config.load_config([os.path.join(ROOT, "configs", "classroom.py")])
+    tokenizer = classroom_tokenizer(cfg.vocab_size)
+    torch.manual_seed(0)
+    args = ModelArgs.from_config(cfg, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
+    training.save_checkpoint(folder, Transformer(args), tokenizer)
+
+
+def step_questions(a, n_steps):
+    """The questions of each step, [[Problem] * questions] * n_steps, the same for both sides."""
+    import tasks
+    problems = tasks.classroom_problems("train", a.questions * n_steps, SEED + 1)
+    return [problems[s * a.questions:(s + 1) * a.questions] for s in range(n_steps)]
+
+
+def hf_tokenizer(ours):
+    """A transformers PreTrainedTokenizerFast giving our tokenizer's ids: the same byte-level BPE
+    (vocabulary and merges from our ranks, as transformers' TikTokenConverter builds them), the
+    same pre-tokenizer regex, our BOS/EOS/PAD as special tokens. TRL needs one to tokenize
+    prompts and decode completions."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    if ours.split_patterns or ours.normalizer or ours.chat_template:
+        raise SystemExit("hf_tokenizer: only our own BPE (one regex, no normalizer, no chat template) is converted")
+    to_unicode = bytes_to_unicode()  # GPT-2's printable stand-in for each byte
+
+    def text(b):
+        return "".join(to_unicode[x] for x in b)
+
+    ranks = ours.mergeable_ranks
+    vocab = {text(token): rank for token, rank in ranks.items()}
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        # every split of a multi-byte token into two known tokens is a merge that can make it
+        pairs = [(token[:i], token[i:]) for i in range(1, len(token)) if token[:i] in ranks and token[i:] in ranks]
+        merges += [(text(l), text(r)) for l, r in sorted(pairs, key=lambda p: (ranks[p[0]], ranks[p[1]]))]
+    tk = Tokenizer(models.BPE(vocab, merges, fuse_unk=False, ignore_merges=True))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(ours.pat_str), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens(sorted(ours.special_tokens, key=ours.special_tokens.get))
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=ours.bos, eos_token=ours.eos[0],
+                                   pad_token=ours.pad)
+
+
+def prompt_text(tokenizer, problem):
+    """BOS + our chat prompt as text: the HF tokenizer reads the BOS string as the special token."""
+    from tokenizer import COT_SUFFIX, chat_prompt
+    return tokenizer.bos + chat_prompt(problem.question, COT_SUFFIX)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring a side: time, memory, profile
+# ---------------------------------------------------------------------------------------------
+
+
+def rss_mb(field="VmRSS"):
+    """This process's resident memory now (VmRSS) or at its peak (VmHWM), MB."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
+
+
+class Timer:
+    """Seconds spent inside wrapped functions, by part; nested calls of one part count once."""
+
+    def __init__(self):
+        self.seconds, self.depth = {}, {}
+
+    def wrap(self, part, fn, when=None):
+        def timed(*args, **kwargs):
+            if when is not None and not when():
+                return fn(*args, **kwargs)
+            self.depth[part] = self.depth.get(part, 0) + 1
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.depth[part] -= 1
+                if not self.depth[part]:
+                    self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - start
+        return timed
+
+    def take(self):
+        seconds, self.seconds = self.seconds, {}
+        return seconds
+
+
+# the kernels both sides run on the same shapes: matmuls, attention, the log-softmax of the logits
+SHARED_KERNELS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_log_softmax", "aten::_log_softmax_backward_data")
+
+
+def top_ops(prof, wall_s, n=12):
+    """The ops with the most own CPU time in a profiled step, the share of the wall time all ops
+    account for (the rest is Python and framework overhead between kernels), and the seconds in
+    the kernels both implementations must run (SHARED_KERNELS and attention)."""
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) / 1e6
+    shared = sum(e.self_cpu_time_total for e in events
+                 if e.key in SHARED_KERNELS or "scaled_dot_product" in e.key) / 1e6
+    rows = [(e.key, e.self_cpu_time_total / 1e6, e.count) for e in events[:n]]
+    return {"wall_s": wall_s, "op_self_s": total, "shared_s": shared, "top": rows}
+
+
+def n_steps(a):
+    """Steps per round: one warm-up, a.steps timed, and one profiled when asked."""
+    return 1 + a.steps + (a.profile == "true")
+
+
+class profiled_step:
+    """torch.profiler around the last step of a round when --profile=true (that step is not
+    timed: the profiler slows what it records); otherwise nothing."""
+
+    def __init__(self, a, step, n):
+        self.on, self.prof = a.profile == "true" and step == n - 1, None
+
+    def __enter__(self):
+        if self.on:
+            from torch.profiler import ProfilerActivity, profile
+            self.prof = profile(activities=[ProfilerActivity.CPU])
+            self.prof.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.prof is not None:
+            self.prof.__exit__(*exc)
+
+
+def finish(result, a, started_rss):
+    result.update(rss_after_setup_mb=started_rss, peak_rss_mb=rss_mb("VmHWM"))
+    with open(a.out, "w") as f:
+        json.dump(result, f)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ours: grpo.rl_step, with its four parts timed
+# ---------------------------------------------------------------------------------------------
+
+
+def run_ours(a, folder):
+    import torch
+
+    import distributed
+    import evaluate
+    import grpo
+    from tokenizer import load_tokenizer
+
+    torch.set_num_threads(a.threads)
+    cfg = classroom_config(a)
+    d = distributed.setup("cpu")
+    tokenizer = load_tokenizer(cfg, folder)
+    questions = step_questions(a, n_steps(a))
+    timer = Timer()
+    # rl_step looks these up in grpo's namespace when it runs: wrapped, each part is timed
+    for part, name in (("generation", "explore"), ("reward", "reward"), ("log-probs", "advantages"),
+                       ("update", "update")):
+        setattr(grpo, name, timer.wrap(part, getattr(grpo, name)))
+    steps, lengths, profile = [], [], None
+    with evaluate.Grader(cfg.grader_workers, cfg.grader_timeout) as grader:
+        run = grpo.Run(cfg, d, tokenizer, grader, folder, folder)
+        run.last_checkpoint = folder
+        started_rss = rss_mb()
+        for step, qs in enumerate(questions):
+            profiler = profiled_step(a, step, len(questions))
+            with profiler:
+                start = time.perf_counter()
+                metrics = grpo.rl_step(run, qs, 0, cfg, step)
+                total = time.perf_counter() - start
+            parts = timer.take()
+            if profiler.prof is not None:
+                profile = top_ops(profiler.prof, total)
+            elif step:  # step 0 warms up
+                steps.append({"total": total, **parts})
+                lengths.append(metrics["response_len"])
+    finish({"side": "ours", "steps": steps, "completion_len": statistics.mean(lengths) if lengths else None,
+            "profile": profile,
+            "threads": torch.get_num_threads()}, a, started_rss)
+
+
+# ---------------------------------------------------------------------------------------------
+# TRL: GRPOTrainer, the same parts timed from outside its methods
+# ---------------------------------------------------------------------------------------------
+
+
+def trl_args(a, output_dir, max_steps):
+    """GRPOConfig for the same step as ours (see the module docstring)."""
+    from trl import GRPOConfig
+    rows = a.questions * a.group_size
+    return GRPOConfig(
+        output_dir=output_dir, use_cpu=True, bf16=False, fp16=False, seed=SEED,
+        max_steps=max_steps, per_device_train_batch_size=rows, gradient_accumulation_steps=1,
+        num_generations=a.group_size, max_completion_length=a.max_new_tokens, temperature=1.0, top_p=1.0,
+        top_k=0, num_iterations=1, beta=0.04, epsilon=0.2, loss_type="grpo", scale_rewards="group",
+        use_vllm=False, learning_rate=a.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        adam_beta1=0.9, adam_beta2=0.95, max_grad_norm=1.0, shuffle_dataset=False,
+        logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True, log_completions=False,
+        dataloader_num_workers=0)
+
+
+def run_trl(a, folder):
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOTrainer
+
+    import evaluate
+    from tokenizer import load_tokenizer
+
+    torch.set_num_threads(a.threads)
+    cfg = classroom_config(a)
+    ours = load_tokenizer(cfg, folder)
+    hf = hf_tokenizer(ours)
+    questions = [q for qs in step_questions(a, n_steps(a)) for q in qs]
+    prompts = [prompt_text(ours, q) for q in questions]
+    for q, text in zip(questions, prompts):  # the same token ids, or nothing is compared
+        if hf(text)["input_ids"] != ours.encode_prompt(q.question):
+            raise SystemExit(f"the HF tokenizer's prompt ids differ from ours for {q.question!r}")
+    dataset = Dataset.from_list([{"prompt": p, "answer": q.answer} for p, q in zip(prompts, questions)])
+    timer = Timer()
+    grader = evaluate.Grader(cfg.grader_workers, cfg.grader_timeout)
+
+    def correctness(prompts, completions, answer, **kwargs):  # rewards.correctness, for TRL
+        return grader.grade(completions, answer)
+
+    class Timed(GRPOTrainer):
+        pass
+
+    # the parts, as in ours: generation; reward; log-probs without gradients (pi_ref); the rest of
+    # _generate_and_score_completions (tokenising, decoding, advantages) is "other"; update =
+    # the step's wall time minus _prepare_inputs (what runs before the policy's forward).
+    Timed._generate_single_turn = timer.wrap("generation", GRPOTrainer._generate_single_turn)
+    Timed._calculate_rewards = timer.wrap("reward", GRPOTrainer._calculate_rewards)
+    Timed._get_per_token_logps_and_entropies = timer.wrap(
+        "log-probs", GRPOTrainer._get_per_token_logps_and_entropies, when=lambda: not torch.is_grad_enabled())
+    Timed._prepare_inputs = timer.wrap("prepare", GRPOTrainer._prepare_inputs)
+
+    steps, lengths, profile = [], [], None
+    total_steps = n_steps(a)
+
+    class StepClock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            timer.take()
+            self.profiler = profiled_step(a, state.global_step, total_steps).__enter__()
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            nonlocal profile
+            total = time.perf_counter() - self.start
+            self.profiler.__exit__(None, None, None)
+            parts = timer.take()
+            parts["update"] = total - parts.pop("prepare", 0.0)
+            parts["other"] = total - sum(parts.values())  # inside _prepare_inputs, outside the parts
+            if self.profiler.prof is not None:
+                profile = top_ops(self.profiler.prof, total)
+            elif state.global_step > 1:  # the first step warms up
+                steps.append({"total": total, **parts})
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "completions/mean_length" in logs and 1 < state.global_step <= 1 + a.steps:
+                lengths.append(logs["completions/mean_length"])
+
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Timed(model=folder, reward_funcs=correctness, args=trl_args(a, out, total_steps),
+                        train_dataset=dataset, processing_class=hf, callbacks=[StepClock()])
+        started_rss = rss_mb()
+        trainer.train()
+    grader.close()
+    finish({"side": "trl", "steps": steps, "completion_len": statistics.mean(lengths) if lengths else None,
+            "profile": profile, "threads": torch.get_num_threads()}, a, started_rss)
+
+
+# ---------------------------------------------------------------------------------------------
+# The parent: both sides in turn, then the table
+# ---------------------------------------------------------------------------------------------
+
+PARTS = ("generation", "reward", "log-probs", "update", "other")
+
+
+def summarise(runs):
+    """Of a side's rounds, the one with the smallest median step (the least disturbed by other
+    load): its median step and the split of that step's time, averaged over its timed steps."""
+    best = min(runs, key=lambda r: statistics.median(s["total"] for s in r["steps"]))
+    steps = best["steps"]
+    split = {p: statistics.mean(s.get(p, 0.0) for s in steps) for p in PARTS}
+    if "other" not in steps[0]:  # ours: whatever rl_step does outside its four parts
+        split["other"] = statistics.mean(s["total"] for s in steps) - sum(split[p] for p in PARTS[:-1])
+    return {"step_s": statistics.median(s["total"] for s in steps), "split": split,
+            "all_steps": [round(s["total"], 3) for r in runs for s in r["steps"]],
+            "completion_len": best["completion_len"], "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+            "rss_after_setup_mb": best["rss_after_setup_mb"], "threads": best["threads"]}
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+
+
+def print_report(a, results):
+    ours, trl = results["ours"], results["trl"]
+    rows = a.questions * a.group_size
+    print(f"\nGRPO step: {a.questions} questions x {a.group_size} outputs = {rows} rows, <= {a.max_new_tokens} new "
+          f"tokens, mu 1, beta 0.04, clip 0.2, float32, {ours['threads']} thread(s); {machine()}")
+    print(f"{'':12s}{'s/step':>8s}" + "".join(f"{p:>12s}" for p in PARTS) + f"{'len':>7s}{'peak RSS MB':>13s}"
+          f"{'RSS at start':>14s}")
+    for name, r in (("grpo.py", ours), ("TRL", trl)):
+        print(f"{name:12s}{r['step_s']:8.3f}" + "".join(f"{r['split'][p]:12.3f}" for p in PARTS)
+              + f"{r['completion_len'] or 0:7.1f}{r['peak_rss_mb']:13.0f}{r['rss_after_setup_mb']:14.0f}")
+    ratio = ours["step_s"] / trl["step_s"]
+    print(f"every timed step, s: grpo.py {ours['all_steps']}; TRL {trl['all_steps']}")
+    print(f"ours / TRL: step {ratio:.2f}x (goal <= 0.70x: {'met' if ratio <= 0.7 else 'not met'}); "
+          + ", ".join(f"{p} {ours['split'][p] / trl['split'][p]:.2f}x" for p in PARTS[:4] if trl['split'][p] > 0)
+          + f"; peak RSS {ours['peak_rss_mb'] / trl['peak_rss_mb']:.2f}x (goal <= 1.00x: "
+          f"{'met' if ours['peak_rss_mb'] <= trl['peak_rss_mb'] else 'not met'})")
+    for name, r in (("grpo.py", ours), ("TRL", trl)):
+        p = r.get("profile")
+        if p:
+            print(f"\n{name}, one profiled step: {p['wall_s']:.3f} s wall; ops' own CPU time {p['op_self_s']:.3f} s "
+                  f"({100 * p['op_self_s'] / p['wall_s']:.0f}%; the rest is Python between ops); matmuls, attention "
+                  f"and log-softmax {p['shared_s']:.3f} s ({100 * p['shared_s'] / p['wall_s']:.0f}%)")
+            for key, s, count in p["top"]:
+                print(f"  {key:58s}{s:8.3f} s {count:8d} calls")
+    p = ours.get("profile")
+    if p:
+        # TRL runs the same matmuls and attention on the same shapes: even with every other op of
+        # ours free, our step could not fall below these kernels' time
+        floor = p["shared_s"] / p["wall_s"] * ours["step_s"]
+        print(f"\nceiling: with every op of ours but matmuls, attention and log-softmax free, our step would "
+              f"take >= {floor:.2f} s = {floor / trl['step_s']:.2f}x TRL's")
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    if a.side:
+        os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+        (run_ours if a.side == "ours" else run_trl)(a, a.checkpoint)
+        return
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        sys.exit("TRL is not installed: pip install -r requirements-bench.txt (TRL and accelerate, pinned)")
+    workdir = a.workdir or tempfile.mkdtemp(prefix="bench_grpo_vs_trl-")
+    os.makedirs(workdir, exist_ok=True)
+    folder = a.checkpoint
+    if not folder:
+        folder = os.path.join(workdir, "model")
+        if not os.path.exists(os.path.join(folder, "config.json")):
+            print(f"building a random classroom-shaped model in {folder}", flush=True)
+            build_model_folder(folder)
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "TOKENIZERS_PARALLELISM": "false",
+           "TRANSFORMERS_VERBOSITY": "error"}
+    runs, profiles = {"ours": [], "trl": []}, {}
+    # timed rounds, alternating sides; then, with --profile=true, one more run per side whose
+    # only timed step is profiled (the profiler slows the step and fills memory: not counted)
+    plan = [(r, side, False) for r in range(a.rounds) for side in ("ours", "trl")]
+    plan += [(a.rounds, side, True) for side in ("ours", "trl") if a.profile == "true"]
+    for round_, side, profiled in plan:
+        out = os.path.join(workdir, f"{side}-{round_}.json")
+        cmd = [sys.executable, os.path.abspath(__file__), f"--side={side}", f"--checkpoint={folder}", f"--out={out}",
+               f"--questions={a.questions}", f"--group_size={a.group_size}", f"--max_new_tokens={a.max_new_tokens}",
+               f"--steps={0 if profiled else a.steps}", f"--threads={a.threads}", f"--lr={a.lr}",
+               f"--profile={'true' if profiled else 'false'}"]
+        started = time.perf_counter()
+        subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+        with open(out) as f:
+            result = json.load(f)
+        if profiled:
+            profiles[side] = result["profile"]
+            print(f"{side}: profiled one step ({time.perf_counter() - started:.0f} s with start-up)", flush=True)
+            continue
+        runs[side].append(result)
+        print(f"round {round_ + 1}/{a.rounds} {side}: steps {[round(s['total'], 3) for s in result['steps']]} s "
+              f"({time.perf_counter() - started:.0f} s with start-up)", flush=True)
+    results = {side: {**summarise(r), "profile": profiles.get(side)} for side, r in runs.items()}
+    print_report(a, results)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump({"args": vars(a), "machine": machine(), **results}, f, indent=1)
+    print(f"\n{os.path.join(workdir, 'results.json')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""bench/: the GPU script's dry run (what runs on a machine without CUDA), and the GRPO-vs-TRL
+benchmark's shared parts: the Hugging Face tokenizer built from ours gives our ids, the padded
+tokenizer of the 1.3B part has the model's vocabulary, and (with TRL installed) a tiny run of
+both sides end to end."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import tasks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import bench_grpo_vs_trl as bench  # noqa: E402
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
+
+
+def test_gpu_script_without_cuda_runs_every_dry_run_and_exits_0(tmp_path):
+    """No CUDA here (or --dry_run): each part checks its shapes on the meta device, prints its
+    command, the figures are marked blocked, and the script exits 0."""
+    summary = tmp_path / "summary.txt"
+    flags = ["--dry_run"] if torch.cuda.is_available() else []
+    result = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu.sh"), *flags, f"--out={summary}"],
+                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr + result.stdout
+    text = summary.read_text()
+    if not flags:
+        assert "no CUDA device here" in text and "BLOCKED" in text
+    assert "FAILED" not in text and "TIMED OUT" not in text, text
+    assert "373.9M parameters" in text  # the README's pretraining shape
+    assert "6.91B parameters" in text and "batch  64" in text  # 7B decode, batch 1 and 64
+    assert "1.3B: 24 layers x 2048" in text and "1.35B parameters" in text  # configs/1.3b.py
+    for part in ("1-pretrain-mfu-dry: ok", "2-decode-7b-dry: ok", "3-grpo-vs-ppo-1.3b-dry: ok"):
+        assert part in text, text
+    assert text.count("would run:") == 3
+
+
+def test_hf_tokenizer_gives_our_ids_and_text():
+    ours = bench.classroom_tokenizer(1024)
+    hf = bench.hf_tokenizer(ours)
+    for p in tasks.classroom_problems("train", 50, 3):
+        assert hf(bench.prompt_text(ours, p))["input_ids"] == ours.encode_prompt(p.question)
+        solution = tasks.render_solution(p, "cot")
+        ids = ours.encode(solution)
+        assert hf(solution, add_special_tokens=False)["input_ids"] == ids
+        assert hf.decode(ids) == ours.decode(ids) == solution
+
+
+def test_classroom_tokenizer_fills_a_large_vocabulary_with_ids_text_never_makes():
+    tok = bench.classroom_tokenizer(4096)
+    assert tok.n_vocab == 4096 and tok.special_tokens[tok.pad] == 4095
+    small = bench.classroom_tokenizer(1024)
+    text = tasks.render_solution(tasks.classroom_problems("train", 1, 3)[0], "cot")
+    assert tok.encode(text) == small.encode(text)  # the filler ids change no encoding
+    assert isinstance(tok.decode(list(range(1000, 1100))), str)  # and decode (to U+FFFD)
+
+
+def test_trl_comparison_runs_end_to_end_at_a_tiny_size(tmp_path):
+    pytest.importorskip("trl")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench_grpo_vs_trl.py"),
+                             f"--workdir={tmp_path}", "--questions=2", "--group_size=2", "--max_new_tokens=6",
+                             "--steps=1", "--rounds=1"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ours / TRL: step" in result.stdout and "peak RSS" in result.stdout
+    assert (tmp_path / "results.json").exists()
