@@ -157,8 +157,8 @@ DEFAULTS = dict(
     rl_save_every=50,  # checkpoint every N steps (and at the end)
     rl_viewer_questions=2,  # fixed training questions whose groups rollouts.jsonl records for viewer.py
     rl_viewer_steps=[],  # steps (0-based) recorded for viewer.py; [] = the first, the middle and the last
-    rl_min_reward_spread=0.01,  # ours: a mean within-group reward std under this carries no signal ...
-    rl_flat_reward_steps=10,  # ... for this many steps in a row: a loud warning
+    rl_min_reward_spread=0.01,  # ours: a group whose reward std is under this has advantages 0 (a learned RM's noise is no signal) ...
+    rl_flat_reward_steps=10,  # ... and when the mean within-group std stays under it this many steps in a row: a loud warning
     rl_collapse_drop=0.25,  # ours: stop when held-out greedy accuracy falls this far below the start (a collapse)
     rl_rm_checkpoint="",  # a trained reward model folder (scalar head); "" = train one from the policy's trunk
     rl_rm_questions=64,  # questions whose G graded samples first train the reward model

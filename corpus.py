@@ -77,8 +77,9 @@ def read_wet(path, malformed):
     with a bad length, or cut short is counted in malformed[path]; reading resumes at the next
     version line.
     """
+    # Common Crawl's .gz files are one gzip member per record, concatenated: gzip.open reads across them
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
+    with opener(path, "rb") as f:  # bytes: Content-Length counts bytes, not characters
         line = f.readline()
         while line:
             if not line.startswith(b"WARC/"):
@@ -89,7 +90,7 @@ def read_wet(path, malformed):
             headers = {}
             line = f.readline()
             while line and line.strip():
-                name, _, value = line.decode("utf-8", "replace").partition(":")
+                name, _, value = line.decode("utf-8", "replace").partition(":")  # URLs hold ":" too
                 headers[name.strip().lower()] = value.strip()
                 line = f.readline()
             try:
@@ -101,7 +102,7 @@ def read_wet(path, malformed):
                 malformed[path] = malformed.get(path, 0) + 1
                 line = f.readline()
                 continue
-            if headers.get("warc-type") == "conversion":
+            if headers.get("warc-type") == "conversion":  # the text of one page; "warcinfo" describes the file
                 if "warc-target-uri" in headers:
                     yield {"url": headers["warc-target-uri"], "text": content.decode("utf-8", "replace")}
                 else:
@@ -115,7 +116,7 @@ def read_pages(path, malformed, need_url=True):
     """Yield the pages ({url, text, ...labels}) of a WET, JSONL or Parquet file."""
     if not os.path.exists(path):
         raise BadInput(f"{path}: no such page file; check corpus_pool_files / corpus_seed_files")
-    if ".wet" in os.path.basename(path) or ".warc" in os.path.basename(path):
+    if ".wet" in os.path.basename(path) or ".warc" in os.path.basename(path):  # CC names: *.warc.wet.gz
         yield from read_wet(path, malformed)
         return
     if not path.endswith((".jsonl", ".parquet")):
@@ -134,7 +135,7 @@ def expand(patterns, what):
         found = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         if not found:
             raise BadInput(f"{what}: the pattern {pattern!r} matches no file")
-        paths += [p for p in found if p not in paths]
+        paths += [p for p in found if p not in paths]  # read twice, a file's pages would all be URL repeats
     return paths
 
 
@@ -143,9 +144,10 @@ def read_seed(sources, max_pages, malformed):
     texts = []
     for source in sources:
         if source.startswith("hf:"):
-            texts += hub_texts(source[3:], max_pages - len(texts) if max_pages else 0)
+            texts += hub_texts(source[3:], max_pages - len(texts) if max_pages else 0)  # only what is still wanted
         else:
             for path in expand([source], "corpus_seed_files"):
+                # seeds are only fastText positives: their text is all we need, no URL
                 texts += [page["text"] for page in read_pages(path, malformed, need_url=False)]
         if max_pages and len(texts) >= max_pages:
             return texts[:max_pages]
@@ -166,10 +168,11 @@ def hub_texts(name, limit):
 
 # ---------------------------------------------------------------- hashing text
 
+# Words for dedup and decontamination: runs of Unicode letters, digits and "_"; LaTeX's \frac is "frac"
 WORD = re.compile(r"\w+")
 
 
-@lru_cache(maxsize=2**20)
+@lru_cache(maxsize=2**20)  # web text repeats its words: each distinct word is hashed once
 def word_hash(word):
     """A stable 64-bit hash of a word (Python's hash() differs between processes)."""
     return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
@@ -185,7 +188,9 @@ def ngram_hashes(hashes, n):
     h = sum_j hashes[i + j] * P^(n - 1 - j) mod 2^64 (polynomial rolling hash; numpy wraps)."""
     if len(hashes) < n:
         return np.zeros(0, np.uint64)
-    out = np.zeros(len(hashes) - n + 1, np.uint64)
+    out = np.zeros(len(hashes) - n + 1, np.uint64)  # (L - n + 1,)
+    # Horner's rule for every start position at once: n vectorised steps, no Python loop over positions;
+    # P is the 64-bit FNV prime, odd, so multiplying by it mod 2^64 loses no information
     for j in range(n):
         out = out * np.uint64(0x100000001B3) + hashes[j:len(hashes) - n + 1 + j]
     return out
@@ -194,18 +199,21 @@ def ngram_hashes(hashes, n):
 def url_hash(url):
     """64-bit hash of a URL normalised for dedup: lowercase host, no scheme, fragment or trailing /."""
     parts = urlsplit(url.strip())
-    key = f"{parts.netloc.lower()}{parts.path.rstrip('/')}?{parts.query}"
+    key = f"{parts.netloc.lower()}{parts.path.rstrip('/')}?{parts.query}"  # http:// and https:// copies match
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
 
 
 def uniform(hashes, salt):
-    """A uniform draw in [0, 1) per page, a pure function of (page hash, salt): splitmix64."""
-    with np.errstate(over="ignore"):
+    """A uniform draw in [0, 1) per page, a pure function of (page hash, salt): splitmix64.
+
+    No random generator state: a page's draw is the same on any rank, in any order, in any run,
+    which is what keeps the corpus independent of the number of ranks."""
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps mod 2^64, by design
         z = np.asarray(hashes, np.uint64) + np.uint64(salt) * np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / 2.0**53
+    return (z >> np.uint64(11)).astype(np.float64) / 2.0**53  # the top 53 bits: exact in a float64
 
 
 # ---------------------------------------------------------------- near-duplicates: MinHash + LSH
@@ -219,17 +227,21 @@ def minhash_signature(text, n_perm, shingle_words, seed):
     """
     a, b = permutation_params(n_perm, seed)
     hashes = word_hashes(text)
+    # the SET of shingles (unique); a page shorter than a shingle is one shingle of all its words
     shingles = np.unique(ngram_hashes(hashes, min(shingle_words, max(len(hashes), 1))))
     if len(shingles) == 0:  # a page without words: its signature matches only other empty pages
         return np.zeros(n_perm, np.uint32)
     with np.errstate(over="ignore"):
         permuted = (a[:, None] * shingles[None, :] + b[:, None]) >> np.uint64(32)  # (n_perm, n_shingles)
-    return permuted.min(axis=1).astype(np.uint32)
+    return permuted.min(axis=1).astype(np.uint32)  # (n_perm,) each hash function's minimum over the set
 
 
 @lru_cache(maxsize=4)
 def permutation_params(n_perm, seed):
+    """(a, b), (n_perm,) uint64 each: the hash functions of every signature. Drawn from cfg.seed
+    alone, so every rank and every page uses the same ones (else signatures would not compare)."""
     rng = np.random.default_rng(seed)
+    # odd a: x -> a x mod 2^64 is then a bijection, so distinct shingles stay distinct before the >> 32
     a = rng.integers(1, 2**63, n_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
     b = rng.integers(0, 2**63, n_perm, dtype=np.uint64)
     return a, b
@@ -245,12 +257,12 @@ def near_duplicates(signatures, bands, threshold):
     first page, and dropped when their signatures agree on >= threshold of the entries.
     """
     n, n_perm = signatures.shape
-    rows = n_perm // bands
+    rows = n_perm // bands  # r; the defaults 128 / 16 = 8 make pages candidates from ~(1/16)^(1/8) = 0.71
     duplicate = np.zeros(n, bool)
     index = np.arange(n)
     for band in range(bands):
-        cols = signatures[:, band * rows:(band + 1) * rows].astype(np.uint64)
-        keys = np.zeros(n, np.uint64)
+        cols = signatures[:, band * rows:(band + 1) * rows].astype(np.uint64)  # (n, r) this band of every page
+        keys = np.zeros(n, np.uint64)  # (n,) one hash of the band's r entries: equal bands, equal keys
         with np.errstate(over="ignore"):
             for col in cols.T:
                 keys = keys * np.uint64(0x100000001B3) + col
@@ -258,14 +270,19 @@ def near_duplicates(signatures, bands, threshold):
         starts = np.r_[True, keys[order][1:] != keys[order][:-1]]  # first page of each bucket
         first = order[np.maximum.accumulate(np.where(starts, index, 0))]  # its bucket's first page
         members, heads = order[~starts], first[~starts]
-        similarity = (signatures[members] == signatures[heads]).mean(axis=1)
+        similarity = (signatures[members] == signatures[heads]).mean(axis=1)  # (m,) estimated Jaccard
         duplicate[members[similarity >= threshold]] = True
     return duplicate
 
 
 def deduplicate(pages, cfg, d):
     """(url_dup, near_dup): masks over this rank's pages of the URL repeats and near duplicates
-    found among all ranks' pages; of each group the first page in (shard, position) order stays."""
+    found among all ranks' pages; of each group the first page in (shard, position) order stays.
+
+    The paper dedups Common Crawl by URL and near-duplicate content before any collection (40B
+    HTML pages remain) without naming its near-dedup method; MinHash + LSH is our choice, the
+    usual one for web corpora. Dedup is global, so every rank gathers every page's signature
+    (n_perm x 4 bytes a page)."""
     signatures = np.stack([minhash_signature(p["text"], cfg.corpus_minhash_perms, cfg.corpus_shingle_words, cfg.seed)
                            for p in tqdm(pages, desc="minhash", disable=not d.is_main, unit=" pages")]
                           ) if pages else np.zeros((0, cfg.corpus_minhash_perms), np.uint32)
@@ -274,11 +291,11 @@ def deduplicate(pages, cfg, d):
     parts = distributed.all_gather((order_keys, urls, signatures), d)
     all_keys, all_urls, all_sigs = (np.concatenate(column) for column in zip(*parts))
     order = np.argsort(all_keys, kind="stable")  # global page order: (shard, position)
-    _, first = np.unique(all_urls[order], return_index=True)
+    _, first = np.unique(all_urls[order], return_index=True)  # where each URL first occurs, in page order
     url_dup = np.ones(len(order), bool)
     url_dup[first] = False  # the first page of each URL stays
     near_dup = np.zeros(len(order), bool)
-    kept = np.flatnonzero(~url_dup)
+    kept = np.flatnonzero(~url_dup)  # near-dedup only what URL dedup kept
     near_dup[kept] = near_duplicates(all_sigs[order][kept], cfg.corpus_lsh_bands, cfg.corpus_dup_jaccard)
     mine = np.searchsorted(all_keys[order], order_keys)  # this rank's pages in the global order
     return url_dup[mine], near_dup[mine]
@@ -287,7 +304,10 @@ def deduplicate(pages, cfg, d):
 # ---------------------------------------------------------------- fastText classifier
 
 def fasttext_text(text):
-    """One line of fastText input: lowercase, punctuation split off words, no newlines."""
+    """One line of fastText input: lowercase, punctuation split off words, no newlines.
+
+    fastText splits on whitespace and reads one example per line: "x^2+1=5." must become
+    "x ^ 2 + 1 = 5 ." for its word n-grams to see the math symbols."""
     return " ".join(re.sub(r"([^\w\s])", r" \1 ", text.lower()).split())
 
 
@@ -303,8 +323,8 @@ def zeroed_allocations():
     upstream's zeros and makes training deterministic. Without glibc this does nothing; use
     fasttext_threads >= 10 there.
     """
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    M_PERTURB = -6
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the C library this process runs on
+    M_PERTURB = -6  # glibc's malloc.h
     if mallopt:
         mallopt(M_PERTURB, 255)
     try:
@@ -337,7 +357,7 @@ def math_scores(model, lines):
     """(N,) P(math | page) from the classifier, for fastText-ready lines."""
     if not lines:
         return np.zeros(0)
-    labels, probs = model.predict(lines, k=2)
+    labels, probs = model.predict(lines, k=2)  # both labels, best first, with their probabilities
     return np.array([p[list(l).index(MATH)] if MATH in l else 0.0 for l, p in zip(labels, probs)])
 
 
@@ -347,7 +367,7 @@ def domain_and_prefix(url, depth):
     """("mathoverflow.net", "questions") for https://mathoverflow.net/questions/123/slug, depth 1."""
     parts = urlsplit(url)
     segments = [s for s in parts.path.split("/") if s][:depth]
-    return (parts.hostname or "").lower(), "/".join(segments)
+    return (parts.hostname or "").lower(), "/".join(segments)  # hostname drops the port and user
 
 
 def read_url_patterns(path):
@@ -362,6 +382,7 @@ def read_url_patterns(path):
 
 
 def matches_patterns(url, patterns):
+    """Whether the URL without its scheme matches a glob of read_url_patterns."""
     bare = url.split("://", 1)[-1]
     return any(fnmatch.fnmatch(bare, p) for p in patterns)
 
@@ -373,7 +394,7 @@ def discover(domains, prefixes, collected, cfg, d):
     mathoverflow.net/questions), and its uncollected pages become seeds.
     Returns (new seed mask over this rank's pages, sorted math domains, sorted "domain/prefix")."""
     counts = Counter(zip(domains, prefixes, collected))  # (domain, prefix, collected) -> pages
-    merged = sum((Counter(part) for part in distributed.all_gather(counts, d)), Counter())
+    merged = sum((Counter(part) for part in distributed.all_gather(counts, d)), Counter())  # over all ranks
     domain_pages, domain_hits, prefix_pages, prefix_hits = Counter(), Counter(), Counter(), Counter()
     for (domain, prefix, is_collected), n in merged.items():
         domain_pages[domain] += n
@@ -381,9 +402,10 @@ def discover(domains, prefixes, collected, cfg, d):
         prefix_pages[domain, prefix] += n
         prefix_hits[domain, prefix] += n * is_collected
     share = cfg.corpus_domain_share
-    math_domains = {dom for dom in domain_pages if domain_hits[dom] > share * domain_pages[dom]}
+    math_domains = {dom for dom in domain_pages if domain_hits[dom] > share * domain_pages[dom]}  # paper: > 10%
     math_prefixes = {key for key in prefix_pages
                      if key[0] in math_domains and prefix_hits[key] > share * prefix_pages[key]}
+    # their pages the classifier missed become positives: the next classifier learns what this one did not
     new_seeds = np.array([not c and (dom, pre) in math_prefixes for dom, pre, c in zip(domains, prefixes, collected)], bool)
     return new_seeds, sorted(math_domains), sorted(f"{dom}/{pre}" for dom, pre in math_prefixes)
 
@@ -409,19 +431,21 @@ class Benchmarks:
                 grams = ngram_hashes(hashes, n)
                 by_length[n].append(grams)
             elif len(hashes) >= min_n:
-                grams = ngram_hashes(hashes, len(hashes))
+                grams = ngram_hashes(hashes, len(hashes))  # one "n-gram": the whole short text
                 by_length[len(hashes)].append(grams)
             else:
                 continue
             for g in grams.tolist():
-                self.owner.setdefault(g, name)
+                self.owner.setdefault(g, name)  # a gram shared by two benchmarks is reported under the first
+        # length -> sorted unique hashes: the page side is then one searchsorted per length
         self.grams = {length: np.unique(np.concatenate(parts)) for length, parts in by_length.items()}
 
     def match(self, text):
         """The name of a benchmark the page quotes, or None."""
         hashes = word_hashes(text)
         for length, grams in self.grams.items():
-            page_grams = ngram_hashes(hashes, length)
+            page_grams = ngram_hashes(hashes, length)  # every window of the page of this many words
+            # searchsorted gives an insertion point, not a match: compare the gram there
             found = grams[np.minimum(np.searchsorted(grams, page_grams), len(grams) - 1)] == page_grams
             if found.any():
                 return self.owner[int(page_grams[found.argmax()])]
@@ -436,7 +460,12 @@ def benchmark_texts(benchmarks):
 
 
 def decontaminate(pages, benchmarks, cfg, d):
-    """(the pages that quote no benchmark, {benchmark name: pages removed} over all ranks)."""
+    """(the pages that quote no benchmark, {benchmark name: pages removed} over all ranks).
+
+    Where we differ from the paper: it removes the text segments that match, we drop the whole
+    page (simpler, and it errs toward removing); and words are compared lowercased, punctuation
+    ignored, a little looser than the paper's exact substring match. Decontamination runs on the
+    collected pages only: those are all the corpus holds."""
     index = Benchmarks(benchmark_texts(benchmarks), cfg.corpus_decontam_ngram, cfg.corpus_decontam_min_ngram)
     quoted = [index.match(p["text"]) for p in tqdm(pages, desc="decontaminating", disable=not d.is_main, unit=" pages")]
     removed = sum((Counter(part) for part in distributed.all_gather(Counter(q for q in quoted if q), d)), Counter())
@@ -444,6 +473,7 @@ def decontaminate(pages, benchmarks, cfg, d):
 
 
 def total(value, d):
+    """The sum of a number over all ranks."""
     return sum(distributed.all_gather(value, d))
 
 
@@ -459,9 +489,10 @@ def inputs(cfg, folder, benchmarks, d):
     web = os.path.join(folder, "web")
     if d.is_main:
         quoted = [(p.question, p.solution or p.answer) for p in benchmarks.get("classroom", [])]
+        # web_contaminated_pages of the pool quote test problems: something for decontamination to find
         classroom_web.write_web(web, cfg.seed, cfg.web_pool_pages, cfg.web_seed_pages, cfg.web_shards,
                                 quoted, cfg.web_contaminated_pages)
-    distributed.barrier(d)
+    distributed.barrier(d)  # the other ranks read what rank 0 wrote
     return [os.path.join(web, "seed.jsonl")], [os.path.join(web, f"pool-{k:05d}.jsonl") for k in range(cfg.web_shards)]
 
 
@@ -471,7 +502,7 @@ def load_pool(pool_files, d, malformed):
     for shard in tqdm(range(d.rank, len(pool_files), d.world_size), desc="reading pool",
                       disable=not d.is_main, unit=" files"):
         for position, page in enumerate(read_pages(pool_files[shard], malformed)):
-            page["shard"], page["order"] = shard, (shard << 32) + position
+            page["shard"], page["order"] = shard, (shard << 32) + position  # (shard, position) as one int64
             page["url_hash"] = url_hash(page["url"])
             pages.append(page)
     return pages
@@ -481,13 +512,14 @@ def iterate(pages, seed_texts, cfg, folder, d):
     """The iterative fastText loop. Returns (P(math) per page, metrics rows, math domains)."""
     import fasttext
 
-    lines = [fasttext_text(p["text"]) for p in pages]
+    lines = [fasttext_text(p["text"]) for p in pages]  # normalised once, scored every iteration
     seed_lines = [fasttext_text(t) for t in seed_texts]
     hashes = np.array([p["url_hash"] for p in pages], np.uint64)
     domains = [domain_and_prefix(p["url"], cfg.corpus_url_prefix_depth)[0] for p in pages]
     prefixes = [domain_and_prefix(p["url"], cfg.corpus_url_prefix_depth)[1] for p in pages]
     patterns = read_url_patterns(cfg.corpus_url_patterns)
-    positive = np.array([matches_patterns(p["url"], patterns) for p in pages], bool)
+    positive = np.array([matches_patterns(p["url"], patterns) for p in pages], bool)  # (N,) pool seeds
+    # (N,) the classroom web's ground truth: precision and recall only, never a selection
     is_math = np.array([bool(p.get("is_math")) for p in pages], bool)
     has_labels = all(distributed.all_gather(all("is_math" in p for p in pages), d))  # the classroom web's
     collected = np.zeros(len(pages), bool)
@@ -499,17 +531,20 @@ def iterate(pages, seed_texts, cfg, folder, d):
         # corpus_negative_ratio times as many as the positives (the paper: 500K vs 500K).
         n_positive = total(len(seed_texts) + int(positive.sum()), d)  # the seed is read on rank 0 only
         rate = cfg.corpus_negative_ratio * n_positive / max(total(int((~positive).sum()), d), 1)
-        negative = ~positive & (uniform(hashes, 1000 * cfg.seed + iteration) < rate)
+        negative = ~positive & (uniform(hashes, 1000 * cfg.seed + iteration) < rate)  # (N,) a new draw each iteration
         parts = distributed.all_gather(([(p["order"], lines[i]) for i, p in enumerate(pages) if positive[i]],
                             [(p["order"], lines[i]) for i, p in enumerate(pages) if negative[i]]), d)
         if d.is_main:  # in page order, so the model does not depend on the number of ranks
             train_classifier(seed_lines + [line for _, line in sorted(x for pos, _ in parts for x in pos)],
                              [line for _, line in sorted(x for _, neg in parts for x in neg)], cfg, model_path)
         distributed.barrier(d)
-        scores = math_scores(fasttext.load_model(model_path), lines)
+        scores = math_scores(fasttext.load_model(model_path), lines)  # (N,) every rank scores its own pages
+        # Where we differ: the paper ranks the pages by score and keeps the top ones up to a token
+        # budget chosen by pretraining runs (40B tokens in the 1st iteration); we keep P(math) >= a
+        # fixed threshold, which needs no such runs.
         previous, collected = collected, scores >= cfg.corpus_min_score
         new_seeds, math_domains, math_prefixes = discover(domains, prefixes, collected, cfg, d)
-        positive |= new_seeds
+        positive |= new_seeds  # seeds accumulate over the iterations
         row = {"iteration": iteration, "positives": n_positive, "negatives": total(int(negative.sum()), d),
                "collected": total(int(collected.sum()), d), "new": total(int((collected & ~previous).sum()), d),
                "math_domains": len(math_domains), "new_math_domains": len(set(math_domains) - known_domains),
@@ -524,10 +559,11 @@ def iterate(pages, seed_texts, cfg, folder, d):
         if d.is_main:
             write_jsonl(os.path.join(folder, "metrics.jsonl"), rows)
         distributed.print0(f"iteration {iteration}: " + ", ".join(f"{k} {v}" for k, v in list(row.items())[1:]))
+        # the paper stopped after its 4th iteration, ~98% of whose data the 3rd had collected
         if iteration > 1 and row["new"] < cfg.corpus_stop_new_share * row["collected"]:
             distributed.print0(f"stopping: {row['new']} new pages is under {cfg.corpus_stop_new_share:.0%} of those collected")
             break
-    return scores, rows, {"domains": math_domains, "prefixes": math_prefixes}
+    return scores, rows, {"domains": math_domains, "prefixes": math_prefixes}  # the last classifier's scores
 
 
 def train_tokenizer(cfg, selected_files, path):
@@ -541,17 +577,23 @@ def train_tokenizer(cfg, selected_files, path):
                 yield bpe.chat_prompt(problem.question)
                 yield from (tasks.render_solution(problem, fmt) for fmt in (tasks.FORMATS if problem.program else ("cot",)))
 
+    # Not in the paper: DeepSeekMath keeps DeepSeek-LLM's 100K tokenizer; a model trained from
+    # scratch on the classroom gets a small BPE fitted to its own text.
     bpe.train_bpe(texts(), cfg.vocab_size).save(path)
 
 
 def write_tokens(pages, tok, folder, shard, cfg):
-    """Token shards of one pool shard's selected pages, train and val, each document ended by EOS.
-    Returns {split: tokens}."""
+    """Token shards of one pool shard's selected pages, train and val, each document as BOS, its
+    tokens, EOS. Returns {split: tokens}."""
+    # (N,) by URL hash: the split of a page does not depend on ranks, shards or reruns
     is_val = uniform(np.array([p["url_hash"] for p in pages], np.uint64), 7) < cfg.corpus_val_share
     counts = {}
     for split, in_split in (("train", ~is_val), ("val", is_val)):
-        docs = [tok.encode(p["text"]) + [tok.eos_id] for p, keep in zip(pages, in_split) if keep]
-        tokens = np.array([t for doc in docs for t in doc], shards.token_dtype(tok.n_vocab))
+        # BOS opens and EOS ends each document: pretraining windows cross document borders, and
+        # these mark them. Every prompt later starts with BOS (few-shot and chat alike), so the
+        # base model must have seen it: an embedding never trained would open every prompt.
+        docs = [[tok.bos_id] + tok.encode(p["text"]) + [tok.eos_id] for p, keep in zip(pages, in_split) if keep]
+        tokens = np.array([t for doc in docs for t in doc], shards.token_dtype(tok.n_vocab))  # 1-D, uint16/32
         shards.write_shard(os.path.join(folder, "tokens", f"{split}-{shard:05d}.bin"), tokens)
         counts[split] = len(tokens)
     return counts
@@ -563,12 +605,12 @@ def new_output(folder, d):
     replaces `folder` whole (model.staged_folder); when it fails it is removed and `folder`,
     with its summary.json, stays as the last successful run left it."""
     if not d.is_main:
-        yield distributed.all_gather(None, d)[0]
+        yield distributed.all_gather(None, d)[0]  # rank 0's build folder
         distributed.barrier(d)
         return
     recover_staged_folder(folder)
     with staged_folder(folder) as build:
-        umask = os.umask(0)
+        umask = os.umask(0)  # the only way to read the umask is to set it, then set it back
         os.umask(umask)
         os.chmod(build, 0o777 & ~umask)  # mkdtemp makes 0700; give the folder the mode makedirs would
         distributed.all_gather(build, d)
@@ -591,6 +633,7 @@ def main():
     cfg = config.main_config()
     d = distributed.setup("cpu")
     started = time.time()
+    # the test splits: the corpus must not hold what the later stages are evaluated on
     benchmarks = {os.path.basename(source): tasks.load_problems(source, "test", cfg) for source in cfg.corpus_benchmarks}
     with new_output(os.path.join(cfg.out_dir, "corpus"), d) as folder:
         summary = build(cfg, folder, benchmarks, d)
@@ -612,6 +655,7 @@ def build(cfg, folder, benchmarks, d):
     seed_sources, pool_files = inputs(cfg, folder, benchmarks, d)
     malformed = {}
     pages = load_pool(pool_files, d, malformed)
+    # rank 0 alone trains fastText, so only it reads the seed
     seed_texts = read_seed(seed_sources, cfg.corpus_seed_max_pages, malformed) if d.is_main else []
     summary = {"pool_files": len(pool_files), "pool_pages": total(len(pages), d), "seed_pages": len(seed_texts)}
     distributed.print0(f"read {summary['pool_pages']} pool pages from {len(pool_files)} files and "

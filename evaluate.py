@@ -64,6 +64,7 @@ def _grading_worker(conn, parent_end, timeout):
         except EOFError:  # the parent closed the pipe or died: nothing left to grade
             return
         for index, answer, gold in jobs:
+            # one reply per answer: the parent sees progress answer by answer, and which one stalled
             conn.send((index, answers_equal(answer, gold, timeout)))
 
 
@@ -90,16 +91,16 @@ class Grader:
 
     def __init__(self, n_workers=0, timeout=3):
         self.timeout = timeout
-        self.stall_limit = 2 * timeout + 1
+        self.stall_limit = 2 * timeout + 1  # two math-verify calls at their limit, plus 1 s
         self.context = multiprocessing.get_context("fork")
-        n_workers = n_workers or min(8, os.cpu_count() or 1)
+        n_workers = n_workers or min(8, os.cpu_count() or 1)  # most answers never reach a worker: 8 are plenty
         self.workers = [self._start_worker() for _ in range(n_workers)]
 
     def _start_worker(self):
         conn, worker_conn = self.context.Pipe()
         process = self.context.Process(target=_grading_worker, args=(worker_conn, conn, self.timeout), daemon=True)
         process.start()
-        worker_conn.close()
+        worker_conn.close()  # the child holds that end now; with ours closed, its death reads as EOF here
         return process, conn
 
     def close(self):
@@ -129,19 +130,20 @@ class Grader:
         """answers_equal(answer, gold) for each pair (None answers are unequal), in parallel."""
         if len(answers) != len(golds):
             raise ValueError(f"{len(answers)} answers but {len(golds)} gold answers")
-        answers = [None if answer is None else as_text(answer) for answer in answers]
+        answers = [None if answer is None else as_text(answer) for answer in answers]  # hashable text
         unique = {}  # an RL group often repeats one answer: grade each distinct pair once
         for pair in zip(answers, golds):
             unique.setdefault(pair, None)
         pairs = list(unique)
-        slow = {i for i, (answer, gold) in enumerate(pairs) if needs_math_verify(answer, gold)}
-        results = {i: answers_equal(*pairs[i]) for i in range(len(pairs)) if i not in slow}
+        slow = {i for i, (answer, gold) in enumerate(pairs) if needs_math_verify(answer, gold)}  # LaTeX, sympy
+        results = {i: answers_equal(*pairs[i]) for i in range(len(pairs)) if i not in slow}  # numbers, here
         results.update(self._check_in_workers([(i, *pairs[i]) for i in sorted(slow)]))
         equal = {pairs[i]: results[i] for i in range(len(pairs))}
         return [equal[pair] for pair in zip(answers, golds)]
 
     def _check_in_workers(self, jobs):
         """Send chunks of jobs to idle workers; collect results; kill and replace stalled ones."""
+        # ~4 chunks per worker: few pipe round trips, yet a slow chunk does not leave the others idle
         chunk = max(1, math.ceil(len(jobs) / (4 * len(self.workers))))
         queue = deque(jobs[i : i + chunk] for i in range(0, len(jobs), chunk))
         results = {}
@@ -152,6 +154,7 @@ class Grader:
                     busy[slot] = [list(queue.popleft()), time.monotonic()]
                     self.workers[slot][1].send(busy[slot][0])
             conns = {self.workers[slot][1]: slot for slot in busy}
+            # wake at least every 0.5 s, so a worker that answers nothing is seen stalled
             for conn in multiprocessing.connection.wait(list(conns), timeout=0.5):
                 slot = conns[conn]
                 try:
@@ -168,7 +171,7 @@ class Grader:
                 if time.monotonic() - last_progress > self.stall_limit:
                     results[pending[0][0]] = False  # the answer it was stuck on scores 0
                     if pending[1:]:
-                        queue.appendleft(pending[1:])
+                        queue.appendleft(pending[1:])  # the rest of its chunk goes to the next free worker
                     del busy[slot]
                     process, conn = self.workers[slot]
                     process.kill()
@@ -260,14 +263,14 @@ MATH_EXEMPLARS = [
 
 SUFFIXES = {"cot": COT_SUFFIX, "pot": POT_SUFFIX, "tool": TOOL_SUFFIX}
 DEFAULT_SHOTS = {"gsm8k": 8, "math": 4, "classroom": 3}  # classroom: its model has 512 positions
-FEWSHOT_STOP = {"gsm8k": "Q:", "math": "Problem:", "classroom": "Q:"}
+FEWSHOT_STOP = {"gsm8k": "Q:", "math": "Problem:", "classroom": "Q:"}  # where an invented next problem begins
 
 
 def task_style(task, problems):
     """Which few-shot prompt a task gets: "classroom", "math" (MATH-shaped rows) or "gsm8k"."""
     if task == "classroom":
         return "classroom"
-    if task == "math" or any("level" in p.meta or "type" in p.meta for p in problems):
+    if task == "math" or any("level" in p.meta or "type" in p.meta for p in problems):  # MATH's own fields
         return "math"
     return "gsm8k"
 
@@ -292,13 +295,14 @@ def make_prompt(tokenizer, question, mode, fmt, style, exemplars):
         text = "".join(f"Problem:\n{q}\n\nSolution:\n{a}\n\n" for q, a in exemplars) + f"Problem:\n{question}\n\nSolution:\n"
     else:
         text = "".join(f"Q: {q}\nA: {a}\n\n" for q, a in exemplars) + f"Q: {question}\nA:"
-    return [tokenizer.bos_id] + tokenizer.encode(text)
+    return [tokenizer.bos_id] + tokenizer.encode(text)  # BOS first, as the chat path's encode_prompt does
 
 
 # ---------------------------------------------------------------------------------------------
 # 4. Decoding: greedy, k samples, programs and tool rounds
 # ---------------------------------------------------------------------------------------------
 
+# the code of each ```python block; one cut open by the length limit runs to the end of the text
 _PYTHON_BLOCK = re.compile(r"```python\n(.*?)(?:```|$)", re.DOTALL)
 OUTPUT_MARKER = "```output"  # tool-integrated format (tasks.render_solution): the runtime's output follows
 
@@ -307,25 +311,26 @@ OUTPUT_MARKER = "```output"  # tool-integrated format (tasks.render_solution): t
 class Decoding:
     """How to turn prompts into responses (from the eval_* config keys)."""
     fmt: str  # "cot", "pot" or "tool"
-    max_new_tokens: int
-    batch_size: int
+    max_new_tokens: int  # per generation round: a tool-integrated response has up to tool_rounds + 1
+    batch_size: int  # prompts per generate() call
     stop_text: str  # few-shot: cut the response where the next problem starts; "" in chat mode
-    tool_rounds: int
+    tool_rounds: int  # most program runs in one tool-integrated response
     program_limits: dict  # run_program's timeout and memory_mb
 
 
 def _continue(model, contexts, decoding, temperature, eos_ids, stops, generator, progress):
     """Generate a continuation of every context (token ids), in batches of similar length
     (less padding). Returns (new ids without EOS, truncated) per context."""
-    order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
+    order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))  # a batch pads to its longest
     results = [None] * len(contexts)
     for start in range(0, len(order), decoding.batch_size):
         rows = order[start : start + decoding.batch_size]
-        room = model.args.max_seq_len - max(len(contexts[i]) for i in rows)
+        room = model.args.max_seq_len - max(len(contexts[i]) for i in rows)  # the longest row bounds the batch
         out = generate(model, [contexts[i] for i in rows], min(decoding.max_new_tokens, room),
                        temperature=temperature, eos_id=eos_ids, stop_sequences=stops, generator=generator)
         for row, i in enumerate(rows):
-            ids = out.tokens[row][out.mask[row]].tolist()
+            ids = out.tokens[row][out.mask[row]].tolist()  # the row's generated tokens, filler dropped
+            # the EOS is not text; a stop sequence stays (respond cuts the few-shot one from the text)
             results[i] = (ids[:-1] if ids and ids[-1] in eos_ids else ids, bool(out.truncated[row]))
         if progress is not None:
             progress.update(len(rows))
@@ -351,16 +356,19 @@ def respond(model, tokenizer, contexts, decoding, temperature, generator, progre
     if longest >= model.args.max_seq_len:
         raise BadInput(f"a prompt of {longest} tokens leaves no room in the model's {model.args.max_seq_len} "
                        "positions: use fewer few-shot examples (eval_shots) or eval_mode=chat")
+    # stop sequences as token ids: a few-shot model's next "Q:", and the marker after which a
+    # tool-integrated model waits for its program's output
     stops = [tokenizer.encode(decoding.stop_text)] if decoding.stop_text else []
     if decoding.fmt == "tool":
         stops.append(tokenizer.encode(OUTPUT_MARKER))
-    responses = [[] for _ in contexts]
+    responses = [[] for _ in contexts]  # generated ids (and tool outputs) per context
     truncated = [False] * len(contexts)
-    active = list(range(len(contexts)))
+    active = list(range(len(contexts)))  # rows that still generate in this round
     for round_ in range(decoding.tool_rounds + 1):
         full = {i for i in active if len(contexts[i]) + len(responses[i]) >= model.args.max_seq_len}
         truncated = [cut or i in full for i, cut in enumerate(truncated)]  # no room to go on after an output
         active = [i for i in active if i not in full]
+        # progress counts the first round only: one tick per response
         outs = _continue(model, [contexts[i] + responses[i] for i in active], decoding, temperature,
                          tokenizer.eos_ids, stops, generator, progress if round_ == 0 else None)
         paused = []
@@ -370,16 +378,18 @@ def respond(model, tokenizer, contexts, decoding, temperature, generator, progre
             text = tokenizer.decode(responses[i])
             if decoding.fmt == "tool" and text.endswith(OUTPUT_MARKER) and round_ < decoding.tool_rounds:
                 paused.append(i)
+        # the last python block is the one that asked for output; all of them run in the sandbox at once
         codes = [(_PYTHON_BLOCK.findall(tokenizer.decode(responses[i])) or [""])[-1] for i in paused]
         results = run_programs(codes, **decoding.program_limits)
         for i, result in zip(paused, results):
+            # closed as tasks.render_solution writes it in training, so the model goes on as it learned
             responses[i] += tokenizer.encode(f"\n{_tool_output(result)}\n```\n")
         active = paused
         if not active:
             break
     texts = [tokenizer.decode(ids) for ids in responses]
     if decoding.stop_text:
-        texts = [text.split("\n" + decoding.stop_text)[0] for text in texts]
+        texts = [text.split("\n" + decoding.stop_text)[0] for text in texts]  # drop the invented next problem
     return [{"text": text.strip(), "truncated": cut} for text, cut in zip(texts, truncated)]
 
 
@@ -387,10 +397,12 @@ def answers_of(responses, fmt, program_limits):
     """The answer each response states; program-of-thought: what its program prints."""
     if fmt != "pot":
         return [extract_answer(r["text"]) for r in responses]
+    # the last python block is the program; a response without one has no answer
     programs = {i: blocks[-1] for i, r in enumerate(responses) if (blocks := _PYTHON_BLOCK.findall(r["text"]))}
     results = dict(zip(programs, run_programs(list(programs.values()), **program_limits)))
     for i, result in results.items():
         responses[i]["program_output"] = result.output
+    # a program that crashed or timed out states no answer, even if it printed one first
     return [extract_answer(results[i].output) if i in results and results[i].ok else None for i in range(len(responses))]
 
 
@@ -415,7 +427,7 @@ def evaluate_model(model, tokenizer, problems, cfg, task="classroom", grader=Non
     every rank returns the metrics and records of all problems.
     """
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    mine = list(range(rank, len(problems), world))
+    mine = list(range(rank, len(problems), world))  # strided, so every rank gets a similar mix
     style = task_style(task, problems)
     exemplars = []
     if cfg.eval_mode == "fewshot":
@@ -427,20 +439,21 @@ def evaluate_model(model, tokenizer, problems, cfg, task="classroom", grader=Non
                         FEWSHOT_STOP[style] if cfg.eval_mode == "fewshot" else "", cfg.eval_tool_rounds, limits)
     k = cfg.eval_k
     device = model.embed_tokens.weight.device
-    generator = torch.Generator(device).manual_seed(cfg.seed + rank)
+    generator = torch.Generator(device).manual_seed(cfg.seed + rank)  # reproducible, and different per rank
     # maj@k and pass@k on the first eval_k_problems problems only: k samples each cost k greedy answers
     sampled = [p for p, i in zip(prompts, mine) if k > 1 and i < (cfg.eval_k_problems or len(problems))]
     progress = tqdm(total=len(mine) + k * len(sampled), desc=f"eval {task}", unit="response", disable=rank != 0)
     was_training = model.training
     model.eval()
     with training.autocast(device, cfg.dtype):
-        greedy = respond(model, tokenizer, prompts, decoding, 0.0, generator, progress)
+        greedy = respond(model, tokenizer, prompts, decoding, 0.0, generator, progress)  # temperature 0: argmax
+        # k copies of each prompt, side by side: graded_records reads problem j's as rows j k .. j k + k - 1
         samples = respond(model, tokenizer, [p for p in sampled for _ in range(k)], decoding,
                           cfg.eval_temperature, generator, progress) if sampled else []
     model.train(was_training)
     progress.close()
 
-    own_grader = grader is None
+    own_grader = grader is None  # a stage passes its own, forked once before the model filled memory
     grader = grader or Grader(cfg.grader_workers, cfg.grader_timeout)
     try:
         records = graded_records([problems[i] for i in mine], greedy, samples, k, cfg.eval_format, limits, grader)
@@ -452,7 +465,7 @@ def evaluate_model(model, tokenizer, problems, cfg, task="classroom", grader=Non
     if world > 1:
         shares = [None] * world
         dist.all_gather_object(shares, records)
-        records = sorted((r for share in shares for r in share), key=lambda r: r["index"])
+        records = sorted((r for share in shares for r in share), key=lambda r: r["index"])  # problem order
     return Evaluation(task_metrics(records, k), records)
 
 
@@ -464,6 +477,7 @@ def graded_records(problems, greedy, samples, k, fmt, limits, grader):
     n_sampled = len(samples) // k if samples else 0
     greedy_answers = answers_of(greedy, fmt, limits)
     sample_answers = answers_of(samples, fmt, limits)
+    # one check for greedy and sampled answers: one pass through the worker pool
     correct = grader.check(greedy_answers + sample_answers, golds + [gold for gold in golds[:n_sampled] for _ in range(k)])
     greedy_correct, sample_correct = correct[: len(golds)], correct[len(golds) :]
     groups = [range(j * k, (j + 1) * k) for j in range(n_sampled)]
@@ -475,6 +489,7 @@ def graded_records(problems, greedy, samples, k, fmt, limits, grader):
     same = dict(zip(pairs, grader.check([a for a, _ in pairs], [b for _, b in pairs])))
 
     def equal(a, b):
+        """Equivalence of two sampled answers: the same string, or graded equal above."""
         return a == b or same.get((a, b), same.get((b, a), False))
 
     records = []
@@ -486,6 +501,7 @@ def graded_records(problems, greedy, samples, k, fmt, limits, grader):
             record["samples"] = [{**samples[s], "answer": sample_answers[s], "correct": sample_correct[s]} for s in group]
             majority = majority_answer([sample_answers[s] for s in group], equal)
             record["majority_answer"] = majority
+            # the majority answer is one of the samples: its grade is that sample's
             record["majority_correct"] = any(sample_answers[s] == majority and sample_correct[s] for s in group)
         records.append(record)
     return records
@@ -500,9 +516,10 @@ def task_metrics(records, k):
     if sampled:
         metrics["sampled_problems"] = len(sampled)
         n_correct = [sum(s["correct"] for s in r["samples"]) for r in sampled]
+        # paper 5.2.2, figure 7: RL lifts Maj@K, not Pass@K (it sharpens, it does not add abilities)
         metrics[f"maj@{k}"] = float(np.mean([r["majority_correct"] for r in sampled]))
-        metrics[f"pass@{k}"] = float(np.mean([pass_at_k(k, c, k) for c in n_correct]))
-        metrics["pass@1"] = float(np.mean([pass_at_k(k, c, 1) for c in n_correct]))
+        metrics[f"pass@{k}"] = float(np.mean([pass_at_k(k, c, k) for c in n_correct]))  # n = k: any sample right
+        metrics["pass@1"] = float(np.mean([pass_at_k(k, c, 1) for c in n_correct]))  # c / k: sampled accuracy
     metrics["no_answer"] = float(np.mean([s["answer"] is None for s in responses]))
     metrics["truncated"] = float(np.mean([s["truncated"] for s in responses]))
     return metrics
@@ -516,6 +533,7 @@ def results_table(metrics_by_task):
         cells = [task]
         for key in columns:
             value = metrics.get(key, "")
+            # shares as percentages; problems/s, the one float that is not a share, as a number
             cells.append(f"{100 * value:.1f}%" if isinstance(value, float) and key != "problems/s" else
                          f"{value:.2f}" if isinstance(value, float) else str(value))
         rows.append(cells)
@@ -541,6 +559,7 @@ def run_name(checkpoint):
 
 
 def check_eval_config(cfg):
+    """Refuse a bad eval_* setting before a model is loaded, naming the fix."""
     if not cfg.eval_checkpoint:
         raise BadInput("set --eval_checkpoint=FOLDER: a checkpoint written by pretrain.py, sft.py or grpo.py, "
                        "or a Hugging Face Llama folder such as deepseek-math-7b-rl")
@@ -561,8 +580,9 @@ def main():
         task_problems = {}
         for task in cfg.eval_tasks or [cfg.test_problems]:
             problems = tasks.load_problems(task, "test", cfg)
-            task_problems[task] = problems[: cfg.eval_n_problems or len(problems)]
+            task_problems[task] = problems[: cfg.eval_n_problems or len(problems)]  # the same first n for every model
         with stage_grader(cfg, d) as grader:  # forked before the model fills memory
+            # no training: weights in the compute dtype (bf16 on a GPU), half the memory of float32
             model = Transformer.from_pretrained(cfg.eval_checkpoint, dtype=distributed.compute_dtype(d.device, cfg.dtype),
                                                 device=d.device)
             metrics = {}
@@ -577,7 +597,7 @@ def main():
     except (BadInput, FileNotFoundError, KeyError, ValueError) as e:
         sys.exit(f"evaluate.py: {e}")
     if d.is_main:
-        settings = {key: value for key, value in vars(cfg).items() if key.startswith("eval_")}
+        settings = {key: value for key, value in vars(cfg).items() if key.startswith("eval_")}  # what metrics depend on
         write_json(os.path.join(out_dir, "metrics.json"), {"settings": settings, "metrics": metrics})
         print(f"\n{cfg.eval_checkpoint}: {cfg.eval_mode} {cfg.eval_format}, k={cfg.eval_k}, sandbox: "
               f"{', '.join(sandbox_layers())}\n{results_table(metrics)}\nevery response and its grade: {out_dir}/")

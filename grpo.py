@@ -113,7 +113,7 @@ KL_LIMIT = 10.0  # a single token's k3 KL above this is an outlier, not a signal
 # step's last token); reward_mask (N, T) marks where.
 
 
-def group_advantages(rewards, reward_mask, response_mask, group_size):
+def group_advantages(rewards, reward_mask, response_mask, group_size, min_std=1e-6):
     """GRPO's advantages (paper 4.1.2 outcome, 4.1.3 process supervision), (N, T).
 
     Process supervision: every step reward of the group's G outputs is normalised with the
@@ -124,6 +124,9 @@ def group_advantages(rewards, reward_mask, response_mask, group_size):
     Outcome supervision is the case of one "step" ending at the last token:
         A_i,t = r~_i = (r_i - mean(r)) / std(r)  for every token t of o_i.
     A group whose rewards all agree (std 0) carries no signal: its advantages are 0, not NaN.
+    Not in the paper: a group whose std is under min_std is treated alike. A learned reward
+    model's scores always differ a little; dividing differences of 1e-4 by their own std would
+    turn its noise into advantages of +-1, the same size as a real signal's (rl_min_reward_spread).
     Returns the advantages, the group means and stds (B,), and the count of zero-variance groups."""
     N, T = rewards.shape
     r = rewards.view(-1, group_size, T)  # (B, G, T)
@@ -133,8 +136,8 @@ def group_advantages(rewards, reward_mask, response_mask, group_size):
     # std(R): the population std (divide by the count). The paper writes std() without saying
     # which; TRL uses the sample std (n - 1), 1.07x ours at G = 8, so its advantages are 0.94x.
     std = (((r - mean) ** 2 * m).sum((1, 2), keepdim=True) / count.clamp(min=1)).sqrt()
-    signal = std > 1e-6  # (B, 1, 1)
-    normalised = torch.where(signal, (r - mean) / std.clamp(min=1e-6), 0.0) * m  # r~, (B, G, T)
+    signal = std > min_std  # (B, 1, 1)
+    normalised = torch.where(signal, (r - mean) / std.clamp(min=min_std), 0.0) * m  # r~, (B, G, T)
     # sum over steps ending at or after t: a cumulative sum from the right
     advantages = normalised.flip(-1).cumsum(-1).flip(-1).view(N, T) * response_mask
     return advantages, mean.view(-1), std.view(-1), int((~signal).sum())
@@ -334,7 +337,8 @@ def advantages(run, rollouts, scored, cfg):
         old_logp = logprobs_of(run.policy, rollouts, cfg) if algo == "ppo" or (algo == "grpo" and cfg.rl_mu > 1) else None
         ref_logp = logprobs_of(run.ref, rollouts, cfg) if algo in ("grpo", "ppo") else None
         old_values = values_of(run.value, rollouts, cfg) if algo == "ppo" else None
-    group_adv, mean, std, zero_var = group_advantages(scored.rewards, scored.reward_mask, m, cfg.rl_group_size)
+    group_adv, mean, std, zero_var = group_advantages(scored.rewards, scored.reward_mask, m, cfg.rl_group_size,
+                                                      cfg.rl_min_reward_spread)
     targets = Targets(group_adv, old_logp, ref_logp, mean, std, zero_var)
     if algo == "ppo":
         # per-token reward (paper eq. 2): r_t = r_phi(q, o_<=t) - beta log(pi_old(o_t|.) / pi_ref(o_t|.))
@@ -590,14 +594,20 @@ def logged_step(run, job, questions, cfg, step):
     if iterative(cfg) and step and step % cfg.rl_iteration_steps == 0:
         job.iterations.append(iteration_summary(run, job, cfg, step))
         new_iteration(run, job.train_problems, cfg, step)
-    if step in recorded_steps(cfg):
-        record_rollouts(run, job.probe, cfg, step, os.path.join(job.out, "rollouts.jsonl"))
     share = len(questions) // d.world_size  # this rank's questions: a contiguous share of the step's
-    metrics = rl_step(run, questions[d.rank * share:(d.rank + 1) * share], d.rank * share, cfg, step)
+    try:
+        if step in recorded_steps(cfg):
+            record_rollouts(run, job.probe, cfg, step, os.path.join(job.out, "rollouts.jsonl"))
+        metrics = rl_step(run, questions[d.rank * share:(d.rank + 1) * share], d.rank * share, cfg, step)
+    except FloatingPointError as e:  # finite weights can still be too large: the sampler's logits overflow
+        raise training.Diverged(f"step {step + 1}: {e}; {training.last_saved(run.last_checkpoint)}") from None
     metrics = {k: distributed.all_reduce_mean(v, d) for k, v in metrics.items()}
     accuracy = None
     if cfg.rl_eval_every and (step + 1) % cfg.rl_eval_every == 0 and step + 1 < cfg.rl_steps:
         accuracy = metrics["heldout_greedy"] = heldout_accuracy(run, job.test_problems, cfg)
+    if run.rm is not None and run.rm.evaluations and run.rm.evaluations[-1]["step"] == step:  # (re)trained now
+        latest = run.rm.evaluations[-1]
+        metrics.update(rm_heldout_auc=latest["heldout_auc"], rm_heldout_accuracy=latest["heldout_accuracy"])
     job.step_times.append(time.time() - t0)
     job.spreads.append(metrics["reward_spread"])
     watch_signal(job.spreads, accuracy, job.accuracy_before, cfg, step)

@@ -54,19 +54,21 @@ LLAMA3_ROPE_KEYS = dict(factor=1.0, low_freq_factor=1.0, high_freq_factor=1.0, o
 
 @dataclass
 class ModelArgs:
-    vocab_size: int = 4096
-    dim: int = 128
+    # Defaults: the classroom model (~1M parameters); DeepSeekMath-7B's config.json, read by from_hf,
+    # has V 102,400, D 4,096, 30 layers, 32 heads and 32 kv heads, SwiGLU width 11,008, 4,096 positions.
+    vocab_size: int = 4096  # V, rows of embed_tokens and lm_head; at least the tokenizer's ids
+    dim: int = 128  # D, the width of the residual stream
     n_layer: int = 4
-    n_head: int = 4
-    n_kv_head: int = 4
-    intermediate_size: int = 352
-    max_seq_len: int = 512
-    rope_theta: float = 10000.0
+    n_head: int = 4  # H query heads
+    n_kv_head: int = 4  # K key/value heads: K < H is grouped-query attention (GQA), K = H plain multi-head
+    intermediate_size: int = 352  # SwiGLU width, ~8/3 D (rounded up to a multiple of 32)
+    max_seq_len: int = 512  # positions the RoPE tables cover; prompt + output must fit
+    rope_theta: float = 10000.0  # RoPE's base: theta_j = rope_theta^(-2j/d)
     rope_scaling: dict = None  # Llama 3.1's long-context RoPE: {LLAMA3_ROPE_KEYS: value}; None = plain
-    norm_eps: float = 1e-6
-    tie_embeddings: bool = False
+    norm_eps: float = 1e-6  # RMSNorm's eps (DeepSeek-LLM/Math: 1e-6; config.json's rms_norm_eps)
+    tie_embeddings: bool = False  # lm_head shares embed_tokens' matrix (small Llama 3.2 / Qwen2); DeepSeek: no
     qkv_bias: bool = False  # Qwen2: biases on the q, k and v projections (not on o_proj)
-    init_std: float = 0.02
+    init_std: float = 0.02  # N(0, init_std) init; matters only for a model trained from scratch
     bos_id: int = 0  # None where the model has none (Qwen2's config.json may say null)
     eos_id: int = 1  # or a list of ids, any of which ends generation (Llama 3 instruct: three)
 
@@ -78,11 +80,13 @@ class ModelArgs:
 
     @property
     def head_dim(self):
+        """d = D / H: the heads split the width. HF configs may say head_dim; from_hf refuses others."""
         return self.dim // self.n_head
 
     # ---- Hugging Face config.json <-> ModelArgs
     def to_hf(self, head, dtype):
-        family = "qwen2" if self.qkv_bias else "llama"
+        """The config.json that transformers and vLLM read for this model (the inverse of from_hf)."""
+        family = "qwen2" if self.qkv_bias else "llama"  # only Qwen2 has q/k/v biases: they name the family
         arch = {"qwen2": "Qwen2", "llama": "Llama"}[family]
         hf = dict(
             architectures=[arch + ("ForCausalLM" if head == "lm" else "ForSequenceClassification")],
@@ -109,9 +113,9 @@ class ModelArgs:
         if family == "llama":
             hf.update(attention_bias=False, mlp_bias=False)
         else:
-            hf.update(use_sliding_window=False)
+            hf.update(use_sliding_window=False)  # Qwen2 can window its attention; ours always sees it all
         if head == "scalar":
-            hf["num_labels"] = 1
+            hf["num_labels"] = 1  # ForSequenceClassification with one label: the reward / value head
         return hf
 
     @classmethod
@@ -141,7 +145,7 @@ class ModelArgs:
                 dim=hf["hidden_size"],
                 n_layer=hf["num_hidden_layers"],
                 n_head=n_head,
-                n_kv_head=hf.get("num_key_value_heads") or n_head,
+                n_kv_head=hf.get("num_key_value_heads") or n_head,  # absent in Llama 1 configs: no GQA
                 intermediate_size=hf["intermediate_size"],
                 max_seq_len=hf.get("max_position_embeddings", 4096),
                 rope_theta=_rope_theta(hf),
@@ -173,12 +177,16 @@ def _rope_scaling(hf, refuse):
         if kind != "llama3" or any(k not in rope for k in LLAMA3_ROPE_KEYS):
             raise refuse(field, "only plain RoPE and Llama 3's rope_type 'llama3' with "
                                 + ", ".join(LLAMA3_ROPE_KEYS))
-        return {k: type(v)(rope[k]) for k, v in LLAMA3_ROPE_KEYS.items()}
+        return {k: type(v)(rope[k]) for k, v in LLAMA3_ROPE_KEYS.items()}  # the key set we compute, no more
     return None
 
 
 class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x^2) + eps) * w, computed in float32 as Llama does."""
+    """y = x / sqrt(mean(x^2) + eps) * w, computed in float32 as Llama does.
+
+    RMSNorm (Zhang & Sennrich 2019) is LayerNorm without the mean subtraction and the bias: it
+    only rescales each token's vector to unit RMS, which is what keeps the pre-norm blocks' inputs
+    at a fixed scale, and it is cheaper. The gain w starts at 1 and is not weight-decayed."""
 
     def __init__(self, dim, eps):
         super().__init__()
@@ -186,9 +194,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        x32 = x.float()
+        x32 = x.float()  # (..., D); a bf16 mean of squares over 4,096 numbers would lose digits
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return self.weight * x32.to(x.dtype)  # cast back before the gain, in HF LlamaRMSNorm's order
 
 
 def rope_tables(args, device=None):
@@ -198,11 +206,14 @@ def rope_tables(args, device=None):
     not interleaved pairs, and Llama checkpoints' q/k weights are permuted to match; we use
     the same layout so those weights load unchanged."""
     d = args.head_dim
+    # theta_j for j = 0 .. d/2 - 1, (d/2,): from 1 rad per position down to ~1/rope_theta
     inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, d, 2, device=device, dtype=torch.float32) / d))
     if args.rope_scaling:
         inv_freq = llama3_inv_freq(inv_freq, **args.rope_scaling)
+    # m * theta_j for every position m, (max_seq_len, d/2), float32 (in bf16 the angle of
+    # position 4,000 would be off by whole radians)
     angles = torch.outer(torch.arange(args.max_seq_len, device=device, dtype=torch.float32), inv_freq)
-    angles = torch.cat([angles, angles], dim=-1)  # (max_seq_len, d)
+    angles = torch.cat([angles, angles], dim=-1)  # (max_seq_len, d): dimensions j and j + d/2 share theta_j
     return angles.cos(), angles.sin()
 
 
@@ -220,8 +231,14 @@ def llama3_inv_freq(inv_freq, factor, low_freq_factor, high_freq_factor, origina
 
 
 def apply_rope(x, cos, sin):
-    """x (B, H, T, d) rotated by position: x*cos + rotate_half(x)*sin; cos/sin (B, 1, T, d)."""
-    x1, x2 = x.chunk(2, dim=-1)
+    """x (B, H, T, d) rotated by position: x*cos + rotate_half(x)*sin; cos/sin (B, 1, T, d).
+
+    RoPE (Su et al. 2021): the pair (x_j, x_j+d/2) of the token at position m is rotated by the
+    angle m theta_j. With q rotated by m theta_j and k by n theta_j, each pair's dot product depends
+    on the positions only through (m - n) theta_j: attention sees relative positions, and no
+    position is added to the residual stream."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, d/2) each
+    # (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin): a 2-D rotation of each pair
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
@@ -234,20 +251,28 @@ class KVCache:
     each forward (torch.compile then sees it as one symbolic size, not a new graph per step)."""
 
     def __init__(self, args, batch_size, max_len, device, dtype):
-        shape = (batch_size, args.n_kv_head, max_len, args.head_dim)
+        shape = (batch_size, args.n_kv_head, max_len, args.head_dim)  # K heads, not H: GQA's H/K saving
+        # one (B, K, S_max, d) tensor per layer: 2 x n_layer x B x K x S_max x d numbers in all,
+        # for the 7B at bf16 0.5 MB per token of a row
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layer)]
         self.length = 0  # positions filled so far (the same for every row: prompts are left-padded)
 
     def update(self, layer, k, v):
         """Store this forward's keys/values (B, K, T, d); return those to attend over (B, K, S, d)."""
-        end = self.length + k.shape[2]
+        end = self.length + k.shape[2]  # prefill: T = prompt length; decode: T = 1
         self.k[layer][:, :, self.length:end] = k
         self.v[layer][:, :, self.length:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
 class Attention(nn.Module):
+    """Causal self-attention with RoPE and grouped-query attention (GQA, Ainslie et al. 2023).
+
+    H query heads share K key/value heads in groups of H/K: the k/v projections and the KV cache
+    shrink by H/K at little cost in quality. K = H is plain multi-head attention (DeepSeekMath-7B,
+    Llama 2-7B); K < H is Llama 3's, Qwen2's and the 67B DeepSeek-LLM's GQA."""
+
     def __init__(self, args):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = args.n_head, args.n_kv_head, args.head_dim
@@ -260,17 +285,23 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, d)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, T, d)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, T, d)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # positions enter here only; v has none
         if cache is not None:  # write this step's keys/values, attend over everything so far
             k, v = cache.update(layer, k, v)  # (B, K, S, d)
         # softmax(q k^T / sqrt(d) + mask) v; K < H shares each kv head among H/K query heads (GQA)
+        # No mask: a batch of whole unpadded rows, so the fused kernel's own causal mask serves.
+        # A mask (padding, or T new queries over S cached keys) comes from padding_positions_and_mask.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
-                                           enable_gqa=self.n_kv_head != self.n_head)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+                                           enable_gqa=self.n_kv_head != self.n_head)  # (B, H, T, d)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # heads side by side (B, T, H d) -> (B, T, D)
 
 
 class SwiGLU(nn.Module):
+    """Llama's feed-forward (Shazeer 2020, GLU variants): down(silu(gate(x)) * up(x)), silu(z) =
+    z sigmoid(z). Three D x I matrices instead of a plain MLP's two, so I ~ 8/3 D keeps the
+    parameter count of a 4D-wide two-matrix MLP."""
+
     def __init__(self, args):
         super().__init__()
         self.gate_proj = nn.Linear(args.dim, args.intermediate_size, bias=False)
@@ -278,10 +309,14 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(args.intermediate_size, args.dim, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # (B, T, I) gated, back to (B, T, D)
 
 
 class Block(nn.Module):
+    """One pre-norm decoder layer. Each sublayer reads a normalised copy of the residual stream and
+    adds its output back, so the stream itself is never normalised and the gradient reaches every
+    layer through the identity path of the sums (pre-norm trains more stably at depth than post-norm)."""
+
     def __init__(self, args):
         super().__init__()
         self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
@@ -290,8 +325,8 @@ class Block(nn.Module):
         self.mlp = SwiGLU(args)
 
     def forward(self, x, cos, sin, attn_mask, cache, layer):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, cache, layer)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, cache, layer)  # h, (B, T, D)
+        return x + self.mlp(self.post_attention_layernorm(x))  # y = h + SwiGLU(RMSNorm(h))
 
 
 class Transformer(nn.Module):
@@ -306,13 +341,15 @@ class Transformer(nn.Module):
         # Module names follow Hugging Face's (minus the "model." prefix), so state dicts map 1:1.
         self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layer))
-        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.norm = RMSNorm(args.dim, args.norm_eps)  # the stream grows with depth: normalise before the head
         if head == "lm":
             self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
             if args.tie_embeddings:
-                self.lm_head.weight = self.embed_tokens.weight
+                self.lm_head.weight = self.embed_tokens.weight  # one Parameter: its gradient is the sum of both uses
         else:
-            self.score = nn.Linear(args.dim, 1, bias=False)
+            self.score = nn.Linear(args.dim, 1, bias=False)  # no bias, as HF's ForSequenceClassification
+        # The trainers set it: store only each block's input and recompute the block in backward,
+        # trading ~1/3 more compute for activations of one block instead of n_layer.
         self.gradient_checkpointing = False
         self.reset_rope()
         self.apply(self._init_weights)
@@ -321,6 +358,7 @@ class Transformer(nn.Module):
         """(Re)build the RoPE tables: after loading on the meta device they must be real."""
         device = self.embed_tokens.weight.device
         cos, sin = rope_tables(self.args, None if device.type == "meta" else device)
+        # persistent=False: derived from args, so not in state_dict and not in HF checkpoints
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
@@ -349,14 +387,14 @@ class Transformer(nn.Module):
         B, T = tokens.shape
         if positions is None:
             start = cache.length if cache is not None else 0
-            positions = torch.arange(start, start + T, device=tokens.device).expand(B, T)
-        cos = self.rope_cos[positions].unsqueeze(1)  # (B, 1, T, d)
+            positions = torch.arange(start, start + T, device=tokens.device).expand(B, T)  # (B, T)
+        cos = self.rope_cos[positions].unsqueeze(1)  # (B, 1, T, d): each row's own positions, shared by heads
         sin = self.rope_sin[positions].unsqueeze(1)
         x = self.embed_tokens(tokens)  # (B, T, D)
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # tables in float32, applied in the compute dtype, as HF does
         for i, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, cos, sin, attn_mask, cache, i, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, attn_mask, cache, i, use_reentrant=False)  # keeps x only
             else:
                 x = layer(x, cos, sin, attn_mask, cache, i)
         return self.norm(x)
@@ -367,7 +405,7 @@ class Transformer(nn.Module):
         position only (B, V), for generation; targets (B, T): log pi(targets[:, t] | tokens[:, :t+1])
         (B, T) computed in chunks (see sequence_logprobs). Every use goes through forward so that
         DDP's and FSDP's hooks (gradient sync, weight all-gather) see it."""
-        h = self.trunk(tokens, positions, attn_mask, cache)
+        h = self.trunk(tokens, positions, attn_mask, cache)  # (B, T, D)
         if self.head_kind == "scalar":
             return self.score(h).squeeze(-1)  # (B, T)
         if last_only:
@@ -377,11 +415,13 @@ class Transformer(nn.Module):
         return chunked_logprobs(self.lm_head, h, targets, temperature, with_entropy, chunk_size)
 
     def num_params(self):
+        """Parameters, a tied lm_head counted once (parameters() yields a shared tensor once)."""
         return sum(p.numel() for p in self.parameters())
 
     # ------------------------------------------------------------------ Hugging Face checkpoints
     @staticmethod
     def hf_name(name):
+        """Our state-dict key -> HF's: the trunk sits under "model." in LlamaForCausalLM, the heads do not."""
         return name if name.startswith(("lm_head.", "score.")) else "model." + name
 
     def save_pretrained(self, folder, state_dict=None, max_shard_bytes=5 * 2**30, atomic=True):
@@ -396,8 +436,10 @@ class Transformer(nn.Module):
         state = state_dict if state_dict is not None else self.state_dict()
         tensors = {self.hf_name(k): v.detach().cpu().contiguous() for k, v in state.items()}
         if self.args.tie_embeddings:
-            tensors.pop("lm_head.weight", None)
-        dtype = next(iter(tensors.values())).dtype
+            tensors.pop("lm_head.weight", None)  # HF stores only embed_tokens and re-ties on load
+        dtype = next(iter(tensors.values())).dtype  # config.json's torch_dtype: the dtype stored
+        # Greedy sharding in state-dict order, as HF's save_pretrained: a new shard when the next
+        # tensor would overflow max_shard_bytes (a single larger tensor gets a shard of its own).
         shards, current, size = [], {}, 0
         for name, t in tensors.items():
             nbytes = t.numel() * t.element_size()
@@ -413,7 +455,7 @@ class Transformer(nn.Module):
             if len(shards) == 1:
                 save_file(shards[0], os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
                 return
-            weight_map = {}
+            weight_map = {}  # tensor name -> shard file: model.safetensors.index.json, how loaders find it
             for i, shard in enumerate(shards, 1):
                 name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
                 save_file(shard, os.path.join(tmp, name), metadata={"format": "pt"})
@@ -438,9 +480,12 @@ class Transformer(nn.Module):
             except json.JSONDecodeError as e:
                 raise BadInput(f"{config_path}: not valid JSON ({e})")
         args = ModelArgs.from_hf(hf, config_path)
+        # On the meta device the model has shapes but no memory and no random init: a 7B costs
+        # neither 28 GB of float32 nor the seconds of initialising weights about to be replaced.
         with torch.device("meta"):
             model = cls(args, head)
         stored, files = read_safetensors(folder, device)
+        # HF name -> (our name, the meta parameter, whose shape config.json fixed)
         expected = {cls.hf_name(k): (k, p) for k, p in model.state_dict(keep_vars=True).items()}
         state = {}
         for hf_key, (key, param) in expected.items():
@@ -459,10 +504,12 @@ class Transformer(nn.Module):
                 raise BadInput(f"{os.path.join(folder, files[hf_key])}: tensor '{hf_key}' has shape "
                                f"{tuple(t.shape)} but config.json ({given}) makes it {tuple(param.shape)}")
             state[key] = t.to(dtype) if dtype is not None else t
+        # assign=True: the loaded tensors become the parameters (no copy into meta tensors);
+        # strict=False: a tied lm_head is not in `state`.
         model.load_state_dict(state, strict=False, assign=True)
         if args.tie_embeddings and head == "lm":
-            model.lm_head.weight = model.embed_tokens.weight
-        model.reset_rope()
+            model.lm_head.weight = model.embed_tokens.weight  # assign replaced embed_tokens': tie again
+        model.reset_rope()  # the RoPE buffers were made on meta
         return model
 
 
@@ -488,7 +535,7 @@ def read_safetensors(folder, device):
     if os.path.exists(index):
         try:
             with open(index) as f:
-                files = sorted(set(json.load(f)["weight_map"].values()))
+                files = sorted(set(json.load(f)["weight_map"].values()))  # each shard once
         except (json.JSONDecodeError, KeyError, AttributeError) as e:
             raise BadInput(f"{index}: not a safetensors index ({type(e).__name__}: {e})")
     elif os.path.exists(os.path.join(folder, "model.safetensors")):
@@ -503,7 +550,7 @@ def read_safetensors(folder, device):
         try:
             with safe_open(path, framework="pt", device=str(device)) as f:
                 for key in f.keys():
-                    stored[key], where[key] = f.get_tensor(key), name
+                    stored[key], where[key] = f.get_tensor(key), name  # read straight onto `device`
         except (SafetensorError, OSError) as e:
             raise BadInput(f"{path}: damaged or truncated safetensors file ({e}); download it again")
     return stored, where
@@ -525,6 +572,8 @@ class staged_folder:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False
+        # Two renames, never a copy: a crash between them leaves the complete new folder beside
+        # the .old one, which fileio.recover_staged_folder puts in place on the next run.
         old = None
         if os.path.exists(self.folder):
             old = self.tmp + ".old"
@@ -543,18 +592,20 @@ def padding_positions_and_mask(mask):
     A padding query sees only itself, so no softmax row is empty (which would give NaN);
     its output is never used. This makes a row's result independent of its padding."""
     B, T = mask.shape
+    # (B, T): 0 at a row's first real token, as if it had no padding; padding gets 0 too (unused)
     positions = (mask.long().cumsum(1) - 1).clamp(min=0)
-    causal = torch.ones(T, T, dtype=torch.bool, device=mask.device).tril()
+    causal = torch.ones(T, T, dtype=torch.bool, device=mask.device).tril()  # (T, T) query t sees keys <= t
     attn = causal & mask[:, None, None, :]  # (B, 1, T, T)
-    attn = attn | torch.eye(T, dtype=torch.bool, device=mask.device)
+    attn = attn | torch.eye(T, dtype=torch.bool, device=mask.device)  # the diagonal: no empty softmax row
     return positions, attn
 
 
 def _chunk_logprobs(lm_head, hidden, targets, temperature, with_entropy):
+    """Log-probs (B, c) of the targets, and the entropies, of one chunk of c positions."""
     logits = lm_head(hidden).float()  # (B, c, V), the only place logits exist
     if temperature != 1.0:
-        logits = logits / temperature
-    logp_all = F.log_softmax(logits, dim=-1)
+        logits = logits / temperature  # the distribution the samples came from: softmax(z / tau)
+    logp_all = F.log_softmax(logits, dim=-1)  # (B, c, V), float32: a bf16 log-softmax would blur ratios
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, c)
     if not with_entropy:
         return logp, None
@@ -573,7 +624,8 @@ def chunked_logprobs(lm_head, hidden, targets, temperature, with_entropy, chunk_
     backward (the 7B's vocabulary of 102,400 makes them GiBs; the classroom's are ~36 MB)."""
     logps, entropies = [], []
     for s in range(0, hidden.shape[1], chunk_size):
-        h, y = hidden[:, s:s + chunk_size], targets[:, s:s + chunk_size]
+        h, y = hidden[:, s:s + chunk_size], targets[:, s:s + chunk_size]  # (B, c, D), (B, c)
+        # when checkpointed, only h is kept and the (B, c, V) logits are made again in backward
         if torch.is_grad_enabled() and h.shape[0] * h.shape[1] * lm_head.out_features * 4 > CHECKPOINT_LOGITS_BYTES:
             logp, ent = checkpoint(_chunk_logprobs, lm_head, h, y, temperature, with_entropy,
                                    use_reentrant=False)
@@ -581,7 +633,7 @@ def chunked_logprobs(lm_head, hidden, targets, temperature, with_entropy, chunk_
             logp, ent = _chunk_logprobs(lm_head, h, y, temperature, with_entropy)
         logps.append(logp)
         entropies.append(ent)
-    logp = torch.cat(logps, dim=1)
+    logp = torch.cat(logps, dim=1)  # (B, T)
     return (logp, torch.cat(entropies, dim=1)) if with_entropy else logp
 
 
@@ -596,9 +648,10 @@ def sequence_logprobs(model, tokens, mask=None, temperature=1.0, chunk_size=256,
     if mask is not None and positions is None:
         positions, attn_mask = padding_positions_and_mask(mask)
     if positions is not None:
-        positions = positions[:, :-1]
+        positions = positions[:, :-1]  # (B, T-1), the inputs' positions
     if attn_mask is not None:
         attn_mask = attn_mask[:, :, :-1, :-1]  # the last token predicts nothing we score
+    # inputs tokens[:, :-1] predict targets tokens[:, 1:]: column t scores token t + 1
     return model(tokens[:, :-1], positions, attn_mask, targets=tokens[:, 1:], temperature=temperature,
                  with_entropy=with_entropy, chunk_size=chunk_size)
 
@@ -623,7 +676,7 @@ def sample_next(logits, temperature, generator=None):
     if temperature == 0:
         return logits.argmax(-1)
     probs = F.softmax(logits.float() / temperature, -1)  # (B, V)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # generator: the caller's seeded stream
 
 
 def _decode_step(model, token, position, key_mask, cache):
@@ -645,10 +698,11 @@ def _compiled_decode_step():
         # graph runs the norms, RoPE, SiLU and residual adds as a few fused C++ (or Triton)
         # kernels around the matmuls and attention, with no Python per op or module.
         _compiled_step = torch.compile(_decode_step, dynamic=True)
-    return _compiled_step or None
+    return _compiled_step or None  # False (failed before) -> None: decode eagerly
 
 
 def _give_up_compiling(error):
+    """Mark compiling as failed for the rest of the process, and say why, once."""
     global _compiled_step
     _compiled_step = False
     first_line = (str(error).splitlines() or [""])[0]
@@ -675,38 +729,42 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
     args = model.args
     device = model.embed_tokens.weight.device
     eos = id_list(args.eos_id if eos_id is None else eos_id)
-    eos_ids = torch.tensor(eos, dtype=torch.long, device=device)
+    eos_ids = torch.tensor(eos, dtype=torch.long, device=device)  # (E,) any of them ends a row
     B, P = len(prompts), max(len(p) for p in prompts)
-    max_new_tokens = min(max_new_tokens, args.max_seq_len - P)
+    max_new_tokens = min(max_new_tokens, args.max_seq_len - P)  # the RoPE tables end at max_seq_len
     if max_new_tokens <= 0:
         raise ValueError(f"prompt of {P} tokens leaves no room under max_seq_len={args.max_seq_len}")
     step = _compiled_decode_step() if compile else None
     pad_id = (id_list(args.eos_id) or [0])[0]  # filler for left padding and finished rows; masked out
-    tokens = torch.full((B, P), pad_id, dtype=torch.long, device=device)
+    tokens = torch.full((B, P), pad_id, dtype=torch.long, device=device)  # (B, P), prompts right-aligned
     key_mask = torch.zeros(B, P + max_new_tokens, dtype=torch.bool, device=device)  # True: a real key
     for i, p in enumerate(prompts):
         tokens[i, P - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
         key_mask[i, P - len(p):] = True
     key_mask[:, P:] = True  # every generated token is real (a finished row's filler is never read)
-    positions, attn = padding_positions_and_mask(key_mask[:, :P])
+    positions, attn = padding_positions_and_mask(key_mask[:, :P])  # (B, P), (B, 1, P, P)
     cache = KVCache(args, B, P + max_new_tokens, device, model.embed_tokens.weight.dtype)
-    logits = model(tokens, positions, attn, cache, last_only=True)  # (B, V)
-    cache.length = P
-    next_pos = positions[:, -1] + 1  # (B,)
+    logits = model(tokens, positions, attn, cache, last_only=True)  # (B, V) prefill: the whole prompts at once
+    if not torch.isfinite(logits).all():  # checked once per call: a per-step check would sync the GPU each token
+        raise FloatingPointError("the model's logits hold NaN/inf: its weights have diverged")
+    cache.length = P  # the model writes into the cache; advancing it is ours
+    next_pos = positions[:, -1] + 1  # (B,) each row's next RoPE position: its own prompt length
 
-    out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)
+    out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)  # (B, N)
+    done = torch.zeros(B, dtype=torch.bool, device=device)  # (B,)
+    lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)  # (B,) tokens kept per row
     for t in range(max_new_tokens):
-        token = sample_next(logits, temperature, generator).masked_fill(done, pad_id)
+        # A finished row still goes through every step (the batch stays rectangular), fed filler.
+        token = sample_next(logits, temperature, generator).masked_fill(done, pad_id)  # (B,)
         out[:, t] = token
-        stopped = ~done & torch.isin(token, eos_ids)
+        stopped = ~done & torch.isin(token, eos_ids)  # (B,) rows that end at this token
         for seq in stop_sequences:
             if t + 1 >= len(seq):
-                tail = out[:, t + 1 - len(seq):t + 1]
+                tail = out[:, t + 1 - len(seq):t + 1]  # (B, len(seq)), generated tokens only
                 stopped |= ~done & (tail == torch.tensor(seq, device=device)).all(-1)
-        lengths = torch.where(stopped, t + 1, lengths)
+        lengths = torch.where(stopped, t + 1, lengths)  # the EOS or stop sequence stays in the output
         done |= stopped
+        # one host sync per token; after the last token no forward is needed
         if bool(done.all()) or t == max_new_tokens - 1:
             break
         # the next query sees every real prompt key and every generated key so far
@@ -721,7 +779,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
             logits = _decode_step(model, token, next_pos, key_mask, cache)
         cache.length += 1
         next_pos = next_pos + 1
-    n = int(lengths.max())
-    mask = torch.arange(n, device=device)[None, :] < lengths[:, None]
+    n = int(lengths.max())  # drop the columns no row reached
+    mask = torch.arange(n, device=device)[None, :] < lengths[:, None]  # (B, n)
     return Generation(out[:, :n], mask, ~done)
 

@@ -65,9 +65,9 @@ class TokenSource:
             raise BadInput(f"source '{name}': no {split}-*.bin token shards in {folder}; run "
                            "corpus.py first, or fix pretrain_sources")
         self.name = name
-        self.shards = [read_shard(p) for p in paths]
+        self.shards = [read_shard(p) for p in paths]  # memmaps: the OS pages in only the windows read
         self.tokens = sum(len(s) for s in self.shards)
-        windows = [max(len(s) - length + 1, 0) for s in self.shards]
+        windows = [max(len(s) - length + 1, 0) for s in self.shards]  # start offsets: none straddles two shards
         self.first_window = np.cumsum([0] + windows)  # window number where each shard begins
         self.n_windows = int(self.first_window[-1])
         self.length = length
@@ -86,7 +86,8 @@ class TokenSource:
         return np.concatenate(parts)
 
     def window(self, i):
-        shard = int(np.searchsorted(self.first_window, i, side="right")) - 1
+        """Window i, (length,) tokens: find its shard, then the offset inside it."""
+        shard = int(np.searchsorted(self.first_window, i, side="right")) - 1  # the last shard starting <= i
         offset = i - int(self.first_window[shard])
         return self.shards[shard][offset:offset + self.length]
 
@@ -101,12 +102,16 @@ class Mixture:
 
     def __init__(self, sources, weights):
         self.sources = sources
-        self.weights = np.asarray(weights, np.float64) / sum(weights)
+        self.weights = np.asarray(weights, np.float64) / sum(weights)  # the paper's 56/4/10/20/10 work as given
 
     def rows(self, key, n, start, stop):
         rng = np.random.default_rng(key)
         which = rng.choice(len(self.sources), size=n, p=self.weights)  # (n,) source per row
         where = rng.random(n)  # (n,) uniform in [0, 1): the window, as a share of the source's windows
+        # The paper does not say how it walks its data. Here a row is a window at a uniform random
+        # offset, drawn with replacement: no epochs, no state to save for a resume, and each token of
+        # a source is seen about weight x training tokens / source size times, however shards are cut.
+        # Every rank draws all n rows and reads only its slice [start, stop).
         rows = [self.sources[s].window(int(u * self.sources[s].n_windows))
                 for s, u in zip(which[start:stop], where[start:stop])]
         return torch.from_numpy(np.stack(rows).astype(np.int64))  # (stop - start, length + 1)
@@ -115,11 +120,11 @@ class Mixture:
         """H(p) = -sum_v p_v log p_v in nats of the mixture's token distribution, p = sum_s w_s p_s
         (counted on the first 10M tokens of each source): the loss of a model that ignores
         context, the line a trained model's validation loss must fall well below."""
-        counts = [np.bincount(s.head(10_000_000)) for s in self.sources]
+        counts = [np.bincount(s.head(10_000_000)) for s in self.sources]  # per source, (largest id + 1,)
         p = np.zeros(max(len(c) for c in counts))
         for weight, c in zip(self.weights, counts):
-            p[:len(c)] += weight * c / c.sum()
-        p = p[p > 0]
+            p[:len(c)] += weight * c / c.sum()  # p = sum_s w_s p_s
+        p = p[p > 0]  # 0 log 0 = 0
         return float(-(p * np.log(p)).sum())
 
 
@@ -143,11 +148,12 @@ def learning_rate(step, total_steps, peak, warmup_steps):
     linear warm-up to `peak` over warmup_steps, the peak until 80% of training, then 31.6% of
     it (about 1/sqrt(10)) until 90%, then 10%."""
     if step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
+        return peak * (step + 1) / warmup_steps  # step 0 already moves: a step at lr 0 would be wasted
+    # Shares of the steps are shares of the tokens (the paper's terms): every step has tokens_per_step.
     if step < 0.8 * total_steps:
         return peak
     if step < 0.9 * total_steps:
-        return 0.316 * peak
+        return 0.316 * peak  # 1/sqrt(10): two equal steps down in log lr, to 10%
     return 0.1 * peak
 
 
@@ -161,7 +167,8 @@ def lm_loss(model, rows):
     measured this path 1.06x faster at V = 1,024 and 1.56x at V = 16,384 on the classroom CPU.
     Memory is no obstacle for pretraining: at the 7B's V = 102,400, T = 4,096 a row's float32
     logits take 1.7 GB, next to tens of GB of activations."""
-    logits = model(rows[:, :-1])  # (B, T, V)
+    logits = model(rows[:, :-1])  # (B, T, V) from inputs x_0 .. x_T-1
+    # targets x_1 .. x_T, (B T,); float32 logits: under bf16 autocast a log-softmax over V loses digits
     return F.cross_entropy(logits.flatten(0, 1).float(), rows[:, 1:].flatten())
 
 
@@ -169,13 +176,15 @@ def flops_per_token(args, seq_len):
     """Training FLOPs per token (PaLM appendix B): 6N for the matmuls of N weights (forward 2N,
     backward 4N; the embedding lookup is no matmul) plus 12 L D T for attention's scores and
     weighted sums over a context of T."""
+    # per layer: q and o (D x H d each), k and v (D x K d each), gate, up and down (D x I each); lm_head D x V
     n_matmul = args.n_layer * (2 * args.dim * args.n_head * args.head_dim
                                + 2 * args.dim * args.n_kv_head * args.head_dim
                                + 3 * args.dim * args.intermediate_size) + args.dim * args.vocab_size
     return 6 * n_matmul + 12 * args.n_layer * args.dim * seq_len
 
 
-PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, per GPU
+# dense, per GPU; "H100 PCIe" comes before "H100" because the first key found in the device name wins
+PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def peak_flops(device):
@@ -194,7 +203,8 @@ def validation_loss(model, val, cfg, d):
     B, n = cfg.pretrain_batch_size, cfg.pretrain_eval_batches * cfg.pretrain_batch_size * d.world_size
     losses = []
     for b in range(cfg.pretrain_eval_batches):
-        start = (b * d.world_size + d.rank) * B
+        start = (b * d.world_size + d.rank) * B  # this rank's slice of the n rows
+        # key (seed, 1), not (seed, 0, step): the same rows at every evaluation, so losses compare
         rows = val.rows((cfg.seed, 1), n, start, start + B).to(d.device)
         with training.autocast(d.device, cfg.dtype):
             losses.append(lm_loss(model, rows).item())
@@ -246,11 +256,12 @@ def main(argv=None):
     resume = cfg.pretrain_resume and os.path.exists(os.path.join(ckpt, "train_state.pt"))
 
     tokenizer = load_tokenizer(cfg, cfg.pretrain_init)
-    train = load_mixture(cfg, "train", cfg.max_seq_len + 1)
+    train = load_mixture(cfg, "train", cfg.max_seq_len + 1)  # T + 1 tokens a row: T inputs, T next tokens
     val = load_mixture(cfg, "val", cfg.max_seq_len + 1)
     accumulation = accumulation_steps(cfg, d)
     model = build_model(cfg, tokenizer, ckpt if resume else "", d)
     args = distributed.unwrap(model).args
+    # paper 2.3: AdamW, beta1 0.9, beta2 0.95, weight decay 0.1 (the config's defaults)
     optimizer = training.make_adamw(model, cfg.pretrain_lr, cfg.pretrain_weight_decay, cfg.pretrain_betas, d.device)
     start, seconds_before, recent = 0, 0.0, []
     if resume:
@@ -262,7 +273,7 @@ def main(argv=None):
         start, seconds_before, recent = state["step"], state["seconds"], state["recent_losses"].tolist()
 
     B, T, steps = cfg.pretrain_batch_size, cfg.max_seq_len, cfg.pretrain_steps
-    rows_per_step = B * d.world_size * accumulation
+    rows_per_step = B * d.world_size * accumulation  # the global batch in rows (configs/7b.py: 2,432 rows ~ 10M tokens)
     flops, peak = flops_per_token(args, T), peak_flops(d.device)
     entropy = val.unigram_entropy()
     distributed.print0(
@@ -281,23 +292,27 @@ def main(argv=None):
     with training.StopRequest() as stop, bar:
         for step in bar:
             lr = learning_rate(step, steps, cfg.pretrain_lr, cfg.pretrain_warmup_steps)
+            # set by hand, no LR scheduler object: a resume needs the step and nothing else
             for group in optimizer.param_groups:
                 group["lr"] = lr
             started = time.time()
-            loss_sum = torch.zeros((), device=d.device)
+            loss_sum = torch.zeros((), device=d.device)  # summed on the device: no host sync per micro-step
             for micro in range(accumulation):
-                if stop.agreed(d):
+                if stop.agreed(d):  # all ranks stop at the same micro-step, or a collective would hang
                     save(ckpt, model, optimizer, tokenizer, cfg, step, seconds_before + time.time() - clock, recent)
                     training.exit_interrupted(step, ckpt)
                 first = (micro * d.world_size + d.rank) * B  # this rank's rows of the step's batch
-                rows = train.rows((cfg.seed, 0, step), rows_per_step, first, first + B).to(d.device)
+                rows = train.rows((cfg.seed, 0, step), rows_per_step, first, first + B).to(d.device)  # (B, T+1)
+                # gradients are all-reduced once per step, on its last micro-step
                 with distributed.gradient_sync(model, micro == accumulation - 1):
                     with training.autocast(d.device, cfg.dtype):
                         loss = lm_loss(model, rows) / accumulation  # the mean over the step's rows
                     loss.backward()
                 loss_sum += loss.detach()
+            # clipping: not stated in DeepSeekMath; DeepSeek LLM clips at 1.0. Returns the norm before it.
             grad_norm = training.clip_gradients(model, cfg.pretrain_grad_clip)
-            loss_value = distributed.all_reduce_mean(loss_sum.item(), d)
+            loss_value = distributed.all_reduce_mean(loss_sum.item(), d)  # the global batch's mean loss
+            # before optimizer.step: a NaN never reaches the weights or a checkpoint
             training.check_finite(step + 1, ckpt, "lower pretrain_lr or raise pretrain_warmup_steps",
                                   loss=loss_value, grad_norm=grad_norm)
             optimizer.step()
@@ -307,7 +322,7 @@ def main(argv=None):
             record = dict(loss=round(loss_value, 5), lr=lr, grad_norm=round(grad_norm, 5),
                           tokens_per_s=round(tokens_per_s, 1))
             if peak:
-                record["mfu"] = round(flops * tokens_per_s / (peak * d.world_size), 4)
+                record["mfu"] = round(flops * tokens_per_s / (peak * d.world_size), 4)  # FLOP/s done / all GPUs' peak
             done = step + 1
             if done % cfg.pretrain_eval_every == 0 or done == steps:
                 record["val_loss"] = val_loss = round(validation_loss(model, val, cfg, d), 5)

@@ -75,9 +75,17 @@ def points(x):
     return f"{100 * x:+.1f}"
 
 
+def cpu_name():
+    """The CPU's marketing name ("AMD EPYC 9654 96-Core Processor"), for every figure's header."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def machine_header(cfg, seeds, pipeline_env):
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor() or platform.machine()) if os.path.exists("/proc/cpuinfo") else platform.machine()
+    cpu = cpu_name()
     env = {**os.environ, **pipeline_env}
     kernels = env.get("ATEN_CPU_CAPABILITY") or torch.backends.cpu.get_cpu_capability()
     threads = env.get("OMP_NUM_THREADS") or torch.get_num_threads()

@@ -79,11 +79,8 @@ def step_end_columns(rollouts, row, tokenizer, step_ends):
     'last token of each step'). Offsets come from the replacement-decoded text (a token may hold
     part of a UTF-8 character), the same text the step checker read."""
     columns = rollouts.response_columns(row)
-    ids = [t for t in rollouts.tokens[row, 1:][columns].tolist() if t != tokenizer.eos_id]
-    starts, length = [], 0
-    for t in ids:
-        starts.append(length)
-        length += len(tokenizer.encoding.decode_single_token_bytes(t).decode("utf-8", errors="replace"))
+    _, starts = tokenizer.decode_with_offsets([t for t in rollouts.tokens[row, 1:][columns].tolist()
+                                               if t not in tokenizer.eos_ids])
     return [columns[max(0, bisect_right(starts, end - 1) - 1)] for end in step_ends]
 
 
@@ -160,11 +157,14 @@ class RewardModel:
         self.evaluations = []  # held-out accuracy and AUC after each (re)training
 
     def scores_at(self, tokens, mask, columns):
-        """Raw scores (logits) at each sample's labelled columns, concatenated."""
+        """Raw scores (logits) for each sample's labelled columns, concatenated. A reward at
+        log-prob column j is about token j + 1 (the step's, or the output's, last token), which
+        a causal model has read only at position j + 1: the score is read there. (A value
+        model's V at column j must not have seen token j + 1; a reward model must have.)"""
         positions, attn_mask = padding_positions_and_mask(mask)
         with training.autocast(self.d.device, self.cfg.dtype):
-            out = self.model(tokens, positions, attn_mask)[:, :-1].float()  # (n, L-1): column j reads tokens 0..j
-        return torch.cat([out[i, c] for i, c in enumerate(columns)])
+            out = self.model(tokens, positions, attn_mask).float()  # (n, L): position k has read tokens 0..k
+        return torch.cat([out[i, [c + 1 for c in cols]] for i, cols in enumerate(columns)])
 
     def batches(self, samples):
         for rows in rl_support.micro_batches(len(samples), self.cfg.rl_micro_batch):

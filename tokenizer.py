@@ -31,6 +31,7 @@ Training speed: `python bench/bench_tokenizer.py`. Tests: `pytest -q tests/test_
 
 import base64
 import binascii
+import codecs
 import functools
 import heapq
 import json
@@ -169,6 +170,20 @@ class Tokenizer:
     def decode(self, ids):
         """The text of `ids`; a token sequence cut inside a UTF-8 character decodes to U+FFFD."""
         return self.encoding.decode(list(ids))
+
+    def decode_with_offsets(self, ids):
+        """(text, starts): decode(ids) and, per token, the offset in it of the first character
+        that token completes. A sampled output can hold invalid UTF-8 (a multi-byte character's
+        tokens out of order, or cut by the end), on which tiktoken's own decode_with_offsets
+        raises; here such bytes become U+FFFD, as in decode, so offsets index the same text."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pieces, starts, length = [], [], 0
+        for token_bytes in self.encoding.decode_tokens_bytes(list(ids)):
+            starts.append(length)
+            pieces.append(decoder.decode(token_bytes))
+            length += len(pieces[-1])
+        pieces.append(decoder.decode(b"", final=True))
+        return "".join(pieces), starts
 
     def encode_prompt(self, question, suffix=COT_SUFFIX):
         """The prompt ids of one question: the chat template's text up to the assistant's turn,

@@ -32,7 +32,6 @@ a CPU, happens in the warm-up and is not timed). Needs transformers (requirement
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -43,20 +42,15 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import config  # noqa: E402
+import report  # noqa: E402
 from model import ModelArgs, Transformer, generate  # noqa: E402
 
 NO_EOS = -1  # an id no token has: every row runs the full number of new tokens
 
 
 def cpu_model():
-    """The CPU's marketing name ("AMD EPYC 9654 96-Core Processor"), and its widest vector unit."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
+    """The CPU's name and its widest vector unit."""
+    return f"{report.cpu_name()} ({torch.backends.cpu.get_cpu_capability()})"
 
 
 def load_1min():

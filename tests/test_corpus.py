@@ -109,9 +109,11 @@ def test_token_shards_hold_the_selected_pages(classroom):
     docs = []
     for path in sorted(glob.glob(os.path.join(classroom["out_dir"], "corpus", "tokens", "*.bin"))):
         tokens = np.asarray(shards.read_shard(path))
-        assert tokens.dtype == np.uint16 and tokens[-1] == tok.eos_id
+        assert tokens.dtype == np.uint16 and tokens[0] == tok.bos_id and tokens[-1] == tok.eos_id
         ends = np.flatnonzero(tokens == tok.eos_id)
-        docs += [tok.decode(doc[:-1]) for doc in np.split(tokens, ends + 1)[:-1]]  # each ends in EOS
+        for doc in np.split(tokens, ends + 1)[:-1]:  # each opens with BOS and ends in EOS
+            assert doc[0] == tok.bos_id and (doc[1:-1] != tok.bos_id).all()
+            docs.append(tok.decode(doc[1:-1]))
     assert sorted(docs) == sorted(p["text"] for p in classroom["selected"])
     tokens = classroom["summary"]["tokens"]
     assert 0 < tokens["val"] < 0.1 * tokens["train"]

@@ -55,6 +55,23 @@ def test_outcome_advantage_is_the_normalised_reward_on_every_token():
     assert zero_var == 0
 
 
+def test_a_group_whose_rewards_spread_less_than_min_std_gets_no_advantage():
+    # an untrained reward model: 0.4934 +- 0.0001 for every output; GRPO's 1/std would make it +-1
+    rewards = torch.tensor([[0.4933], [0.4935], [0.4934], [0.10], [0.90], [0.50]])
+    mask = torch.ones(6, 1, dtype=torch.bool)
+    advantages, _, _, flat = grpo.group_advantages(rewards, mask, mask, 3, min_std=0.01)
+    assert flat == 1 and advantages[:3].abs().max() == 0 and advantages[3:].abs().max() > 1
+    noisy, _, _, flat = grpo.group_advantages(rewards, mask, mask, 3)
+    assert flat == 0 and noisy[:3].abs().max() > 1
+
+
+def test_roc_auc_counts_ordered_pairs_and_ties_half():
+    from rewards import roc_auc
+    assert roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
+    assert roc_auc([0.5, 0.5, 0.5], [0, 1, 1]) == 0.5
+    assert roc_auc([0.2, 0.9], [1, 1]) is None
+
+
 def test_process_advantage_sums_the_normalised_rewards_of_later_steps():
     T = 6
     mask = response_mask_of([(0, 5), (1, 6)], T)
@@ -210,6 +227,18 @@ def test_process_rewards_land_on_each_steps_last_token(tokenizer):
             assert len(before) < end <= len(through)  # this token holds the step's last character
 
 
+def test_process_labels_of_an_output_holding_invalid_utf8(tokenizer):
+    # a sampled output whose tokens cut a UTF-8 character used to raise UnicodeDecodeError
+    problem = tasks.classroom_problems("train", 1, 5)[0]
+    rollouts = rollouts_of(tokenizer, [problem], [problem.solution])
+    first = rollouts.response_columns(0)[0] + 1
+    rollouts.tokens[0, first] = tokenizer.encoding.encode_single_token(bytes([0xe2]))  # a lone lead byte
+    rollouts.texts[0] = tokenizer.decode(rollouts.tokens[0, first:-1].tolist())
+    failures = []
+    labels = grpo.process_labels(rollouts, tokenizer, failures)
+    assert failures == [] and "\ufffd" in rollouts.texts[0] and len(labels[0]) == len(problem.steps) + 1
+
+
 def test_a_raising_reward_function_is_reported_with_question_and_output(tokenizer, monkeypatch, capsys):
     problems = tasks.classroom_problems("train", 2, 5)
     rollouts = rollouts_of(tokenizer, problems, ["fine 1 + 1 = 2.", "boom"])
@@ -345,3 +374,81 @@ def test_two_process_fsdp_run_of_a_7b_shaped_model_matches_one_process(tokenizer
             torch.testing.assert_close(one[key], two[key], atol=2e-5, rtol=1e-4, msg=f"{method} {key}")
         rewards = [[r["reward"] for r in read_run(tmp_path / name, method)[0]] for name in ("one", "two")]
         assert rewards[0] == rewards[1]
+
+
+def test_the_viewer_page_shows_what_the_run_computed(start, tmp_path, monkeypatch):
+    """A real process-supervision run records its probe groups at the steps asked for; the page
+    shows, token for token, the advantages the run wrote, and those are the paper's: each
+    token's advantage is the sum of the group-normalised step rewards at or after it (4.1.3)."""
+    import viewer
+    from test_viewer import page_blob
+
+    os.symlink(start / "sft", tmp_path / "sft")
+    run_grpo(monkeypatch, run_args(tmp_path, 2, "--rl_reward=process", "--rl_viewer_steps=[0, 1]",
+                                   "--rl_viewer_questions=2"))
+    lines = [json.loads(line) for line in open(tmp_path / "rl" / "grpo_process" / viewer.ROLLOUTS_FILE)]
+    assert sorted({(r["step"], r["q"]) for r in lines}) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    viewer.main([str(tmp_path)])
+    data = page_blob(tmp_path / viewer.PAGE_FILE)
+    for record in lines:
+        group = [r for r in lines if (r["step"], r["q"]) == (record["step"], record["q"])]
+        steps = [value for r in group for _, value in r["rewards"]]
+        mean = sum(steps) / len(steps)
+        std = math.sqrt(sum((v - mean) ** 2 for v in steps) / len(steps))
+        normalised = {index: (v - mean) / std if std > 0.01 else 0.0 for index, v in record["rewards"]}
+        for t, shown in enumerate(record["advantage"]):
+            expected = sum(v for index, v in normalised.items() if index >= t)
+            assert shown == pytest.approx(expected, abs=2e-3 * max(1, abs(expected))), (record["step"], t)
+        q = data["questions"].index({"text": record["question"], "answer": record["answer"]})
+        on_page = {o["i"]: o for o in data["groups"]["grpo_process"][str(record["step"])][str(q)]["outputs"]}
+        if record["i"] in on_page:
+            assert on_page[record["i"]]["advantage"] == record["advantage"][:len(on_page[record["i"]]["advantage"])]
+
+
+def test_ctrl_c_saves_the_whole_steps_done_exits_130_and_resumes_bit_identically(start, tmp_path, monkeypatch):
+    import signal
+
+    for name in ("straight", "stopped"):
+        os.makedirs(tmp_path / name)
+        os.symlink(start / "sft", tmp_path / name / "sft")
+    run_grpo(monkeypatch, run_args(tmp_path / "straight", 3))
+    real, calls = grpo.update, []
+
+    def ctrl_c_in_step_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)  # during step 2's update: step 2 still completes
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(grpo, "update", ctrl_c_in_step_2)
+    with pytest.raises(SystemExit) as stopped:
+        run_grpo(monkeypatch, run_args(tmp_path / "stopped", 3))
+    assert stopped.value.code == 130
+    ckpt = tmp_path / "stopped" / "rl" / "grpo_outcome" / "ckpt"
+    assert training.load_train_state(ckpt)["step"] == 2
+    assert not os.path.exists(tmp_path / "stopped" / "rl" / "grpo_outcome" / "summary.json")
+    monkeypatch.setattr(grpo, "update", real)
+    run_grpo(monkeypatch, run_args(tmp_path / "stopped", 3, "--rl_resume=true"))
+    a, b = (weights(tmp_path / name / "rl" / "grpo_outcome" / "ckpt") for name in ("straight", "stopped"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_a_nan_reward_stops_the_run_naming_the_step_and_the_checkpoint(start, tmp_path, monkeypatch):
+    os.symlink(start / "sft", tmp_path / "sft")
+    real = grpo.correctness
+    monkeypatch.setattr(grpo, "correctness", lambda *a: real(*a) * float("nan"))
+    with pytest.raises(SystemExit, match=r"step 1: \d+ rewards are NaN/inf.*no checkpoint was saved"):
+        run_grpo(monkeypatch, run_args(tmp_path, 2))
+    assert not os.path.exists(tmp_path / "rl" / "grpo_outcome" / "ckpt" / "model.safetensors")
+
+
+def test_a_huge_learning_rate_stops_before_non_finite_weights_are_saved(start, tmp_path, monkeypatch):
+    os.symlink(start / "sft", tmp_path / "sft")
+    """PPO on a learned reward has a gradient from the first step (the tiny policy gets no
+    output right, so rule rewards would leave every gradient 0): at lr 1e30 the weights blow
+    up, and the run stops before anything non-finite is saved."""
+    with pytest.raises(SystemExit, match=r"step [12]: .*(grad_norm|weights_after_the_update|logits hold NaN).*no checkpoint"):
+        run_grpo(monkeypatch, run_args(tmp_path, 3, "--rl_algo=ppo", "--rl_reward=orm", "--ppo_value_lr=1e30",
+                                                  "--rl_lr=1e30"))
+    assert not os.path.exists(tmp_path / "rl" / "ppo_orm" / "ckpt" / "model.safetensors")

@@ -443,3 +443,18 @@ def test_chat_template_errors(tmp_path):
     json.dump(config, open(folder / "tokenizer_config.json", "w"))
     with pytest.raises(BadInput, match="no special token '<\\|im_stop\\|>'"):
         Tokenizer.load(str(folder / "tokenizer.json"))
+
+
+def test_decode_with_offsets_replaces_invalid_utf8_as_decode_does(tok):
+    # sampled outputs can hold any byte sequence: here "é" (c3 a9) cut after its first byte,
+    # a stray continuation byte, and a 3-byte "€" (e2 82 ac) whose last byte comes first
+    byte = {b: tok.encoding.encode_single_token(bytes([b])) for b in (0xc3, 0xa9, 0xe2, 0x82, 0xac)}
+    ab = tok.encode("ab")
+    ids = ab + [byte[0xc3]] + ab + [byte[0xa9]] + [byte[0xac], byte[0xe2], byte[0x82]] + ab + [byte[0xc3]]
+    text, starts = tok.decode_with_offsets(ids)
+    assert text == tok.decode(ids) and "\ufffd" in text
+    assert len(starts) == len(ids) and starts == sorted(starts)
+    for i in range(len(ids)):  # each start is where the text of the tokens before it ends
+        assert text.startswith(tok.decode(ids[:i])[:starts[i]])
+    valid = tok.encode("x = 3 + 4")
+    assert tok.decode_with_offsets(valid) == tok.encoding.decode_with_offsets(valid)
