@@ -1,8 +1,11 @@
-"""The whole recipe end to end: corpus -> pretrain -> SFT -> RL (five ways) -> evaluation, then
-one results table and the plots, as in the paper's Tables 5-6 and Figures 5-7.
+"""The whole recipe end to end: corpus -> pretrain -> SFT -> RL (eight ways) -> evaluation, then
+the findings (accuracies with intervals, paired differences, the paper's claims as verdicts) and
+the plots, as in the paper's Tables 5-6 and Figures 5-7.
 
     bash run_classroom.sh                               # sets up .venv, then runs this on the classroom
     python pipeline.py configs/classroom.py             # the same, in an environment you made
+    python pipeline.py configs/classroom.py --seeds=3 --learned_rewards=true --results_file=results/classroom.md
+                                                        # the README's findings
     python pipeline.py configs/classroom.py --out_dir=out/try2 --sft_steps=100   # overrides reach every stage
 
 Every stage is its own script, run here as a subprocess with the same config file and overrides,
@@ -15,10 +18,13 @@ The stages, with the paper's sections:
     corpus    corpus.py   2.1  fastText math-page selection, decontamination, BPE, token shards
     pretrain  pretrain.py 2.3  AdamW, multi-step LR, on the selected corpus
     sft       sft.py      3    chain-of-thought / program / tool-integrated instruction tuning
-    rl        grpo.py     4-5  RFT, online RFT, PPO, GRPO (outcome), GRPO (process), from SFT
+    rl        grpo.py     4-5  RFT, online RFT, PPO, GRPO (outcome, process, ORM, PRM, PRM iterative),
+                               from SFT; with --seeds=N each N times, with other RL seeds
     eval      evaluate.py      greedy, maj@k and pass@k on held-out problems, every checkpoint
 
-At the end, under out_dir: results.md (also printed) and plots/*.png.
+At the end, under out_dir: results.md (the findings, also printed; the same bytes when the same
+command runs again on the same machine), timings.md (each stage's wall time), plots/*.png and
+rollouts.html (viewer.py's page of the RL runs' rollouts, token by token).
 """
 
 import contextlib
@@ -36,6 +42,7 @@ import config
 import evaluate
 import grpo
 import report
+import viewer
 from fileio import BadInput, atomic_path, read_json, read_jsonl, write_json
 from model import Transformer
 
@@ -51,6 +58,7 @@ class Stage:
 # The RL methods: (key, label in the table, grpo.py overrides). Each starts from the SFT checkpoint
 # with the same budget; its folder is rl/{key} (grpo.method_name of these overrides), and with
 # --seeds=N the study's seeds 2..N run again in rl/{key}-seed{s}, with rl_seed = s.
+# The last three train and use a learned reward model: they run when learned_rewards is on.
 RL_METHODS = [
     ("rft", "RFT", ["--rl_algo=rft"]),
     ("online_rft", "Online RFT", ["--rl_algo=online_rft"]),
@@ -67,7 +75,7 @@ RL_METHODS = [
 def rl_runs(cfg):
     """(key, label, [(folder, grpo.py overrides) per seed]) for each RL method."""
     runs = []
-    for key, label, overrides in RL_METHODS:
+    for key, label, overrides in RL_METHODS if cfg.learned_rewards else RL_METHODS[:5]:
         overrides = [o.replace("HALF", str(max(1, cfg.rl_steps // 2))) for o in overrides]
         seeds = [(f"rl/{key}", overrides)]
         seeds += [(f"rl/{key}-seed{s}", [*overrides, f"--rl_seed={s}"]) for s in range(2, cfg.seeds + 1)]
@@ -391,7 +399,7 @@ def main():
     if cfg.results_file:  # the study's copy (results/classroom.md is the README's), with its wall time
         write(cfg.results_file, results.replace("\n", f"\n\nWall time of the run that wrote this: "
                                                 f"{(time.time() - start) / 60:.1f} min.\n", 1))
-    plots = draw_plots(cfg, task_name(cfg))
+    plots = draw_plots(cfg, task_name(cfg)) + [viewer.write_page(cfg.out_dir)]  # the rollouts, token by token
     print("\n" + results + "\n" + timings)
     print(f"pipeline: {(time.time() - start) / 60:.1f} min; results {path}; plots {', '.join(plots)}")
 

@@ -134,13 +134,14 @@ REQUIRED = ("method", "step", "q", "i", "question", "answer", "correct", "group_
 
 def run_folders(path):
     """{method: folder} to show, and the default page path. `path` is an out_dir (its rl/
-    holds one folder per method) or one run folder."""
+    holds one folder per method; the extra RL seeds of `pipeline.py --seeds=N`, rl/METHOD-seedS,
+    are left to their own pages) or one run folder."""
     if not os.path.isdir(path):
         raise BadInput(f"{path}: no such folder; give an out_dir (e.g. out/classroom) or a run folder under its rl/")
     rl = os.path.join(path, "rl")
     if os.path.isdir(rl):
         folders = {m: os.path.join(rl, m) for m in sorted(os.listdir(rl))
-                   if os.path.isfile(os.path.join(rl, m, ROLLOUTS_FILE))}
+                   if os.path.isfile(os.path.join(rl, m, ROLLOUTS_FILE)) and "-seed" not in m}
         if not folders:
             raise BadInput(f"{rl}: no run folder holds {ROLLOUTS_FILE} (runs made before the viewer "
                            "existed have none); rerun grpo.py")

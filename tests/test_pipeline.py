@@ -3,10 +3,12 @@
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 import config
@@ -94,17 +96,23 @@ TINY = ["--web_pool_pages=4000", "--web_seed_pages=400", "--web_shards=2", "--we
 
 
 def run_tiny(out, *extra):
-    command = [sys.executable, "pipeline.py", "configs/classroom.py", f"--out_dir={out}", *TINY, *extra]
+    command = [sys.executable, "pipeline.py", "configs/classroom.py", f"--out_dir={out}", *TINY, "--seeds=2",
+               "--learned_rewards=true", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
-def test_the_whole_recipe_runs_end_to_end_at_a_tiny_size_and_again_byte_for_byte(tmp_path):
-    out = tmp_path / "run"
-    run = run_tiny(out, "--seeds=2")
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    run = run_tiny(out)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    cfg = config.load_config(["configs/classroom.py", f"--out_dir={out}", *TINY, "--seeds=2"])
+    return out, config.load_config(["configs/classroom.py", f"--out_dir={out}", *TINY, "--seeds=2",
+                                    "--learned_rewards=true"])
 
+
+def test_the_whole_recipe_runs_end_to_end_at_a_tiny_size(tiny):
+    out, cfg = tiny
     corpus = json.loads((out / "corpus" / "summary.json").read_text())
     assert corpus["tokens"]["train"] > 10_000 and corpus["iterations"][-1]["recall"] > 0.5
     pretrain = json.loads((out / "pretrain" / "summary.json").read_text())
@@ -115,17 +123,27 @@ def test_the_whole_recipe_runs_end_to_end_at_a_tiny_size_and_again_byte_for_byte
     results = (out / "results.md").read_text()
     for label, _, folders, _ in pipeline.evaluated(cfg):
         assert results.count(f"| {label} |") == 1
-    assert "| GRPO (outcome) |" in results and " / " in results.split("| GRPO (outcome) |")[1].split("\n")[0]
-    assert "## The paper's claims" in results and "(n=8)" in results
+    # a method's row holds its two seeds' accuracies, and the claims are checked
+    assert " / " in results.split("| GRPO (outcome) |")[1].split("\n")[0]
+    assert "## The paper's claims" in results and "(n=8)" in results and "ROC" not in results.split("## The")[0]
     for plot in ["corpus_recall", "pretrain_loss", "rl_ppo_vs_grpo", "maj_pass_at_k"]:
         assert (out / "plots" / f"{plot}.png").stat().st_size > 10_000, plot
+    assert (out / "rollouts.html").stat().st_size > 10_000  # the viewer's page
 
     # A second run finds every stage done and only rewrites the tables and plots.
-    again = run_tiny(out, "--seeds=2")
+    again = run_tiny(out)
     evaluations = sum(len(folders) for _, _, folders, _ in pipeline.evaluated(cfg))
     assert again.returncode == 0 and again.stdout.count("done before, skipped") == len(pipeline.stages(cfg)) + evaluations
 
-    # The same command from an empty folder writes the same results, byte for byte.
-    fresh = run_tiny(tmp_path / "fresh", "--seeds=2")
-    assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
-    assert (tmp_path / "fresh" / "results.md").read_text() == results
+
+def test_the_same_command_writes_the_same_results_byte_for_byte(tiny, tmp_path):
+    """Every RL run and evaluation again, in another folder from the same SFT checkpoint (corpus,
+    pretraining and SFT are copied: their own runs repeat bit for bit, tests/test_pretrain.py and
+    tests/test_sft.py check resumes against straight runs): results.md is the same file."""
+    out, _ = tiny
+    fresh = tmp_path / "fresh"
+    for name in ("corpus", "pretrain", "sft", "tokenizer.tiktoken", "tokenizer.tiktoken.json"):
+        (shutil.copytree if (out / name).is_dir() else shutil.copy2)(out / name, fresh / name)
+    run = run_tiny(fresh)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert (fresh / "results.md").read_text() == (out / "results.md").read_text()
