@@ -350,7 +350,7 @@ def k_plot(ax, cfg, task):
     """The paper's finding (5.2.2): RL lifts maj@k but hardly pass@k, i.e. it makes the output
     distribution more robust rather than adding new abilities."""
     for stage, label, color in (("sft", "SFT", "tab:blue"), ("grpo_outcome", "GRPO", "tab:red")):
-        records = list(read_jsonl(os.path.join(cfg.out_dir, "eval", stage, f"{task}.jsonl")))
+        records = [r for r in read_jsonl(os.path.join(cfg.out_dir, "eval", stage, f"{task}.jsonl")) if "samples" in r]
         ks, maj, passes = curves_at_k(records)
         ax.plot(ks, maj, "o-", color=color, label=f"{label} maj@k")
         ax.plot(ks, passes, "s--", color=color, label=f"{label} pass@k")

@@ -91,7 +91,7 @@ def machine_header(cfg, seeds, pipeline_env):
     threads = env.get("OMP_NUM_THREADS") or torch.get_num_threads()
     return (f"Machine: {cpu}, {os.cpu_count()} cores; torch {torch.__version__}; the stages ran with CPU kernels "
             f"{kernels.lower()} (this CPU's best: {torch.backends.cpu.get_cpu_capability().lower()}), "
-            f"MKL_CBWR={env.get('MKL_CBWR', 'unset')}, {threads} threads. RL seeds: {seeds}.")
+            f"MKL_CBWR={env.get('MKL_CBWR', 'unset')}, threads per stage {threads}. RL seeds: {seeds}.")
 
 
 def main_table(rows, k):

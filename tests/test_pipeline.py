@@ -75,7 +75,7 @@ def test_a_stage_done_with_other_settings_is_named_and_run_again_from_the_start(
     assert changed == "settings changed: sft_lr 0.001 -> 0.01"
 
     ran = []
-    monkeypatch.setattr(pipeline, "run_command", lambda name, command, argv: ran.append(argv) or 1.0)
+    monkeypatch.setattr(pipeline, "run_command", lambda name, command, argv, log=None: ran.append(argv) or 1.0)
     monkeypatch.setattr(pipeline, "loads", lambda output, checkpoint: True)
     assert pipeline.run_step("sft", command, str(out / "summary.json"), None, [], argv) == 0.0  # same settings
     assert pipeline.run_step("sft", command, str(out / "summary.json"), None, [], [*argv, "--sft_lr=0.01"]) == 1.0
