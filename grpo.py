@@ -452,6 +452,9 @@ def train_reward_model(run, problems, cfg, step):
     is held out to measure it after training."""
     d = run.d
     if step == 0:
+        if cfg.rl_rm_questions > len(problems):
+            raise BadInput(f"rl_rm_questions={cfg.rl_rm_questions} exceeds the {len(problems)} training problems: "
+                           "lower it, or raise classroom_train_size")
         share = cfg.rl_rm_questions // d.world_size
         picked = random.Random(cfg.seed + 1).sample(problems, cfg.rl_rm_questions)[d.rank * share:(d.rank + 1) * share]
         rollouts = explore(run.policy, run.tokenizer, picked, cfg, cfg.seed - 7919 + d.rank * share, run.device)

@@ -237,15 +237,19 @@ def _enter_namespaces(libc, settings):
     nosuid, nodev, bind, rec, private = 2, 4, 4096, 16384, 1 << 18
     mount(None, "/", None, rec | private, None)  # nothing we mount propagates to the host
     hidden = [folder for folder in settings["hidden"] if folder not in ("/proc", "/tmp")]
-    covered = [path for path in settings["python"] if any(path == h or path.startswith(h + "/") for h in hidden)]
+    covered = [path for path in settings["python"]
+               if any(path == h or path.startswith(h + "/") for h in hidden + ["/tmp"])]
     keep = [(path, os.open(path, os.O_PATH)) for path in covered]  # the Python installation, mounted back
+    # /tmp first: a repository or a virtual environment under /tmp (a CI clone) is then hidden and
+    # mounted back inside it, not buried under it
+    size, files = settings["disk_mb"], settings["disk_files"]
+    mount("tmpfs", "/tmp", "tmpfs", nosuid | nodev, f"size={size}m,nr_inodes={files},mode=0700,uid={owner},gid={owner}")
     for folder in hidden:
+        os.makedirs(folder, exist_ok=True)  # gone already if it was under /tmp
         mount("tmpfs", folder, "tmpfs", nosuid | nodev, "size=1m,mode=0755")
     for path, fd in keep:
         os.makedirs(path, exist_ok=True)
         mount(f"/proc/self/fd/{fd}", path, None, bind | rec, None)
-    size, files = settings["disk_mb"], settings["disk_files"]
-    mount("tmpfs", "/tmp", "tmpfs", nosuid | nodev, f"size={size}m,nr_inodes={files},mode=0700,uid={owner},gid={owner}")
     os.chdir("/tmp")
     return True
 
