@@ -607,7 +607,7 @@ def logged_step(run, job, questions, cfg, step):
     metrics = {k: distributed.all_reduce_mean(v, d) for k, v in metrics.items()}
     accuracy = None
     if cfg.rl_eval_every and (step + 1) % cfg.rl_eval_every == 0 and step + 1 < cfg.rl_steps:
-        accuracy = metrics["heldout_greedy"] = heldout_accuracy(run, job.test_problems, cfg)
+        accuracy = metrics["heldout_greedy"] = job.heldout[step + 1] = heldout_accuracy(run, job.test_problems, cfg)
     if run.rm is not None and run.rm.evaluations and run.rm.evaluations[-1]["step"] == step:  # (re)trained now
         latest = run.rm.evaluations[-1]
         metrics.update(rm_heldout_auc=latest["heldout_auc"], rm_heldout_accuracy=latest["heldout_accuracy"])

@@ -176,8 +176,6 @@ class Run:
         check(norms)
         for model, optimizer in self.trained():
             optimizer.step()
-        if not all(training.finite_weights(model) for model, _ in self.trained()):
-            check({"weights_after_the_update": float("inf")})  # finite gradients, but a step too large
         self.peak_state_bytes = max(self.peak_state_bytes, self.state_bytes())
         for model, optimizer in self.trained():
             optimizer.zero_grad(set_to_none=True)
@@ -282,6 +280,7 @@ class Job:
     test_problems: list
     probe: list  # the viewer's fixed questions
     accuracy_before: float = None
+    heldout: dict = field(default_factory=dict)  # {steps done: held-out greedy accuracy} measured in the run
     iterations: list = field(default_factory=list)  # iterative RL: one row per iteration
     step_times: list = field(default_factory=list)
     spreads: list = field(default_factory=list)  # mean within-group reward std, per step
@@ -320,7 +319,8 @@ def iteration_summary(run, job, cfg, step, accuracy=None):
     iteration, and the reward model's held-out AUC during it."""
     rm = run.rm.evaluations[-1] if run.rm is not None and run.rm.evaluations else {}
     return {"iteration": -(-step // cfg.rl_iteration_steps), "end_step": step,
-            "heldout_greedy": accuracy if accuracy is not None else heldout_accuracy(run, job.test_problems, cfg),
+            "heldout_greedy": accuracy if accuracy is not None else
+            job.heldout.get(step) or heldout_accuracy(run, job.test_problems, cfg),
             "rm_heldout_auc": rm.get("heldout_auc"), "rm_heldout_accuracy": rm.get("heldout_accuracy")}
 
 
