@@ -19,7 +19,7 @@ The paper's pipeline, in the order this file runs it:
 4. Decontamination: drop every page holding a 10-gram of a benchmark question or answer, or the
    whole text of a benchmark question/answer of 3 to 9 words.
 5. Output in {out_dir}/corpus/: selected-NNNNN.jsonl (the corpus, one file per pool shard),
-   tokens/{train,val}-NNNNN.bin (token shards, documents ended by EOS, see shards.py),
+   tokens/{train,val}-NNNNN.bin (token shards, documents ended by EOS, see support/shards.py),
    metrics.jsonl (one line per iteration), summary.json; with corpus_train_tokenizer the BPE
    tokenizer is trained on the selected text (plus corpus_tokenizer_extra) and saved to
    {out_dir}/tokenizer.tiktoken, where the later stages load it. The outputs are written into a
@@ -54,15 +54,10 @@ from urllib.parse import urlsplit
 import numpy as np
 from tqdm import tqdm
 
-import classroom_web
-import config
-import distributed
-import shards
-import tasks
-import tokenizer as bpe
-import training
-from fileio import BadInput, read_jsonl, read_records, recover_staged_folder, write_json, write_jsonl
 from model import staged_folder
+from support import tokenizer as bpe
+from support import classroom_web, config, distributed, shards, tasks, training
+from support.fileio import BadInput, read_jsonl, read_records, recover_staged_folder, write_json, write_jsonl
 
 MATH, OTHER = "__label__math", "__label__other"
 

@@ -7,10 +7,11 @@ distribution (Maj@K rises) rather than adding new abilities (Pass@K does not). T
 the evaluation itself:
 
 1. a pool of grading processes (`Grader`), which is also the RL reward function of grpo.py; it
-   grades with grading.py (answer extraction, equivalence through math-verify);
+   grades with support/grading.py (answer extraction, equivalence through math-verify);
 2. the metrics: `pass_at_k` (the unbiased estimator) and `majority_answer` (maj@k);
 3. prompts (few-shot for base models, the chat template for tuned ones);
-4. decoding (greedy and k samples; programs and tool-integrated rounds, run by sandbox.py);
+4. decoding (greedy and k samples; programs and tool-integrated rounds, run by
+   support/sandbox.py);
 5. `evaluate_model` (which sft.py and grpo.py call for their held-out accuracy) and the script:
    a results table, every response with its grade on disk.
 
@@ -38,16 +39,13 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-import config
-import distributed
-import tasks
-import training
-from fileio import BadInput, write_json, write_jsonl
-from grading import answers_equal, as_text, extract_answer, needs_math_verify
 from model import Transformer, generate
-from sandbox import run_programs, sandbox_layers
-from tasks import POT_SUFFIX
-from tokenizer import COT_SUFFIX, TOOL_SUFFIX, chat_prompt, load_tokenizer
+from support import config, distributed, tasks, training
+from support.fileio import BadInput, write_json, write_jsonl
+from support.grading import answers_equal, as_text, extract_answer, needs_math_verify
+from support.sandbox import run_programs, sandbox_layers
+from support.tasks import POT_SUFFIX
+from support.tokenizer import COT_SUFFIX, TOOL_SUFFIX, load_tokenizer
 
 # ---------------------------------------------------------------------------------------------
 # 1. The Grader: a pool of grading processes (also the RL reward function)

@@ -12,16 +12,16 @@
 The file reads as the paper: first the math (section 1: GRPO's advantages, the k3 KL, the
 clipped surrogate and the whole GRPO objective, eq. 3; PPO's GAE and losses and RFT's loss beside
 them), then one RL step as Algorithm 1 names its parts (section 2: explore, reward, advantages,
-update), then the run (section 3). What a learner does not need to learn GRPO lives beside it:
-rl_support.py (the models a run holds, micro-batching, memory accounting, the GRPO-vs-PPO table)
-and reward_model.py (the learned ORM/PRM).
+update), then the run (section 3). What a learner does not need to learn GRPO lives in support/:
+rl_support.py (the models a run holds, micro-batching, memory accounting, the guards, the run's
+bookkeeping and summary, the GRPO-vs-PPO table) and rewards.py (the rule rewards, the ORM/PRM).
 
 Every run starts from a policy checkpoint (rl_init_checkpoint, default {out_dir}/sft/ckpt) and
 writes {out_dir}/rl/{method}/ (method_name: grpo_outcome, grpo_process, grpo_orm, grpo_prm, ppo,
 rft, online_rft, with _iterative when the reference and reward model are reset along the way):
 ckpt/ (Hugging Face layout + train_state.pt, resumable with --rl_resume=true), metrics.jsonl (one
-line per step), rollouts.jsonl (a few fixed questions' groups, token by token, for viewer.py) and
-summary.json.
+line per step), rollouts.jsonl (a few fixed questions' groups, token by token, for
+`python -m support.viewer`) and summary.json.
 
 How one step goes (paper Algorithm 1), and where GRPO and PPO differ:
 
@@ -60,8 +60,8 @@ and the methods differ in where the data come from and in the gradient coefficie
     PPO          q ~ P_sft(Q), o ~ pi_theta(O|q)  model or rule       A_t (GAE on a value model)
     GRPO         q ~ P_sft(Q), {o_i} ~ pi_theta   model or rule       A_i,t + beta (pi_ref/pi_theta - 1)
 
-Every hyperparameter is labelled in config.py with the paper's value or "not stated in the
-paper: our choice"; README.md lists where this file differs from the paper and why. Pitfalls it
+Every hyperparameter is labelled in support/config.py with the paper's value or "not stated in
+the paper: our choice"; README.md lists where this file differs from the paper and why. Pitfalls it
 avoids: log-probs are recomputed at the sampling temperature; the log-ratios of the KL and of the
 surrogate are clamped before exp; groups whose rewards all agree are counted (zero_var_groups);
 the truncation rate is logged; with mu = 1 the loss value is ~0 at the update while its gradient
@@ -80,20 +80,17 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-import config
-import distributed
 import evaluate
-import tasks
-import training
-import viewer
-from fileio import BadInput, write_json
 from model import generate, sequence_logprobs
-from rl_support import (Job, Run, check_rl_config, comparison_table, copy_weights, finish, heldout_accuracy,
-                        iteration_summary, iterative, logprobs_of, memory_metrics, method_name, micro_batches,
-                        plot_comparison, print_summary, reset_peak_memory, right_padded, save, scalar_outputs,
-                        values_of, whole_model)
-from rewards import correctness, outcome_labels, process_labels, samples_of, split_by_question
-from tokenizer import COT_SUFFIX, load_tokenizer
+from support import config, distributed, tasks, training, viewer
+from support.fileio import BadInput, write_json
+from support.rewards import correctness, outcome_labels, process_labels, samples_of, split_by_question
+from support.rl_support import (Job, Run, check_rl_config, copy_weights, finish, heldout_accuracy, iteration_summary,
+                                iterative, logprobs_of, memory_metrics, method_name, micro_batches, print_reward_model,
+                                print_summary, recorded_steps, report_comparison, reset_peak_memory, right_padded,
+                                rows_question_ids, save, scalar_outputs, stop_if_rewards_broken, values_of,
+                                watch_signal, whole_model)
+from support.tokenizer import COT_SUFFIX, load_tokenizer
 
 ALGOS = ("grpo", "ppo", "rft", "online_rft")
 REWARDS = ("outcome", "process", "orm", "prm")  # rule-based outcome/process, or learned ORM/PRM
@@ -403,11 +400,7 @@ def rl_step(run, questions, first_index, cfg, step):
     scored = reward(run, rollouts, cfg)
     if run.rm is not None and iterative(cfg):  # kept for the reward model's next retraining
         run.rm.pending += samples_of(rollouts, scored.labels, rows_question_ids(rollouts, cfg, step, first_index))
-    # a NaN/inf reward is a broken reward function or reward model: count them on every rank, stop together
-    broken = distributed.all_reduce_mean(float((~scored.rewards[scored.reward_mask].isfinite()).sum()), run.d)
-    if broken:
-        raise training.Diverged(f"step {step + 1}: {broken * run.d.world_size:.0f} rewards are NaN/inf: the reward "
-                                f"is broken and the run stopped before the update; {training.last_saved(run.last_checkpoint)}")
+    stop_if_rewards_broken(run, scored.rewards[scored.reward_mask], step)  # a NaN/inf reward stops every rank
     targets = advantages(run, rollouts, scored, cfg)
     sums = update(run, rollouts, scored, targets, cfg, step)
     m, mu, n_tokens = rollouts.response_mask, cfg.rl_mu, max(1, int(rollouts.response_mask.sum()))
@@ -439,12 +432,6 @@ def stop_if_not_finite(run, step, **quantities):
 # =============================================================================================
 
 
-def rows_question_ids(rollouts, cfg, step, first_index):
-    """A question id per row (its index in the run's question stream), for by-question splits."""
-    return [step * cfg.rl_questions_per_step + first_index + row // cfg.rl_group_size
-            for row in range(len(rollouts.texts))]
-
-
 def train_reward_model(run, problems, cfg, step):
     """The reward model's data, graded by the rule grader (ORM) or step checker (PRM): at the
     start rl_rm_questions x G samples of the starting policy; at each new iteration the policy's
@@ -466,10 +453,7 @@ def train_reward_model(run, problems, cfg, step):
         samples, run.rm.pending = run.rm.pending, []
     train, heldout = split_by_question(samples, cfg.rl_rm_heldout, cfg.seed + step)
     result = run.rm.fit(train, heldout, step, run.last_checkpoint)
-    auc = "n/a" if result["heldout_auc"] is None else f"{result['heldout_auc']:.3f}"
-    distributed.print0(f"\nreward model ({cfg.rl_reward}) at step {step}: trained on {len(train)} samples "
-                       f"(+ replay), loss {result['loss']:.3f}; held-out ({result['heldout_positions']} "
-                       f"positions): accuracy {result['heldout_accuracy']:.3f}, AUC {auc}")
+    print_reward_model(result, len(train), cfg, step)
     return result
 
 
@@ -501,26 +485,6 @@ def record_rollouts(run, probe, cfg, step, path):
                                advantages=targets.advantages, ratio=ratio, clipped=clipped, kl=kl,
                                group_mean=targets.group_mean, group_std=targets.group_std,
                                values=targets.old_values, returns=targets.returns)
-
-
-def recorded_steps(cfg):
-    """The steps whose probe groups are recorded: rl_viewer_steps, or the first, middle and last."""
-    return set(cfg.rl_viewer_steps) if cfg.rl_viewer_steps else {0, cfg.rl_steps // 2, cfg.rl_steps - 1}
-
-
-def watch_signal(history, accuracy, accuracy_before, cfg, step):
-    """Loud warnings when the learning signal is gone: the reward's spread within groups near zero
-    for rl_flat_reward_steps steps in a row (GRPO's normalised advantages are then noise), or the
-    held-out accuracy far below the start (a collapse). The collapse stops the run."""
-    flat = history[-cfg.rl_flat_reward_steps:]
-    if len(flat) == cfg.rl_flat_reward_steps and max(flat) < cfg.rl_min_reward_spread:
-        distributed.print0(f"\nWARNING step {step + 1}: the reward's mean within-group std has been under "
-                           f"{cfg.rl_min_reward_spread} for {len(flat)} steps: the reward no longer tells the "
-                           f"outputs of a question apart, and GRPO learns from noise.")
-    if accuracy is not None and accuracy < accuracy_before - cfg.rl_collapse_drop:
-        raise training.Diverged(f"step {step + 1}: held-out greedy accuracy fell from {100 * accuracy_before:.1f}% "
-                                f"to {100 * accuracy:.1f}% (more than rl_collapse_drop={cfg.rl_collapse_drop}): "
-                                f"the policy collapsed; the last checkpoint before it is kept")
 
 
 def train(cfg):
@@ -621,18 +585,13 @@ def logged_step(run, job, questions, cfg, step):
 
 def compare(cfg):
     """GRPO (cfg.rl_reward) and PPO from the same start, on the same questions and budget."""
-    summaries = [train(config.with_keys(cfg, rl_algo=algo)) for algo in ("grpo", "ppo")]
-    if distributed.is_main_process():
-        path = os.path.join(cfg.out_dir, "rl", "compare.png")
-        plot_comparison(cfg.out_dir, [s["method"] for s in summaries], path)
-        ratio = summaries[0]["model_state_mb"] / summaries[1]["model_state_mb"]
-        print(f"\n{comparison_table(summaries)}\nGRPO's model state is {ratio:.2f}x PPO's.  plot: {path}")
+    report_comparison(cfg, [train(config.with_keys(cfg, rl_algo=algo)) for algo in ("grpo", "ppo")])
 
 
 def main():
     cfg = config.main_config()
     if cfg.dry_run:
-        import memory_plan
+        from support import memory_plan
         memory_plan.print_plan(cfg, int(os.environ.get("WORLD_SIZE", "1")))
         return
     training.run_main("grpo.py", lambda: compare(cfg) if cfg.rl_compare else train(cfg),

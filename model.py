@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from fileio import BadInput
+from support.fileio import BadInput
 
 # Llama 3.1's RoPE scaling parameters (config.json's rope_scaling / rope_parameters), typed
 LLAMA3_ROPE_KEYS = dict(factor=1.0, low_freq_factor=1.0, high_freq_factor=1.0, original_max_position_embeddings=1)
@@ -74,7 +74,7 @@ class ModelArgs:
 
     @classmethod
     def from_config(cls, cfg, **overrides):
-        """The model keys of a run's config (config.py), plus token ids from the tokenizer."""
+        """The model keys of a run's config (support/config.py), plus token ids from the tokenizer."""
         values = {f.name: getattr(cfg, f.name) for f in fields(cls) if hasattr(cfg, f.name)}
         return cls(**{**values, **overrides})
 

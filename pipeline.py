@@ -24,7 +24,7 @@ The stages, with the paper's sections:
 
 At the end, under out_dir: results.md (the findings, also printed; the same bytes when the same
 command runs again on the same machine), timings.md (each stage's wall time), plots/*.png and
-rollouts.html (viewer.py's page of the RL runs' rollouts, token by token).
+rollouts.html (support/viewer.py's page of the RL runs' rollouts, token by token).
 """
 
 import contextlib
@@ -38,13 +38,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import config
 import evaluate
-import grpo
-import report
-import viewer
-from fileio import BadInput, atomic_path, read_json, read_jsonl, write_json
 from model import Transformer
+from support import config, report, rl_support, viewer
+from support.fileio import BadInput, atomic_path, read_json, read_jsonl, write_json
 
 
 @dataclass
@@ -56,7 +53,7 @@ class Stage:
 
 
 # The RL methods: (key, label in the table, grpo.py overrides). Each starts from the SFT checkpoint
-# with the same budget; its folder is rl/{key} (grpo.method_name of these overrides), and with
+# with the same budget; its folder is rl/{key} (rl_support.method_name of these overrides), and with
 # --seeds=N the study's seeds 2..N run again in rl/{key}-seed{s}, with rl_seed = s.
 # The last three train and use a learned reward model: they run when learned_rewards is on.
 RL_METHODS = [
@@ -275,8 +272,8 @@ def task_name(cfg):
 
 
 def results_markdown(cfg):
-    """results.md: the findings (report.py) and the corpus loop: all of it the same, byte for
-    byte, when the same command runs again on the same machine."""
+    """results.md: the findings (support/report.py) and the corpus loop: all of it the same, byte
+    for byte, when the same command runs again on the same machine."""
     task = task_name(cfg)
     rows = [report.load_row(cfg.out_dir, task, label, key, folders) for label, key, folders, _ in evaluated(cfg)]
     corpus = read_json(summary_path(cfg, "corpus"))
@@ -375,7 +372,7 @@ def draw_plots(cfg, task):
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
     paths.append(os.path.join(folder, "rl_ppo_vs_grpo.png"))  # reward and accuracy per RL step
-    grpo.plot_comparison(cfg.out_dir, ["ppo", "grpo_outcome", "grpo_process"], paths[-1])
+    rl_support.plot_comparison(cfg.out_dir, ["ppo", "grpo_outcome", "grpo_process"], paths[-1])
     return paths
 
 

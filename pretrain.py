@@ -7,10 +7,10 @@
 What the paper does, and where it happens below:
 - Data: a mixture of token sources sampled by weight. DeepSeekMath-Base 7B saw 500B tokens:
   56% DeepSeekMath Corpus, 4% AlgebraicStack, 10% arXiv, 20% GitHub code, 10% Common Crawl
-  natural language. Each source is a folder of token shards (shards.py; corpus.py writes ours
-  to {out_dir}/corpus/tokens); a training row is a random window of max_seq_len + 1 tokens
-  from a source drawn by weight (`Mixture`). Documents inside a window are separated by the
-  EOS token corpus.py ends each one with.
+  natural language. Each source is a folder of token shards (support/shards.py; corpus.py
+  writes ours to {out_dir}/corpus/tokens); a training row is a random window of max_seq_len + 1
+  tokens from a source drawn by weight (`Mixture`). Documents inside a window are separated by
+  the EOS token corpus.py ends each one with.
 - Optimizer: AdamW, beta1 0.9, beta2 0.95, weight decay 0.1 (training.make_adamw: matrices
   are decayed, the 1-D RMSNorm gains are not), gradients clipped to a global norm.
 - Learning rate: the multi-step schedule (`learning_rate`): linear warm-up (2,000 steps in the
@@ -44,13 +44,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import config
-import distributed
-import training
-from fileio import BadInput, write_json
 from model import ModelArgs, Transformer
-from shards import read_shard
-from tokenizer import load_tokenizer
+from support import config, distributed, training
+from support.fileio import BadInput, write_json
+from support.shards import read_shard
+from support.tokenizer import load_tokenizer
 
 
 # ----------------------------------------------------------------------------- data

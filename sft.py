@@ -49,14 +49,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import config
-import distributed
 import evaluate
-import tasks
-import training
-from fileio import BadInput, write_json, write_jsonl
 from model import Transformer, sequence_logprobs
-from tokenizer import load_tokenizer
+from support import config, distributed, tasks, training
+from support.fileio import BadInput, write_json, write_jsonl
+from support.tokenizer import load_tokenizer
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,10 +19,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
-import classroom_web  # noqa: E402
-import config  # noqa: E402
 import corpus  # noqa: E402
-import tasks  # noqa: E402
+from support import classroom_web, config, tasks  # noqa: E402
 
 
 def timed(name, n_pages, work):

@@ -41,9 +41,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import config  # noqa: E402
-import report  # noqa: E402
 from model import ModelArgs, Transformer, generate  # noqa: E402
+from support import config, report  # noqa: E402
 
 NO_EOS = -1  # an id no token has: every row runs the full number of new tokens
 

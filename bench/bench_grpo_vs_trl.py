@@ -86,7 +86,7 @@ def parse_args(argv=None):
 
 
 def classroom_config(a):
-    import config
+    from support import config
     return config.load_config([os.path.join(ROOT, "configs", "classroom.py"), "--device=cpu",
                                f"--rl_group_size={a.group_size}", f"--rl_questions_per_step={a.questions}",
                                f"--rl_rollout_questions={a.questions}", f"--rl_micro_batch={a.questions * a.group_size}",
@@ -104,9 +104,8 @@ def classroom_tokenizer(vocab_size):
     model may sample them, and they decode (to U+FFFD)."""
     import random
 
-    import classroom_web
-    import tasks
-    from tokenizer import PAT_STR, Tokenizer, train_bpe
+    from support import classroom_web, tasks
+    from support.tokenizer import PAT_STR, Tokenizer, train_bpe
 
     problems = tasks.classroom_problems("train", 2000, SEED)
     rng = random.Random(SEED)
@@ -131,9 +130,8 @@ def build_model_folder(folder):
     tokenizer.tiktoken."""
     import torch
 
-    import config
-    import training
     from model import ModelArgs, Transformer
+    from support import config, training
 
     cfg = config.load_config([os.path.join(ROOT, "configs", "classroom.py")])
     tokenizer = classroom_tokenizer(cfg.vocab_size)
@@ -144,7 +142,7 @@ def build_model_folder(folder):
 
 def step_questions(a, n_steps):
     """The questions of each step, [[Problem] * questions] * n_steps, the same for both sides."""
-    import tasks
+    from support import tasks
     problems = tasks.classroom_problems("train", a.questions * n_steps, SEED + 1)
     return [problems[s * a.questions:(s + 1) * a.questions] for s in range(n_steps)]
 
@@ -184,7 +182,7 @@ def hf_tokenizer(ours):
 
 def prompt_text(tokenizer, problem):
     """BOS + our chat prompt as text: the HF tokenizer reads the BOS string as the special token."""
-    from tokenizer import COT_SUFFIX, chat_prompt
+    from support.tokenizer import COT_SUFFIX, chat_prompt
     return tokenizer.bos + chat_prompt(problem.question, COT_SUFFIX)
 
 
@@ -278,10 +276,10 @@ def finish(result, a, started_rss):
 def run_ours(a, folder):
     import torch
 
-    import distributed
     import evaluate
     import grpo
-    from tokenizer import load_tokenizer
+    from support import distributed
+    from support.tokenizer import load_tokenizer
 
     torch.set_num_threads(a.threads)
     cfg = classroom_config(a)
@@ -342,7 +340,7 @@ def run_trl(a, folder):
     from trl import GRPOTrainer
 
     import evaluate
-    from tokenizer import load_tokenizer
+    from support.tokenizer import load_tokenizer
 
     torch.set_num_threads(a.threads)
     cfg = classroom_config(a)
@@ -429,7 +427,7 @@ def summarise(runs):
 
 
 def machine():
-    import report
+    from support import report
     return f"{report.cpu_name()}, {os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
 
 

@@ -34,10 +34,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import config  # noqa: E402
-import training  # noqa: E402
 from model import ModelArgs, Transformer  # noqa: E402
 from pretrain import flops_per_token, lm_loss, peak_flops  # noqa: E402
+from support import config, training  # noqa: E402
 
 
 def hf_twin(ours):

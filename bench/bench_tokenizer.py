@@ -15,7 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tokenizer import train_bpe  # noqa: E402
+from support.tokenizer import train_bpe  # noqa: E402
 
 SYLLABLES = ["ka", "lo", "mi", "tre", "su", "an", "or", "the", "qu", "ing", "ex", "po", "ra",
              "ne", "st", "ion", "al", "ve", "di", "fu", "ze", "ck", "y", "ou"]

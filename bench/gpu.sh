@@ -19,7 +19,7 @@
 # Each part runs under its own time limit (60 + 190 + 80 + 140 s = 7.8 minutes at most); a part
 # that fails or runs out of time is marked so in the summary and the next one still runs. On a
 # machine without CUDA the script says so, runs every part's dry run (which builds nothing big:
-# models on the meta device, memory_plan.py, the commands) and exits 0.
+# models on the meta device, support/memory_plan.py, the commands) and exits 0.
 # PYTHON=/path/to/python picks the interpreter (default: .venv/bin/python, else python).
 
 set -u
@@ -82,7 +82,7 @@ import torch
 
 sys.path.insert(0, os.getcwd())
 sys.path.insert(0, os.path.join(os.getcwd(), "bench"))
-import config  # noqa: E402
+from support import config  # noqa: E402
 
 mode, work, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
 cfg = config.load_config(["configs/1.3b.py", *overrides])
@@ -101,8 +101,8 @@ def model_args(tok):
 
 
 if mode == "dry":
-    import memory_plan
     from model import Transformer
+    from support import memory_plan
     tok = tokenizer()
     with torch.device("meta"):
         model = Transformer(model_args(tok))
@@ -114,8 +114,8 @@ if mode == "dry":
           f"x <= {cfg.rl_max_new_tokens} new tokens, micro-batch {cfg.rl_micro_batch}")
     memory_plan.print_plan(cfg, 1)
 elif mode == "build":
-    import training
     from model import Transformer
+    from support import training
     tok = tokenizer()
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)  # weights made in bf16 on the device: 2.7 GB on disk
@@ -125,12 +125,10 @@ elif mode == "build":
     training.save_checkpoint(ckpt, model, tok)
     print(f"random {model.num_params() / 1e9:.2f}B checkpoint in {ckpt}")
 else:
-    import distributed
     import evaluate
     import grpo
-    import rl_support
-    import tasks
-    from tokenizer import load_tokenizer
+    from support import distributed, rl_support, tasks
+    from support.tokenizer import load_tokenizer
     cfg = config.with_keys(cfg, rl_algo=mode)
     d = distributed.setup(cfg.device)
     cuda = d.device.type == "cuda"
@@ -163,9 +161,9 @@ dry_parts() {
 import sys
 import torch
 sys.path.insert(0, ".")
-import config
 from model import ModelArgs, Transformer
 from pretrain import flops_per_token
+from support import config
 argv = [a for a in sys.argv[1:] if not a.startswith("--batch")]
 batch = int(next(a.split("=")[1] for a in sys.argv[1:] if a.startswith("--batch")))
 cfg = config.load_config(argv)
@@ -186,9 +184,9 @@ import sys
 import torch
 sys.path.insert(0, ".")
 sys.path.insert(0, "bench")
-import config
 from bench_generate import generation_bytes
 from model import ModelArgs, Transformer
+from support import config
 args = ModelArgs.from_config(config.load_config(["configs/7b.py"]))
 with torch.device("meta"):
     model = Transformer(args)

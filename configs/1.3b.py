@@ -1,6 +1,6 @@
 # A 1.3B model on one GPU: the paper's corpus-comparison scale (section 2.2), whole recipe.
 #
-#     python memory_plan.py configs/1.3b.py                 # what one GPU holds, GRPO vs PPO
+#     python -m support.memory_plan configs/1.3b.py        # what one GPU holds, GRPO vs PPO
 #     python corpus.py configs/1.3b.py                      # select pages, train a 32K BPE, tokenize
 #     python pretrain.py configs/1.3b.py
 #     python sft.py configs/1.3b.py
@@ -64,9 +64,10 @@ sft_save_every = 100
 
 # ---- grpo.py (paper 4.2): the paper's step, 16 questions x G = 64 = 1,024 outputs, lr 1e-6,
 # beta 0.04, max length 1024, mu = 1. One GPU generates one question's 64 outputs at a time: a
-# KV cache of 64 x 1,536 positions x 24 layers x 2 x 2,048 x 2 bytes = 18 GiB. memory_plan.py
-# gives a peak of ~43 GiB for GRPO and ~62 GiB for PPO (its value model); with two questions per
-# cache (36 GiB) PPO would need ~80 GiB, more than an 80 GB GPU has, and GRPO ~61 GiB
+# KV cache of 64 x 1,536 positions x 24 layers x 2 x 2,048 x 2 bytes = 18 GiB.
+# support/memory_plan.py gives a peak of ~43 GiB for GRPO and ~62 GiB for PPO (its value model);
+# with two questions per cache (36 GiB) PPO would need ~80 GiB, more than an 80 GB GPU has, and
+# GRPO ~61 GiB
 rl_algo = "grpo"
 rl_reward = "outcome"
 rl_questions_per_step = 1024 // 64  # 16

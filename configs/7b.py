@@ -1,6 +1,6 @@
 # DeepSeekMath 7B: the paper's numbers for every stage (Shao et al. 2024, sections 2-4).
 #
-#     python memory_plan.py configs/7b.py --world_size=8             # per-GPU memory, GRPO vs PPO
+#     python -m support.memory_plan configs/7b.py --world_size=8      # per-GPU memory, GRPO vs PPO
 #     torchrun --nproc_per_node=8 grpo.py configs/7b.py --dry_run=True
 #     torchrun --nproc_per_node=8 grpo.py configs/7b.py               # GRPO from DeepSeekMath-Instruct
 #     torchrun --nproc_per_node=8 evaluate.py configs/7b.py --eval_checkpoint=out/7b/rl/grpo_outcome/ckpt
@@ -60,7 +60,7 @@ corpus_train_tokenizer = False  # keep DeepSeek's tokenizer (tokenizer_path abov
 
 # ---- pretrain.py (paper 2.3): DeepSeekMath-Base 7B continues DeepSeek-Coder-Base-v1.5 7B for
 # 500B tokens: 56% DeepSeekMath Corpus, 4% AlgebraicStack, 10% arXiv, 20% GitHub code, 10% Common
-# Crawl natural language; each source a folder of token shards (shards.py) under out_dir
+# Crawl natural language; each source a folder of token shards (support/shards.py) under out_dir
 pretrain_init = "checkpoints/deepseek-coder-7b-base-v1.5"
 pretrain_sources = {"math": "corpus/tokens", "algebraic_stack": "algebraic_stack/tokens",
                     "arxiv": "arxiv/tokens", "github": "github/tokens", "common_crawl": "common_crawl/tokens"}
@@ -99,7 +99,7 @@ rl_lr = 1e-6
 rl_kl_coef = 0.04
 rl_steps = 144_000 // rl_questions_per_step  # the paper gives no step count: one pass over its ~144K questions
 rl_rollout_questions = 1  # one question's 64 outputs per KV cache: 45 GiB per GPU
-# memory_plan.py at W=8: GRPO peaks at ~72 GiB per GPU, PPO (+ value model) at ~84 GiB
+# support/memory_plan.py at W=8: GRPO peaks at ~72 GiB per GPU, PPO (+ value model) at ~84 GiB
 rl_micro_batch = 16  # outputs per forward/backward
 rl_activation_checkpointing = True  # without it one micro-batch's activations are ~129 GiB per GPU
 rl_eval_every = 500

@@ -3,7 +3,7 @@
 #     bash run_classroom.sh                                  # every stage, in order
 #     python pretrain.py configs/classroom.py                # or one stage at a time
 #
-# Same keys as configs/7b.py (config.py lists them all), shrunk: a ~1M-parameter model, a
+# Same keys as configs/7b.py (support/config.py lists them all), shrunk: a ~1M-parameter model, a
 # 1,024-token vocabulary trained on the generated classroom web, short sequences.
 
 out_dir = "out/classroom"
@@ -93,11 +93,11 @@ ppo_value_lr = 1e-4
 rl_save_every = 40
 rl_eval_problems = 200  # grpo.py's own before/after check (and its collapse guard); the findings use evaluate.py's 1,000
 
-# ---- learned reward models (--rl_reward=orm / prm; rewards.py). The 7B's rl_rm_lr of 2e-5 (the
-# paper's) leaves the zero-initialised scalar head of a 1M-parameter model at chance (held-out ROC
-# AUC 0.47 after its ~30 steps); 3e-4 over 2 passes learns, 1e-3 overfits. More distinct
-# questions help more than more samples per question: 512 questions x G = 8 (~4,000 graded
-# outputs, ~1 minute on 2 cores), a fifth of the questions held out to measure it.
+# ---- learned reward models (--rl_reward=orm / prm; support/rewards.py). The 7B's rl_rm_lr of
+# 2e-5 (the paper's) leaves the zero-initialised scalar head of a 1M-parameter model at chance
+# (held-out ROC AUC 0.47 after its ~30 steps); 3e-4 over 2 passes learns, 1e-3 overfits. More
+# distinct questions help more than more samples per question: 512 questions x G = 8 (~4,000
+# graded outputs, ~1 minute on 2 cores), a fifth of the questions held out to measure it.
 rl_rm_questions = 512
 rl_rm_lr = 3e-4
 rl_rm_epochs = 2

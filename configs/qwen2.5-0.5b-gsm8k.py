@@ -1,6 +1,6 @@
 # GRPO on GSM8K from Qwen2.5-0.5B-Instruct, on one GPU (24 GB is enough; README "Scaling").
 #
-#     python memory_plan.py configs/qwen2.5-0.5b-gsm8k.py      # the plan, for a 24 GB and an 80 GB GPU
+#     python -m support.memory_plan configs/qwen2.5-0.5b-gsm8k.py   # the plan, for a 24 GB and an 80 GB GPU
 #     python grpo.py configs/qwen2.5-0.5b-gsm8k.py --dry_run=true   # the same plan
 #     python grpo.py configs/qwen2.5-0.5b-gsm8k.py
 #     python grpo.py configs/qwen2.5-0.5b-gsm8k.py --rl_init_checkpoint=/elsewhere/Qwen2.5-0.5B-Instruct
@@ -18,7 +18,7 @@ dtype = "bfloat16"  # autocast compute; trained weights and AdamW states stay fp
 
 # ---- model: Qwen2.5-0.5B(-Instruct) config.json (Qwen2ForCausalLM). grpo.py builds the model from
 # the checkpoint's config.json; these keys are for the memory plan without the checkpoint (with it,
-# memory_plan.py reads its config.json, q/k/v biases included).
+# support/memory_plan.py reads its config.json, q/k/v biases included).
 vocab_size = 151936  # 151,665 tokens, padded
 n_layer = 24
 dim = 896

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-import tasks
+from support import tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))

@@ -1,10 +1,10 @@
-"""classroom_web.py: deterministic, labelled, and shaped the way the corpus loop needs."""
+"""support/classroom_web.py: deterministic, labelled, and shaped the way the corpus loop needs."""
 
 import re
 from collections import Counter
 
-from classroom_web import MATH_STYLES, compute, generate_web, write_web
-from fileio import read_jsonl
+from support.classroom_web import MATH_STYLES, compute, generate_web, write_web
+from support.fileio import read_jsonl
 
 QUOTED = [("Ann has 12 apples. She gives 5 to Bo. How many apples does Ann have now?",
            "Ann gives 5 away: 12 - 5 = 7.\nThe answer is \\boxed{7}."),

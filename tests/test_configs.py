@@ -4,8 +4,8 @@ import os
 import pytest
 import torch
 
-import config
 from model import ModelArgs, Transformer
+from support import config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))

@@ -14,12 +14,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-import config
 import corpus
-import shards
-import tasks
-from fileio import BadInput, read_jsonl, write_jsonl
-from tokenizer import Tokenizer
+from support import config, shards, tasks
+from support.fileio import BadInput, read_jsonl, write_jsonl
+from support.tokenizer import Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A web small enough for a test (the default is 30,000 pages) that still shows every effect.

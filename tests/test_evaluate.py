@@ -1,6 +1,6 @@
-"""Tests for evaluate.py and grading.py: answer extraction, equivalence, the grading pool, pass@k,
-maj@k, prompts, and evaluation with a scripted model (programs and tool rounds in the sandbox,
-whose hostile programs are tests/test_sandbox.py's)."""
+"""Tests for evaluate.py and support/grading.py: answer extraction, equivalence, the grading pool,
+pass@k, maj@k, prompts, and evaluation with a scripted model (programs and tool rounds in the
+sandbox, whose hostile programs are tests/test_sandbox.py's)."""
 
 import itertools
 import json
@@ -13,16 +13,14 @@ import time
 import pytest
 import torch
 
-import config
 import evaluate
-import tasks
-import grading
 from evaluate import Grader, majority_answer, pass_at_k
-from grading import extract_answer
-from fileio import BadInput, read_jsonl, write_jsonl
 from model import Generation, ModelArgs, Transformer
-from tasks import POT_SUFFIX
-from tokenizer import COT_SUFFIX, chat_prompt, train_bpe
+from support import config, grading, tasks
+from support.fileio import BadInput, read_jsonl, write_jsonl
+from support.grading import extract_answer
+from support.tasks import POT_SUFFIX
+from support.tokenizer import COT_SUFFIX, chat_prompt, train_bpe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

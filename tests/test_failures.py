@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import corpus
-import training
-from fileio import BadInput, read_json, recover_staged_folder
 from model import ModelArgs, Transformer
+from support import training
+from support.fileio import BadInput, read_json, recover_staged_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,7 +1,7 @@
-"""Fuzz test of the grader (grading.py through evaluate.Grader): 10,000 random and hostile
+"""Fuzz test of the grader (support/grading.py through evaluate.Grader): 10,000 random and hostile
 responses, from a fixed seed, each graded to a float in [0, 1] within a time bound, never an
-exception. The grader is the RL reward function: a response that made it raise or hang would
-stop training, and one that made it slow would stall every step.
+exception. The grader is the RL reward function: a response that made it raise or hang would stop
+training, and one that made it slow would stall every step.
 
     pytest -q tests/test_grader_fuzz.py
 """
@@ -13,7 +13,7 @@ import time
 import pytest
 
 from evaluate import Grader
-from grading import extract_answer, last_boxed
+from support.grading import extract_answer, last_boxed
 
 N_STRINGS = 10_000
 SEED = 20240205

@@ -12,10 +12,9 @@ import pytest
 import torch
 
 import grpo
-import tasks
-import training
 from model import ModelArgs, Transformer, sequence_logprobs
-from tokenizer import COT_SUFFIX, train_bpe
+from support import tasks, training
+from support.tokenizer import COT_SUFFIX, train_bpe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,7 +65,7 @@ def test_a_group_whose_rewards_spread_less_than_min_std_gets_no_advantage():
 
 
 def test_roc_auc_counts_ordered_pairs_and_ties_half():
-    from rewards import roc_auc
+    from support.rewards import roc_auc
     assert roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
     assert roc_auc([0.5, 0.5, 0.5], [0, 1, 1]) == 0.5
     assert roc_auc([0.2, 0.9], [1, 1]) is None
@@ -380,7 +379,7 @@ def test_the_viewer_page_shows_what_the_run_computed(start, tmp_path, monkeypatc
     """A real process-supervision run records its probe groups at the steps asked for; the page
     shows, token for token, the advantages the run wrote, and those are the paper's: each
     token's advantage is the sum of the group-normalised step rewards at or after it (4.1.3)."""
-    import viewer
+    from support import viewer
     from test_viewer import page_blob
 
     os.symlink(start / "sft", tmp_path / "sft")

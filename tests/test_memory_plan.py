@@ -5,9 +5,8 @@ import re
 import pytest
 import torch
 
-import config
-import memory_plan
 from model import KVCache, ModelArgs, Transformer
+from support import config, memory_plan
 
 
 CONFIG_7B = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "7b.py")

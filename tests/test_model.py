@@ -232,7 +232,7 @@ def edit_config(folder, **changes):
 
 def test_bad_checkpoints_are_one_line_naming_file_and_field(tmp_path, model):
     from safetensors.torch import load_file, save_file
-    from fileio import BadInput
+    from support.fileio import BadInput
     model.save_pretrained(tmp_path)
     path = tmp_path / "model.safetensors"
     tensors = load_file(path)
@@ -257,7 +257,7 @@ def test_bad_checkpoints_are_one_line_naming_file_and_field(tmp_path, model):
 
 
 def test_missing_shard(tmp_path, model):
-    from fileio import BadInput
+    from support.fileio import BadInput
     model.save_pretrained(tmp_path, max_shard_bytes=40_000)
     shard = sorted(tmp_path.glob("model-00002-of-*.safetensors"))[0]
     shard.unlink()
@@ -277,7 +277,7 @@ def test_missing_shard(tmp_path, model):
     (dict(head_dim=32), "head_dim 32 is not supported"),
 ])
 def test_unsupported_config_fields(tmp_path, model, changes, message):
-    from fileio import BadInput
+    from support.fileio import BadInput
     model.save_pretrained(tmp_path)
     edit_config(tmp_path, **changes)
     with pytest.raises(BadInput, match="config.json: " + message):

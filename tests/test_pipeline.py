@@ -11,10 +11,10 @@ import time
 import pytest
 import torch
 
-import config
 import pipeline
-from fileio import write_json
 from model import ModelArgs, Transformer
+from support import config
+from support.fileio import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

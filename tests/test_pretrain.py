@@ -14,12 +14,11 @@ import pytest
 import torch
 
 import pretrain
-import shards
-import training
-from fileio import BadInput
 from model import Transformer
-from tokenizer import train_bpe
-from training import load_train_state
+from support import shards, training
+from support.fileio import BadInput
+from support.tokenizer import train_bpe
+from support.training import load_train_state
 
 TINY_MODEL = ["--n_layer=2", "--dim=32", "--n_head=2", "--n_kv_head=2", "--intermediate_size=64",
               "--max_seq_len=32", "--vocab_size=272"]

@@ -1,6 +1,6 @@
-"""Tests for sandbox.py: a table of hostile programs, each contained while its targets (the test
-process, pid 1, another process, a listening port, a file outside, a secret in a fake HOME)
-are unharmed, and the ordinary programs program-of-thought needs still run.
+"""Tests for support/sandbox.py: a table of hostile programs, each contained while its targets (the
+test process, pid 1, another process, a listening port, a file outside, a secret in a fake HOME) are
+unharmed, and the ordinary programs program-of-thought needs still run.
 
 Each attack is written so that it prints ESCAPED if it went through and BLOCKED (with the error)
 if it was refused; signals to the test process and to pid 1 are sent as signal 0, the kernel's
@@ -23,7 +23,7 @@ from string import Template
 
 import pytest
 
-from sandbox import SandboxError, run_program, run_programs, sandbox_layers
+from support.sandbox import SandboxError, run_program, run_programs, sandbox_layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = "s3cr3t-6d1c0ffee"
@@ -205,8 +205,8 @@ def test_the_whole_table_runs_quickly_and_leaves_nothing_behind(world):
 
 
 def test_a_setup_failure_is_a_sandbox_error(monkeypatch):
-    monkeypatch.setattr("sandbox._landlock_abi", lambda: 99)  # a ruleset the kernel will refuse
-    monkeypatch.setattr("sandbox._readable_roots", lambda hidden: ["/nonexistent-folder"])
+    monkeypatch.setattr("support.sandbox._landlock_abi", lambda: 99)  # a ruleset the kernel will refuse
+    monkeypatch.setattr("support.sandbox._readable_roots", lambda hidden: ["/nonexistent-folder"])
     with pytest.raises(SandboxError, match="sandbox setup failed"):
         run_program("print(1)")
 
@@ -214,7 +214,7 @@ def test_a_setup_failure_is_a_sandbox_error(monkeypatch):
 UNPRIVILEGED = """
 import json, os, subprocess, sys
 sys.path.insert(0, {root!r})
-from sandbox import run_programs, sandbox_layers
+from support.sandbox import run_programs, sandbox_layers
 victim = subprocess.Popen(["sleep", "60"])
 programs = ["import os\\nos.kill({{}}, 9)".format(victim.pid), "import os\\nos.kill(os.getppid(), 0)",
             "import socket\\nsocket.create_connection(('1.1.1.1', 53), timeout=1)",

@@ -14,12 +14,11 @@ import torch.nn.functional as F
 
 import evaluate
 import sft
-import tasks
-import training
-from config import load_config
-from fileio import BadInput
 from model import ModelArgs, Transformer, sequence_logprobs
-from tokenizer import train_bpe
+from support import tasks, training
+from support.config import load_config
+from support.fileio import BadInput
+from support.tokenizer import train_bpe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,10 +1,10 @@
-"""shards.py: token shards round-trip through np.memmap, and damaged files are clear errors."""
+"""support/shards.py: token shards round-trip through np.memmap, and damaged files are clear errors."""
 
 import numpy as np
 import pytest
 
-from fileio import BadInput
-from shards import HEADER, read_shard, token_dtype, write_shard
+from support.fileio import BadInput
+from support.shards import HEADER, read_shard, token_dtype, write_shard
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.uint32])

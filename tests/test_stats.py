@@ -1,5 +1,6 @@
-"""stats.py and report.py: the Wilson interval against its definition, the paired bootstrap on
-cases whose answer is known, the verdicts, and the README's findings against the results file."""
+"""support/stats.py and support/report.py: the Wilson interval against its definition, the paired
+bootstrap on cases whose answer is known, the verdicts, and the README's findings against the
+results file."""
 
 import math
 import os
@@ -7,8 +8,7 @@ import re
 
 import numpy as np
 
-import report
-import stats
+from support import report, stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

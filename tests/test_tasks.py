@@ -5,9 +5,8 @@ import sys
 import datasets
 import pytest
 
-import config
-import tasks
-from fileio import BadInput, write_jsonl
+from support import config, tasks
+from support.fileio import BadInput, write_jsonl
 
 # Every operation and frame, including the two-step group ("*") events.
 ALL_OPS = tasks.Difficulty(min_steps=1, max_steps=4, max_number=99, ops="+-*")

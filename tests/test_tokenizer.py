@@ -1,7 +1,8 @@
-"""tokenizer.py: BPE training against a from-scratch recount, exact round-trips on random Unicode,
-the .tiktoken file, the chat template, and Hugging Face tokenizer.json files giving the very ids
-of the `tokenizers` library (BPEs trained by it with GPT-2's and Llama-3's pre-tokenizers, with
-DeepSeek's Sequence of Split pre-tokenizers, and with ^/$ anchors), and their unsupported parts."""
+"""support/tokenizer.py: BPE training against a from-scratch recount, exact round-trips on random
+Unicode, the .tiktoken file, the chat template, and Hugging Face tokenizer.json files giving the
+very ids of the `tokenizers` library (BPEs trained by it with GPT-2's and Llama-3's pre-tokenizers,
+with DeepSeek's Sequence of Split pre-tokenizers, and with ^/$ anchors), and their unsupported
+parts."""
 
 import json
 import random
@@ -13,9 +14,9 @@ import tiktoken.load
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
-from fileio import BadInput
-from tokenizer import (BOS, COT_SUFFIX, EOS, PAD, PAT_STR, TOOL_SUFFIX, Tokenizer, _split_isolated,
-                       chat_prompt, train_bpe)
+from support.fileio import BadInput
+from support.tokenizer import (BOS, COT_SUFFIX, EOS, PAD, PAT_STR, TOOL_SUFFIX, Tokenizer, _split_isolated,
+                               chat_prompt, train_bpe)
 
 WORDS = ("the of and a to in is you that it he was for on are as with his they I at be this "
          "have from or one had by word but not what all were we when your can said there use an "

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model import Transformer
-from training import load_train_state
+from support.training import load_train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "train_steps.py")

@@ -1,6 +1,6 @@
-"""viewer.py: what a step records reaches the page unchanged (read back from the page's JSON
-blob with html.parser), long outputs are cut and the page stays small, and a folder without
-rollouts is a one-line error."""
+"""support/viewer.py: what a step records reaches the page unchanged (read back from the page's JSON
+blob with html.parser), long outputs are cut and the page stays small, and a folder without rollouts
+is a one-line error."""
 
 import json
 import os
@@ -12,9 +12,8 @@ from html.parser import HTMLParser
 import pytest
 import torch
 
-import tasks
-import viewer
-from tokenizer import train_bpe
+from support import tasks, viewer
+from support.tokenizer import train_bpe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -180,7 +179,7 @@ def test_long_outputs_are_cut_and_a_7b_sized_page_stays_small(tokenizer, tmp_pat
 
 
 def run_viewer(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "viewer.py"), *args],
+    return subprocess.run([sys.executable, "-m", "support.viewer", *args],
                           capture_output=True, text=True, cwd=ROOT)
 
 
@@ -192,7 +191,7 @@ def test_a_folder_without_rollouts_is_a_one_line_error(tmp_path):
                             (tmp_path / "nowhere", "no such folder")]:
         result = run_viewer(str(folder))
         assert result.returncode == 1 and result.stdout == ""
-        assert result.stderr.startswith(f"viewer.py: {folder}") and missing in result.stderr
+        assert result.stderr.startswith(f"support.viewer: {folder}") and missing in result.stderr
         assert result.stderr.count("\n") == 1, result.stderr
     (run / viewer.ROLLOUTS_FILE).write_text('{"method": "grpo_outcome", "step": 0}\n')
     result = run_viewer(str(run))

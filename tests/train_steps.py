@@ -13,9 +13,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import distributed  # noqa: E402
-import training  # noqa: E402
 from model import ModelArgs, Transformer, sequence_logprobs  # noqa: E402
+from support import distributed, training  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("out")

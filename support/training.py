@@ -30,9 +30,9 @@ import time
 import numpy as np
 import torch
 
-import distributed
-from fileio import BadInput, recover_staged_folder
 from model import staged_folder
+from support import distributed
+from support.fileio import BadInput, recover_staged_folder
 
 
 PAPER_BETAS = (0.9, 0.95)  # AdamW's beta1, beta2 in every stage (paper 2.3; SFT and RL name no others)

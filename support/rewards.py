@@ -36,11 +36,8 @@ from bisect import bisect_right
 import torch
 import torch.nn.functional as F
 
-import distributed
-import rl_support
-import tasks
-import training
 from model import padding_positions_and_mask
+from support import distributed, rl_support, tasks, training
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """See GRPO learn: a question, its G sampled outputs, and how each token is pushed up or down.
 
-    python viewer.py out/classroom                      # every RL method found under out/classroom/rl/
-    python viewer.py out/classroom/rl/grpo_outcome      # one run
-    python viewer.py out/classroom --out=/tmp/r.html    # default: {out_dir}/rollouts.html (or {run}/rollouts.html)
+    python -m support.viewer out/classroom                  # every RL method found under out/classroom/rl/
+    python -m support.viewer out/classroom/rl/grpo_outcome  # one run
+    python -m support.viewer out/classroom --out=/tmp/r.html  # default: {out_dir}/rollouts.html (or {run}/rollouts.html)
 
 Every RL run of grpo.py records, for a few fixed probe questions at a few steps (first, middle
 and last by default), what the step computed for their rollouts: `record_rollouts` appends one
@@ -41,7 +41,7 @@ import math
 import os
 import sys
 
-from fileio import BadInput, atomic_path, read_jsonl
+from support.fileio import BadInput, atomic_path, read_jsonl
 
 ROLLOUTS_FILE = "rollouts.jsonl"
 PAGE_FILE = "rollouts.html"
@@ -488,14 +488,14 @@ render();
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m support.viewer", description=__doc__.splitlines()[0])
     parser.add_argument("path", help="an out_dir (every run under its rl/) or one run folder")
     parser.add_argument("--out", default=None, help=f"the page to write (default: PATH/{PAGE_FILE})")
     args = parser.parse_args(argv)
     try:
         out = write_page(args.path, args.out)
     except BadInput as e:
-        sys.exit(f"viewer.py: {e}")
+        sys.exit(f"support.viewer: {e}")
     print(out)
 
 

@@ -22,8 +22,8 @@ import platform
 import numpy as np
 import torch
 
-import stats
-from fileio import read_json, read_jsonl
+from support import stats
+from support.fileio import read_json, read_jsonl
 
 # The paper's claims: (claim, paper's place, [(method a, method b, what a - b measures)], margin).
 # A claim holds when every one of its differences holds (a - b > -margin at 95%).

@@ -12,7 +12,7 @@ shard of billions of tokens costs no memory until a batch touches it.
       reserved 8 bytes   zero
     tokens   count * itemsize bytes
 
-    python shards.py out/classroom/corpus/tokens/train-00000.bin   # print a shard's header
+    python -m support.shards out/classroom/corpus/tokens/train-00000.bin   # print a shard's header
 """
 
 import struct
@@ -20,7 +20,7 @@ import sys
 
 import numpy as np
 
-from fileio import BadInput, atomic_path
+from support.fileio import BadInput, atomic_path
 
 MAGIC = b"DSMTOKEN"
 VERSION = 1

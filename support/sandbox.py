@@ -101,6 +101,8 @@ _ARCHES = {"x86_64": (0, 0xC000003E, True), "aarch64": (1, 0xC00000B7, False)}  
 NOBODY = 65534
 _SANDBOX_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 _SETUP_FAILED = 121  # exit status of the sandboxed interpreter when it could not lock itself down
+# The repository (this file is in its support/ folder): hidden, as it holds the gold answers.
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class SandboxError(RuntimeError):
@@ -128,7 +130,7 @@ def _hidden_folders():
     """Folders the program must not see: other processes, home directories (keys, tokens), temp
     folders other programs use, and the repository and current directory (gold answers)."""
     folders = ["/proc", "/root", "/home", "/tmp", "/var/tmp", "/dev/shm", os.path.expanduser("~"),
-               os.path.dirname(os.path.abspath(__file__)), os.getcwd()]
+               REPOSITORY, os.getcwd()]
     folders = {os.path.realpath(f) for f in folders if os.path.isdir(f)} - {"/"}
     return sorted(f for f in folders if not any(f.startswith(other + "/") for other in folders))
 

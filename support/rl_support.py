@@ -6,6 +6,9 @@ Nothing here is part of the algorithm; grpo.py reads as the paper without it. Th
     - `whole_model`: generation on a DDP- or FSDP-wrapped policy;
     - `Run`: the models one run holds (policy, pi_ref, the SFT sampler of RFT, PPO's value model,
       the learned reward model), their optimizers, and their checkpoint state;
+    - a run's name, its job (what it carries from step to step), its held-out accuracy and summary,
+      and the bookkeeping of its steps (question ids, the viewer's steps, the reward model's line);
+    - the guards: a NaN/inf reward, a flat reward, a collapse of the held-out accuracy;
     - memory accounting: the bytes of every model's weights, gradients and AdamW states (the
       paper's argument for GRPO, section 4.1.1), and the process's peak resident memory;
     - the comparison table and plot of `grpo.py --rl_compare=true`.
@@ -20,13 +23,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-import config
-import distributed
 import evaluate
-import training
-from fileio import BadInput, read_json, read_jsonl
 from model import Transformer, padding_positions_and_mask, sequence_logprobs
-import rewards
+from support import config, distributed, rewards, training
+from support.fileio import BadInput, read_json, read_jsonl
 
 # ---------------------------------------------------------------------------------------------
 # Batches of rollouts
@@ -329,6 +329,54 @@ def save(run, job, step):
     training.save_checkpoint(job.ckpt, run.policy, run.tokenizer, run.train_state(step, extra))
 
 
+def rows_question_ids(rollouts, cfg, step, first_index):
+    """A question id per row (its index in the run's question stream), for by-question splits."""
+    return [step * cfg.rl_questions_per_step + first_index + row // cfg.rl_group_size
+            for row in range(len(rollouts.texts))]
+
+
+def recorded_steps(cfg):
+    """The steps whose probe groups are recorded: rl_viewer_steps, or the first, middle and last."""
+    return set(cfg.rl_viewer_steps) if cfg.rl_viewer_steps else {0, cfg.rl_steps // 2, cfg.rl_steps - 1}
+
+
+def print_reward_model(result, n_train, cfg, step):
+    """One line on a (re)trained reward model: its training loss and held-out accuracy and AUC."""
+    auc = "n/a" if result["heldout_auc"] is None else f"{result['heldout_auc']:.3f}"
+    distributed.print0(f"\nreward model ({cfg.rl_reward}) at step {step}: trained on {n_train} samples "
+                       f"(+ replay), loss {result['loss']:.3f}; held-out ({result['heldout_positions']} "
+                       f"positions): accuracy {result['heldout_accuracy']:.3f}, AUC {auc}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Guards: a broken reward, a flat reward, a collapse
+# ---------------------------------------------------------------------------------------------
+
+
+def stop_if_rewards_broken(run, rewards, step):
+    """A NaN/inf reward is a broken reward function or reward model: every rank counts them, and
+    all stop together, before the update."""
+    broken = distributed.all_reduce_mean(float((~rewards.isfinite()).sum()), run.d)
+    if broken:
+        raise training.Diverged(f"step {step + 1}: {broken * run.d.world_size:.0f} rewards are NaN/inf: the reward "
+                                f"is broken and the run stopped before the update; {training.last_saved(run.last_checkpoint)}")
+
+
+def watch_signal(history, accuracy, accuracy_before, cfg, step):
+    """Loud warnings when the learning signal is gone: the reward's spread within groups near zero
+    for rl_flat_reward_steps steps in a row (GRPO's normalised advantages are then noise), or the
+    held-out accuracy far below the start (a collapse). The collapse stops the run."""
+    flat = history[-cfg.rl_flat_reward_steps:]
+    if len(flat) == cfg.rl_flat_reward_steps and max(flat) < cfg.rl_min_reward_spread:
+        distributed.print0(f"\nWARNING step {step + 1}: the reward's mean within-group std has been under "
+                           f"{cfg.rl_min_reward_spread} for {len(flat)} steps: the reward no longer tells the "
+                           f"outputs of a question apart, and GRPO learns from noise.")
+    if accuracy is not None and accuracy < accuracy_before - cfg.rl_collapse_drop:
+        raise training.Diverged(f"step {step + 1}: held-out greedy accuracy fell from {100 * accuracy_before:.1f}% "
+                                f"to {100 * accuracy:.1f}% (more than rl_collapse_drop={cfg.rl_collapse_drop}): "
+                                f"the policy collapsed; the last checkpoint before it is kept")
+
+
 # ---------------------------------------------------------------------------------------------
 # Memory: what each method costs (paper 4.1.1)
 # ---------------------------------------------------------------------------------------------
@@ -389,6 +437,15 @@ def comparison_table(summaries):
                      ", ".join(s["models_held"])])
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+
+
+def report_comparison(cfg, summaries):
+    """grpo.py --rl_compare=true's ending: the table and the plot of GRPO's and PPO's runs."""
+    if distributed.is_main_process():
+        path = os.path.join(cfg.out_dir, "rl", "compare.png")
+        plot_comparison(cfg.out_dir, [s["method"] for s in summaries], path)
+        ratio = summaries[0]["model_state_mb"] / summaries[1]["model_state_mb"]
+        print(f"\n{comparison_table(summaries)}\nGRPO's model state is {ratio:.2f}x PPO's.  plot: {path}")
 
 
 def plot_comparison(out_dir, methods, path):

@@ -21,7 +21,7 @@ Sources:
   GSM8K rows {question, answer: "...<<48/2=24>>24...\\n#### 72"}, MATH rows {problem,
   solution: "... \\boxed{...}", level, type}, or plain {question, answer[, solution]} rows.
 
-Run `python tasks.py configs/classroom.py` to print one classroom problem in every format.
+Run `python -m support.tasks configs/classroom.py` to print one classroom problem in every format.
 """
 
 import ast
@@ -33,8 +33,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from fileio import BadInput, read_records
-from grading import last_boxed
+from support.fileio import BadInput, read_records
+from support.grading import last_boxed
 
 GSM8K_HUB = ("openai/gsm8k", "main")  # load_dataset(name, config); splits train / test
 MATH_HUB = "EleutherAI/hendrycks_math"  # one config per subject, each with train / test
@@ -447,7 +447,7 @@ def load_problems(source, split, cfg):
 
 
 if __name__ == "__main__":
-    import config
+    from support import config
 
     cfg = config.main_config()
     problem = load_problems(cfg.train_problems, "train", cfg)[0]

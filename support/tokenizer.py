@@ -45,7 +45,7 @@ import regex  # tiktoken's own dependency; the same Unicode-aware regex syntax a
 import tiktoken
 from tqdm import tqdm
 
-from fileio import BadInput, atomic_path, write_json
+from support.fileio import BadInput, atomic_path, write_json
 
 # DeepSeek's spelling (full-width bars, U+2581 for spaces): a real checkpoint's ids 100000/100001.
 BOS = "<｜begin▁of▁sentence｜>"

@@ -24,14 +24,14 @@ multi-step word problems) that later SFT on GSM8K-style problems builds on. Thei
 are phrased apart from tasks.py's classroom problems, so only the planted pages quote a test
 question.
 
-    python classroom_web.py configs/classroom.py     # writes {out_dir}/corpus/web/ and prints a sample
+    python -m support.classroom_web configs/classroom.py     # writes {out_dir}/corpus/web/ and prints a sample
 """
 
 import os
 import random
 import re
 
-from fileio import write_jsonl
+from support.fileio import write_jsonl
 
 MATH_STYLES = ("worked", "rules", "drill", "forum")
 # Sites: (kind, number of domains, relative size, [(path prefix, page style, share of its pages)]).
@@ -495,7 +495,7 @@ def write_web(folder, seed, pool_pages, seed_pages, shards, test_problems=(), co
 
 
 if __name__ == "__main__":
-    import config
+    from support import config
 
     cfg = config.main_config()
     seeds, pool = generate_web(cfg.seed, 200, 10)

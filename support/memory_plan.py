@@ -1,7 +1,7 @@
 """The per-GPU memory plan of an RL run: GRPO against PPO (DeepSeekMath section 4.1.1, figure 4).
 
-    python memory_plan.py configs/7b.py --world_size=8
-    python grpo.py configs/7b.py --dry_run=true            # the same plan; world size from WORLD_SIZE
+    python -m support.memory_plan configs/7b.py --world_size=8
+    python grpo.py configs/7b.py --dry_run=true                # the same plan; world size from WORLD_SIZE
 
 The paper's memory argument: PPO trains a value model "of comparable size as the policy model",
 which GRPO drops, taking the mean reward of G outputs of the same question as its baseline. So
@@ -37,9 +37,9 @@ from dataclasses import dataclass
 
 import torch
 
-import config
-from fileio import read_json
 from model import ModelArgs, Transformer, sequence_logprobs
+from support import config
+from support.fileio import read_json
 
 GiB = 2**30
 BF16, FP32 = 2, 4
@@ -206,8 +206,8 @@ def print_plan(cfg, world_size):
 
 
 def main():
-    parser = argparse.ArgumentParser(description="per-GPU memory plan of GRPO vs PPO",
-                                     usage="python memory_plan.py configs/NAME.py [--world_size=8] [--key=value ...]")
+    usage = "python -m support.memory_plan configs/NAME.py [--world_size=8] [--key=value ...]"
+    parser = argparse.ArgumentParser(description="per-GPU memory plan of GRPO vs PPO", usage=usage)
     parser.add_argument("--world_size", type=int, default=int(os.environ.get("WORLD_SIZE", "1")))
     opts, rest = parser.parse_known_args()
     if opts.world_size < 1:

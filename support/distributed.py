@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from fileio import BadInput
+from support.fileio import BadInput
 
 
 @dataclass
