@@ -149,6 +149,9 @@ def settings(command, argv):
     values = vars(config.load_config([*command[1:], *argv]))
     patterns = SETTINGS[command[0]]
     chosen = {key: value for key, value in values.items() if any(fnmatch.fnmatchcase(key, p) for p in patterns)}
+    if command[0] == "grpo.py" and values["rl_reward"] in ("outcome", "process"):
+        # a rule-based run never builds a reward model: its settings do not shape what it writes
+        chosen = {key: value for key, value in chosen.items() if not key.startswith("rl_rm_")}
     return json.loads(json.dumps(chosen))  # as the record holds them: tuples as lists
 
 

@@ -199,3 +199,34 @@ def load_row(out_dir, task, label, key, stages):
         if stage.startswith("rl/"):
             summaries.append(read_json(summary))
     return Row(label, key, records, summaries)
+
+
+# ---------------------------------------------------------------- the same claims on other machines
+
+
+def claims_of(path):
+    """(machine, {claim: (measured, verdict)}) read back from a results file this module wrote."""
+    text = open(path).read()
+    machine = next((line.split(":", 1)[1].split(";")[0].strip() for line in text.splitlines()
+                    if line.startswith("Machine:")), "unknown machine")
+    section = text.split("## The paper's claims", 1)[-1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split(" | ") for line in section.splitlines() if line.startswith("| ")]
+    return machine, {cells[0].strip(): (cells[1].strip(), cells[2].strip()) for cells in rows[1:] if len(cells) == 3}
+
+
+def machines_table(paths):
+    """One row per claim, one column per results file: does each machine's run reach the same verdict?"""
+    runs = [(path, *claims_of(path)) for path in paths]
+    claims = list(dict.fromkeys(claim for _, _, by_claim in runs for claim in by_claim))
+    header = ["the paper's claim"] + [f"{machine} (`{path}`)" for path, machine, _ in runs]
+    lines = [[claim] + [f"{by_claim[claim][1]}: {by_claim[claim][0]}" if claim in by_claim else "-"
+                        for _, _, by_claim in runs] for claim in claims]
+    return markdown(header, lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) < 2:
+        sys.exit("usage: python -m support.report RESULTS.md [RESULTS.md ...]: the paper's claims, run by run")
+    print(machines_table(sys.argv[1:]))
