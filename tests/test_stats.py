@@ -92,3 +92,18 @@ def test_readme_findings_are_the_committed_results_file():
     block = re.search(r"<!-- results/classroom.md -->\n(.*?)<!-- end of results/classroom.md -->", readme, re.S)
     assert block, "README.md lacks the results/classroom.md block"
     assert block.group(1) == open(os.path.join(ROOT, "results", "classroom.md")).read()
+
+
+def test_readme_machines_table_is_the_results_files_side_by_side(monkeypatch):
+    """The README's claim-by-claim comparison of machines is what support/report.py prints from
+    the committed results files, and each of those files states every claim."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    block = re.search(r"<!-- python -m support.report (.*?) -->\n(.*?)<!-- end of python -m support.report -->",
+                      readme, re.S)
+    assert block, "README.md lacks the support.report block"
+    monkeypatch.chdir(ROOT)  # the command, as the README gives it, runs in the repository
+    paths = block.group(1).split()
+    assert block.group(2) == report.machines_table(paths) + "\n"
+    for path in paths:
+        machine, claims = report.claims_of(path)
+        assert machine != "unknown machine" and len(claims) == len(report.CLAIMS), path
