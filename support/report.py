@@ -3,6 +3,7 @@ paper's claims as a checklist of verdicts (pipeline.py writes them; see README "
 
     python pipeline.py configs/classroom.py                 # one RL seed: out/classroom/results.md
     python pipeline.py configs/classroom.py --seeds=3 --results_file=results/classroom.md
+    python -m support.report results/classroom.md results/classroom-amd.md   # the claims, machine by machine
 
 Every number comes from the evaluation records on disk (eval/NAME/TASK.jsonl: each held-out
 problem's greedy answer and its k samples, graded), so a table can be checked problem by problem.
@@ -18,6 +19,7 @@ times, no resident memory): timings.md holds those.
 
 import os
 import platform
+import sys
 
 import numpy as np
 import torch
@@ -225,8 +227,10 @@ def machines_table(paths):
 
 
 if __name__ == "__main__":
-    import sys
-
     if len(sys.argv) < 2:
         sys.exit("usage: python -m support.report RESULTS.md [RESULTS.md ...]: the paper's claims, run by run")
-    print(machines_table(sys.argv[1:]))
+    try:
+        print(machines_table(sys.argv[1:]))
+    except OSError as e:
+        sys.exit(f"support.report: cannot read {e.filename}: {e.strerror}; pass results files that "
+                 "pipeline.py wrote (e.g. out/classroom/results.md)")
