@@ -13,7 +13,8 @@ exactly the command you would type (it is printed). A stage whose outputs are th
 newer than the outputs it was built from, and were made with the same settings (the config keys
 that shape them, recorded in its stage_config.json) is skipped; one that is stale runs again from
 the start, one that was interrupted resumes. Delete a stage's folder to run it again anyway.
-The stages, with the paper's sections:
+After pretraining, every stage and evaluation starts as soon as the ones it reads are done,
+pipeline_jobs at a time. The stages, with the paper's sections:
 
     corpus    corpus.py   2.1  fastText math-page selection, decontamination, BPE, token shards
     pretrain  pretrain.py 2.3  AdamW, multi-step LR, on the selected corpus
@@ -35,7 +36,7 @@ import platform
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import evaluate
@@ -225,46 +226,65 @@ def run_step(name, command, output, checkpoint, inputs, argv, log=None):
     return seconds
 
 
-def run_side_by_side(cfg, steps, argv):
-    """Independent steps (the RL runs; the evaluations) on cfg.pipeline_jobs workers, each stage
-    a process of cpu_threads threads; with more than one worker each writes to logs/NAME.log."""
+@dataclass
+class Step:
+    """One stage or evaluation as run_step runs it, and the steps that must finish first."""
+    name: str
+    command: list
+    output: str
+    checkpoint: str
+    inputs: list  # outputs it is built from: newer ones make it stale
+    needs: list  # names of the steps that write them
+
+
+def run_when_ready(cfg, steps, argv):
+    """Each step as soon as the steps it needs are done, up to cfg.pipeline_jobs at once (each a
+    process of cpu_threads threads), the ready ones in list order; with more than one worker each
+    writes to logs/NAME.log. So a core never waits for a phase to end: the base model's
+    evaluation runs beside SFT, and a finished RL run is evaluated while the others still train.
+    Which step runs beside which changes no result: each is its own process with its own seeds.
+    Returns {name: seconds}; after a failure nothing more starts."""
     jobs = cfg.pipeline_jobs
     logs = os.path.join(cfg.out_dir, "logs")
     os.makedirs(logs, exist_ok=True)
 
     def run(step):
-        name, command, output, checkpoint, inputs = step
-        log = os.path.join(logs, name.replace("/", "_").replace(" ", "_") + ".log") if jobs > 1 else None
-        return name, run_step(name, command, output, checkpoint, inputs, argv, log)
+        log = os.path.join(logs, step.name.replace("/", "_").replace(" ", "_") + ".log") if jobs > 1 else None
+        return run_step(step.name, step.command, step.output, step.checkpoint, step.inputs, argv, log)
 
-    pool = ThreadPoolExecutor(jobs)
-    try:
-        return dict(pool.map(run, steps))
-    finally:
-        pool.shutdown(cancel_futures=True)  # after a failure, start nothing more
+    waiting, running, seconds = list(steps), {}, {}
+    later = {step.name for step in steps}  # a need outside these ran before
+
+    def ready(step):
+        return all(need in seconds or need not in later for need in step.needs)
+
+    with ThreadPoolExecutor(jobs) as pool:
+        while waiting or running:
+            for step in [s for s in waiting if ready(s)][:jobs - len(running)]:
+                waiting.remove(step)
+                running[pool.submit(run, step)] = step
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                seconds[running.pop(future).name] = future.result()  # a failed stage's SystemExit ends it here
+    return {step.name: seconds[step.name] for step in steps}
 
 
 def run_stages(cfg, argv):
-    """Corpus, pretraining and SFT in order; then the RL runs, then every evaluation, side by
-    side. Returns {step name: seconds} (0 = skipped)."""
-    seconds = {}
-    steps = []
-    for stage in stages(cfg):
-        checkpoint = os.path.join(cfg.out_dir, stage.name, "ckpt") if stage.checkpoint else None
-        steps.append((stage.name, stage.command, summary_path(cfg, stage.name), checkpoint,
-                      [summary_path(cfg, need) for need in stage.needs]))
-    for name, command, output, checkpoint, inputs in steps[:3]:
-        seconds[name] = run_step(name, command, output, checkpoint, inputs, argv)
-    seconds.update(run_side_by_side(cfg, steps[3:], argv))
-    evaluations = []
+    """Corpus and pretraining in order (nothing else can run before them); then SFT, the RL runs
+    and every evaluation, each as soon as what it reads is there. Returns {step name: seconds}
+    (0 = skipped), in table order."""
+    steps = [Step(stage.name, stage.command, summary_path(cfg, stage.name),
+                  os.path.join(cfg.out_dir, stage.name, "ckpt") if stage.checkpoint else None,
+                  [summary_path(cfg, need) for need in stage.needs], stage.needs) for stage in stages(cfg)]
     for _, _, folders, mode in evaluated(cfg):
         for stage in folders:
-            checkpoint = os.path.join(cfg.out_dir, stage, "ckpt")
-            command = ["evaluate.py", f"--eval_checkpoint={checkpoint}", f"--eval_mode={mode}"]
-            evaluations.append((f"eval {os.path.basename(stage)}", command, eval_metrics_path(cfg, stage), None,
-                                [summary_path(cfg, stage)]))
-    seconds.update(run_side_by_side(cfg, evaluations, argv))
-    return seconds
+            command = ["evaluate.py", f"--eval_checkpoint={os.path.join(cfg.out_dir, stage, 'ckpt')}",
+                       f"--eval_mode={mode}"]
+            steps.append(Step(f"eval {os.path.basename(stage)}", command, eval_metrics_path(cfg, stage), None,
+                              [summary_path(cfg, stage)], [stage]))
+    seconds = {step.name: run_step(step.name, step.command, step.output, step.checkpoint, step.inputs, argv)
+               for step in steps[:2]}
+    return {**seconds, **run_when_ready(cfg, steps[2:], argv)}
 
 
 # ---------------------------------------------------------------- the results

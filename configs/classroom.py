@@ -12,7 +12,7 @@ device = "cpu"
 
 # ---- pipeline.py: the same numbers on every x86 machine (README "Same command, same numbers"):
 # every stage runs torch's and MKL's AVX2 kernels on one thread, whatever this CPU's best, and the
-# RL runs and evaluations two at a time, one per core.
+# stages after pretraining two at a time, one per core, each as soon as what it reads is there.
 cpu_kernels = "avx2"
 cpu_threads = 1
 pipeline_jobs = 2

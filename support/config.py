@@ -174,7 +174,7 @@ DEFAULTS = dict(
     # ---------------------------------------------------------------- pipeline.py
     cpu_kernels="",  # pipeline.py on x86: run every stage with these CPU kernels ("avx2"), the same on every machine; "" = torch's choice
     cpu_threads=2,  # pipeline.py with cpu_kernels: threads of every stage (a sum split over other thread counts rounds differently)
-    pipeline_jobs=1,  # pipeline.py: RL runs and evaluations side by side (each its own process, logs in {out_dir}/logs)
+    pipeline_jobs=1,  # pipeline.py: stages after pretraining run this many at once, each when its inputs are done (logs in {out_dir}/logs)
     learned_rewards=True,  # pipeline.py: also GRPO on a learned ORM, PRM and iterated PRM (each trains its reward model)
     seeds=1,  # RL runs per method, from the same SFT checkpoint with rl_seed 2..N beside the first; the table pairs them
     results_file="",  # also write results.md there, with the run's wall time (results/classroom.md: the README's)

@@ -84,6 +84,35 @@ def test_a_stage_done_with_other_settings_is_named_and_run_again_from_the_start(
     assert pipeline.settings_change(str(out / "summary.json"), pipeline.settings(command, [*argv, "--sft_lr=0.01"])) == ""
 
 
+def test_every_step_starts_when_what_it_reads_is_done_never_before(tmp_path, monkeypatch):
+    """run_stages with 2 workers and slow fake stages: the base model's evaluation runs beside SFT,
+    no step starts before the steps it needs have ended, never more than 2 at once, and the
+    timings come back in table order."""
+    events = []
+
+    def fake_step(name, command, output, checkpoint, inputs, argv, log=None):
+        events.append(("start", name, time.monotonic()))
+        time.sleep(0.3 if name == "sft" else 0.05)
+        events.append(("end", name, time.monotonic()))
+        return 1.0
+
+    monkeypatch.setattr(pipeline, "run_step", fake_step)
+    cfg = config.load_config(["configs/classroom.py", f"--out_dir={tmp_path}", "--pipeline_jobs=2"])
+    seconds = pipeline.run_stages(cfg, [])
+    at = {(kind, name): t for kind, name, t in events}
+    steps = [stage.name for stage in pipeline.stages(cfg)]
+    assert list(seconds) == steps + [f"eval {os.path.basename(f)}" for _, _, fs, _ in pipeline.evaluated(cfg) for f in fs]
+    assert at[("start", "eval pretrain")] < at[("end", "sft")]  # beside SFT, not after it
+    for stage in pipeline.stages(cfg):
+        for need in stage.needs:
+            assert at[("end", need)] <= at[("start", stage.name)]
+    for folder in steps[2:]:
+        assert at[("end", folder)] <= at[("start", f"eval {os.path.basename(folder)}")]
+    running = 0
+    for kind, _, _ in sorted(events, key=lambda e: e[2]):
+        running += 1 if kind == "start" else -1
+        assert running <= 2
+
 # Every stage at a tiny size: a smaller web, a few steps each, few problems. Real runs of the
 # real scripts, so each stage's outputs must exist, load and make sense together.
 TINY = ["--web_pool_pages=4000", "--web_seed_pages=400", "--web_shards=2", "--web_contaminated_pages=4",
