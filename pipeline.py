@@ -233,8 +233,13 @@ class Step:
     command: list
     output: str
     checkpoint: str
-    inputs: list  # outputs it is built from: newer ones make it stale
-    needs: list  # names of the steps that write them
+    needs: list  # the steps whose outputs (summary.json) it reads: newer ones make it stale
+
+
+def run_step_of(cfg, step, argv, log=None):
+    """run_step for a Step: its inputs are the summaries of the steps it needs."""
+    return run_step(step.name, step.command, step.output, step.checkpoint,
+                    [summary_path(cfg, need) for need in step.needs], argv, log)
 
 
 def run_when_ready(cfg, steps, argv):
@@ -250,7 +255,7 @@ def run_when_ready(cfg, steps, argv):
 
     def run(step):
         log = os.path.join(logs, step.name.replace("/", "_").replace(" ", "_") + ".log") if jobs > 1 else None
-        return run_step(step.name, step.command, step.output, step.checkpoint, step.inputs, argv, log)
+        return run_step_of(cfg, step, argv, log)
 
     waiting, running, seconds = list(steps), {}, {}
     later = {step.name for step in steps}  # a need outside these ran before
@@ -275,15 +280,13 @@ def run_stages(cfg, argv):
     (0 = skipped), in table order."""
     steps = [Step(stage.name, stage.command, summary_path(cfg, stage.name),
                   os.path.join(cfg.out_dir, stage.name, "ckpt") if stage.checkpoint else None,
-                  [summary_path(cfg, need) for need in stage.needs], stage.needs) for stage in stages(cfg)]
+                  stage.needs) for stage in stages(cfg)]
     for _, _, folders, mode in evaluated(cfg):
         for stage in folders:
             command = ["evaluate.py", f"--eval_checkpoint={os.path.join(cfg.out_dir, stage, 'ckpt')}",
                        f"--eval_mode={mode}"]
-            steps.append(Step(f"eval {os.path.basename(stage)}", command, eval_metrics_path(cfg, stage), None,
-                              [summary_path(cfg, stage)], [stage]))
-    seconds = {step.name: run_step(step.name, step.command, step.output, step.checkpoint, step.inputs, argv)
-               for step in steps[:2]}
+            steps.append(Step(f"eval {os.path.basename(stage)}", command, eval_metrics_path(cfg, stage), None, [stage]))
+    seconds = {step.name: run_step_of(cfg, step, argv) for step in steps[:2]}
     return {**seconds, **run_when_ready(cfg, steps[2:], argv)}
 
 
