@@ -84,7 +84,7 @@ import evaluate
 from model import generate, sequence_logprobs
 from support import config, distributed, tasks, training, viewer
 from support.fileio import BadInput, write_json
-from support.rewards import correctness, outcome_labels, process_labels, samples_of, split_by_question
+from support.rewards import correctness, outcome_labels, process_labels, result_columns, samples_of, split_by_question
 from support.rl_support import (Job, Run, check_rl_config, copy_weights, finish, heldout_accuracy, iteration_summary,
                                 iterative, logprobs_of, memory_metrics, method_name, micro_batches, print_reward_model,
                                 print_summary, recorded_steps, report_comparison, reset_peak_memory, right_padded,
@@ -302,7 +302,7 @@ def reward(run, rollouts, cfg):
     values = labels
     if run.rm is not None:
         with training.autocast(run.device, cfg.dtype):
-            values = run.rm.rewards(rollouts.tokens, rollouts.mask, labels)
+            values = run.rm.rewards(rollouts.tokens, rollouts.mask, labels, result_columns(rollouts, run.tokenizer))
     rewards = torch.zeros(rollouts.response_mask.shape, device=rollouts.tokens.device)
     reward_mask = torch.zeros_like(rollouts.response_mask)
     for row, row_values in enumerate(values):
@@ -399,7 +399,8 @@ def rl_step(run, questions, first_index, cfg, step):
     rollouts = explore(sampler, run.tokenizer, questions, cfg, cfg.seed + 7919 * step + first_index, run.device)
     scored = reward(run, rollouts, cfg)
     if run.rm is not None and iterative(cfg):  # kept for the reward model's next retraining
-        run.rm.pending += samples_of(rollouts, scored.labels, rows_question_ids(rollouts, cfg, step, first_index))
+        run.rm.pending += samples_of(rollouts, scored.labels, rows_question_ids(rollouts, cfg, step, first_index),
+                                     result_columns(rollouts, run.tokenizer))
     stop_if_rewards_broken(run, scored.rewards[scored.reward_mask], step)  # a NaN/inf reward stops every rank
     targets = advantages(run, rollouts, scored, cfg)
     sums = update(run, rollouts, scored, targets, cfg, step)
@@ -448,7 +449,8 @@ def train_reward_model(run, problems, cfg, step):
         failures = []
         labels = process_labels(rollouts, run.tokenizer, failures) if cfg.rl_reward == "prm" else \
             outcome_labels(rollouts, correctness(rollouts, run.grader, failures))
-        samples = samples_of(rollouts, labels, [d.rank * share + row // cfg.rl_group_size for row in range(len(labels))])
+        samples = samples_of(rollouts, labels, [d.rank * share + row // cfg.rl_group_size for row in range(len(labels))],
+                             result_columns(rollouts, run.tokenizer))
     else:
         samples, run.rm.pending = run.rm.pending, []
     train, heldout = split_by_question(samples, cfg.rl_rm_heldout, cfg.seed + step)

@@ -114,7 +114,7 @@ class ModelArgs:
             hf.update(attention_bias=False, mlp_bias=False)
         else:
             hf.update(use_sliding_window=False)  # Qwen2 can window its attention; ours always sees it all
-        if head == "scalar":
+        if head != "lm":
             hf["num_labels"] = 1  # ForSequenceClassification with one label: the reward / value head
         return hf
 
@@ -331,22 +331,23 @@ class Block(nn.Module):
 
 class Transformer(nn.Module):
     """Llama / Qwen2 decoder. head="lm": next-token logits (B, T, V); head="scalar": one value per
-    token (B, T), the reward / value model of paper section 4 (HF's LlamaForSequenceClassification
-    names this head `score`)."""
+    token (B, T), the value model of paper section 4 (HF's LlamaForSequenceClassification names
+    this head `score`); head="reward": both, the reward model of support/rewards.py, whose score
+    adds the log-probs its own LM head gives the output's tokens."""
 
     def __init__(self, args, head="lm"):
         super().__init__()
-        assert head in ("lm", "scalar"), head
+        assert head in ("lm", "scalar", "reward"), head
         self.args, self.head_kind = args, head
         # Module names follow Hugging Face's (minus the "model." prefix), so state dicts map 1:1.
         self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layer))
         self.norm = RMSNorm(args.dim, args.norm_eps)  # the stream grows with depth: normalise before the head
-        if head == "lm":
+        if head in ("lm", "reward"):
             self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
             if args.tie_embeddings:
                 self.lm_head.weight = self.embed_tokens.weight  # one Parameter: its gradient is the sum of both uses
-        else:
+        if head in ("scalar", "reward"):
             self.score = nn.Linear(args.dim, 1, bias=False)  # no bias, as HF's ForSequenceClassification
         # The trainers set it: store only each block's input and recompute the block in backward,
         # trading ~1/3 more compute for activations of one block instead of n_layer.
@@ -408,6 +409,8 @@ class Transformer(nn.Module):
         h = self.trunk(tokens, positions, attn_mask, cache)  # (B, T, D)
         if self.head_kind == "scalar":
             return self.score(h).squeeze(-1)  # (B, T)
+        if self.head_kind == "reward":  # the score, and log pi(targets) (B, T) each
+            return self.score(h).squeeze(-1), chunked_logprobs(self.lm_head, h, targets, temperature, False, chunk_size)
         if last_only:
             return self.lm_head(h[:, -1])  # (B, V)
         if targets is None:
@@ -494,6 +497,10 @@ class Transformer(nn.Module):
                     continue
                 if hf_key == "score.weight":  # a value model started from an LM checkpoint
                     stored[hf_key] = torch.zeros(1, args.dim, device=device)
+                elif hf_key == "lm_head.weight" and head == "reward":
+                    raise BadInput(f"{folder}: a scalar-head checkpoint has no LM head, and a reward model "
+                                   "that reads its LM's log-probs needs one: start it from an LM checkpoint, "
+                                   "or set rl_rm_likelihood=false")
                 else:
                     raise BadInput(f"{folder}: checkpoint has no tensor '{hf_key}' (expected shape "
                                    f"{tuple(param.shape)} from config.json); is this checkpoint's "
@@ -507,7 +514,7 @@ class Transformer(nn.Module):
         # assign=True: the loaded tensors become the parameters (no copy into meta tensors);
         # strict=False: a tied lm_head is not in `state`.
         model.load_state_dict(state, strict=False, assign=True)
-        if args.tie_embeddings and head == "lm":
+        if args.tie_embeddings and head != "scalar":
             model.lm_head.weight = model.embed_tokens.weight  # assign replaced embed_tokens': tie again
         model.reset_rope()  # the RoPE buffers were made on meta
         return model

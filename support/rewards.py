@@ -10,11 +10,23 @@ output's last token; process supervision one value on the last token of every re
 The rule-based labels (correctness, outcome_labels, process_labels) say both where a reward sits
 and what it is; a learned reward model reads the same positions and gives its own value.
 
-A reward model is a copy of the policy's trunk with a scalar head (model.py, head="scalar"),
-trained with binary cross-entropy to predict the rule grader's labels:
+A reward model is a copy of the policy (trunk and LM head) with a scalar head `score` (model.py,
+head="reward"), trained with binary cross-entropy to predict the rule grader's labels:
     ORM: is the output's final answer right?  read at the output's last token;
     PRM: is this reasoning step right?        read at the last token of each step.
-Its reward is sigmoid(score), a probability of being right, in (0, 1).
+Its reward is sigmoid(log-odds), a probability of being right, in (0, 1), where the log-odds at
+token t add two terms (rl_rm_likelihood; without it, only the first, as the paper's RMs):
+    log-odds_t = w . h_t  +  min over the stated values' tokens s <= t of log pi_phi(o_s | q, o_<s)
+h_t is the trunk's last hidden state (D,), w the scalar head; the second term is how surprised
+the RM's own language model is by the most surprising result the output has written down so
+far ("= 38", "\\boxed{38}"; tasks.result_spans; 0 before the first): one value it would not
+have written lowers the reward of that step and of every later one (an error propagates), a
+value it would have written itself costs ~0. (In our trials the sum of the log-probs ranked the
+classroom's held-out samples less well than the minimum.) BCE trains both terms, the LM head
+included, so the RM learns to find wrong results unlikely. Why: a 1M-parameter trunk read through a new zero head alone stays near chance
+(held-out ROC AUC 0.52-0.66 in results/); the information is in its next-token predictions
+(most of the classroom policy's wrong samples hold an arithmetic slip), and this term hands
+them to the head. README "Learned reward models that learn" gives the figures.
 
 The paper trains its reward models on the policy's own samples and, in iterative RL (Algorithm
 1), retrains them after each iteration on the new policy's samples plus "a replay mechanism that
@@ -73,12 +85,29 @@ def process_labels(rollouts, tokenizer, failures):
 
 def step_end_columns(rollouts, row, tokenizer, step_ends):
     """The log-prob column of the token that holds character `end - 1` of each step (the paper's
-    'last token of each step'). Offsets come from the replacement-decoded text (a token may hold
-    part of a UTF-8 character), the same text the step checker read."""
+    'last token of each step')."""
+    columns, _, token_of = response_offsets(rollouts, row, tokenizer)
+    return [columns[token_of(end - 1)] for end in step_ends]
+
+
+def result_columns(rollouts, tokenizer):
+    """Per output, the log-prob columns of the tokens that hold the values it states
+    (tasks.result_spans): where a likelihood reward model reads its LM's surprise."""
+    out = []
+    for row in range(len(rollouts.texts)):
+        columns, text, token_of = response_offsets(rollouts, row, tokenizer)
+        out.append(sorted({columns[token_of(ch)] for start, end in tasks.result_spans(text) for ch in range(start, end)}))
+    return out
+
+
+def response_offsets(rollouts, row, tokenizer):
+    """A response's log-prob columns, its text and character -> token index. Offsets come from
+    the replacement-decoded text (a token may hold part of a UTF-8 character), the same text
+    the grader and the step checker read."""
     columns = rollouts.response_columns(row)
-    _, starts = tokenizer.decode_with_offsets([t for t in rollouts.tokens[row, 1:][columns].tolist()
-                                               if t not in tokenizer.eos_ids])
-    return [columns[max(0, bisect_right(starts, end - 1) - 1)] for end in step_ends]
+    text, starts = tokenizer.decode_with_offsets([t for t in rollouts.tokens[row, 1:][columns].tolist()
+                                                  if t not in tokenizer.eos_ids])
+    return columns, text, lambda ch: max(0, bisect_right(starts, ch) - 1)
 
 
 def guarded(reward_fn, rollouts, rows, failures):
@@ -105,14 +134,16 @@ def guarded(reward_fn, rollouts, rows, failures):
 # ---------------------------------------------------------------------------------------------
 
 
-def samples_of(rollouts, labels, questions):
+def samples_of(rollouts, labels, questions, results):
     """Training samples, one per output: its token ids, the labelled columns and their 0/1
-    labels, and which question it answers (held-out splits are by question, never by output)."""
+    labels, its result columns, and which question it answers (held-out splits are by
+    question, never by output)."""
     samples = []
     for row, row_labels in enumerate(labels):
         n = int(rollouts.mask[row].sum())
         samples.append({"tokens": rollouts.tokens[row, :n].tolist(), "question": questions[row],
-                        "columns": [c for c, _ in row_labels], "labels": [v for _, v in row_labels]})
+                        "columns": [c for c, _ in row_labels], "labels": [v for _, v in row_labels],
+                        "results": results[row]})
     return samples
 
 
@@ -153,22 +184,35 @@ class RewardModel:
         self.pending = []  # the current iteration's samples, for the next retraining
         self.evaluations = []  # held-out accuracy and AUC after each (re)training
 
-    def scores_at(self, tokens, mask, columns):
-        """Raw scores (logits) for each sample's labelled columns, concatenated. A reward at
-        log-prob column j is about token j + 1 (the step's, or the output's, last token), which
-        a causal model has read only at position j + 1: the score is read there. (A value
-        model's V at column j must not have seen token j + 1; a reward model must have.)"""
+    def scores_at(self, tokens, mask, columns, results):
+        """The log-odds at each sample's labelled columns, concatenated. A reward at log-prob
+        column j is about token j + 1 (the step's, or the output's, last token), which a causal
+        model has read only at position j + 1: w . h is read there. (A value model's V at column
+        j must not have seen token j + 1; a reward model must have.) The likelihood term at
+        column j is the least log pi_phi over the result columns <= j."""
         positions, attn_mask = padding_positions_and_mask(mask)
         with training.autocast(self.d.device, self.cfg.dtype):
-            out = self.model(tokens, positions, attn_mask).float()  # (n, L): position k has read tokens 0..k
-        return torch.cat([out[i, [c + 1 for c in cols]] for i, cols in enumerate(columns)])
+            if not self.cfg.rl_rm_likelihood:
+                log_odds = self.model(tokens, positions, attn_mask).float()[:, 1:]  # (n, L-1): w . h_{j+1}
+            else:
+                # targets[:, j] = token j + 1, so logp[:, j] is log-prob column j; the last
+                # position predicts nothing (its target is padding, never a result column)
+                targets = torch.cat([tokens[:, 1:], tokens[:, -1:]], 1)  # (n, L)
+                score, logp = self.model(tokens, positions, attn_mask, targets=targets)  # (n, L) each
+                is_result = torch.zeros_like(mask)
+                for i, cols in enumerate(results):
+                    is_result[i, cols] = True
+                # log-probs are <= 0, so the 0s elsewhere never win the running minimum
+                surprise = torch.where(is_result, logp.float(), 0.0)[:, :-1].cummin(-1).values  # (n, L-1)
+                log_odds = score.float()[:, 1:] + surprise  # (n, L-1): column j
+        return torch.cat([log_odds[i, cols] for i, cols in enumerate(columns)])
 
     def batches(self, samples):
         for rows in rl_support.micro_batches(len(samples), self.cfg.rl_micro_batch):
             batch = [samples[i] for i in rows]
             tokens, mask = rl_support.right_padded([s["tokens"] for s in batch], self.pad_id, self.d.device)
             labels = torch.tensor([v for s in batch for v in s["labels"]], device=self.d.device)
-            yield tokens, mask, [s["columns"] for s in batch], labels
+            yield tokens, mask, [s["columns"] for s in batch], [s["results"] for s in batch], labels
 
     def fit(self, new_samples, heldout, step, checkpoint):
         """rl_rm_epochs passes over the new samples plus a replay of rl_rm_replay of all earlier
@@ -179,8 +223,8 @@ class RewardModel:
         losses = []
         for _ in range(cfg.rl_rm_epochs):
             rng.shuffle(data)
-            for tokens, mask, columns, labels in self.batches(data):
-                loss = F.binary_cross_entropy_with_logits(self.scores_at(tokens, mask, columns), labels)
+            for tokens, mask, columns, results, labels in self.batches(data):
+                loss = F.binary_cross_entropy_with_logits(self.scores_at(tokens, mask, columns, results), labels)
                 loss.backward()
                 norm = training.clip_gradients(self.model, cfg.rl_grad_clip)
                 training.check_finite(step, checkpoint, fix="lower rl_rm_lr", reward_model_loss=float(loss.detach()),
@@ -199,8 +243,8 @@ class RewardModel:
         """Accuracy (score > 0, i.e. sigmoid > 0.5) and ROC AUC against the grader's labels, on
         every labelled position of every rank's held-out samples."""
         scores, labels = [], []
-        for tokens, mask, columns, batch_labels in self.batches(samples):
-            scores += self.scores_at(tokens, mask, columns).tolist()
+        for tokens, mask, columns, results, batch_labels in self.batches(samples):
+            scores += self.scores_at(tokens, mask, columns, results).tolist()
             labels += batch_labels.tolist()
         scores = sum(distributed.all_gather(scores, self.d), [])
         labels = sum(distributed.all_gather(labels, self.d), [])
@@ -209,13 +253,13 @@ class RewardModel:
                 "heldout_auc": roc_auc(scores, labels), "heldout_positive_share": sum(labels) / max(1, len(labels))}
 
     @torch.no_grad()
-    def rewards(self, tokens, mask, labels):
-        """sigmoid(score) at each labelled column: [(column, reward)] per row. The rule labels
+    def rewards(self, tokens, mask, labels, results):
+        """sigmoid(log-odds) at each labelled column: [(column, reward)] per row. The rule labels
         only say where to read (the last token, or each step's last token)."""
         out = []
         for rows in rl_support.micro_batches(len(labels), self.cfg.rl_micro_batch):
             columns = [[c for c, _ in labels[r]] for r in rows]
-            scores = self.scores_at(tokens[rows], mask[rows], columns).sigmoid().tolist()
+            scores = self.scores_at(tokens[rows], mask[rows], columns, [results[r] for r in rows]).sigmoid().tolist()
             for r, cols in zip(rows, columns):
                 out.append(list(zip(cols, scores[:len(cols)])))
                 scores = scores[len(cols):]

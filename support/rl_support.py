@@ -99,10 +99,12 @@ def whole_model(model):
 
 
 def copy_weights(target, source):
-    """target <- source, parameter by parameter (the same layout and sharding)."""
+    """target <- source, parameter by parameter (the same layout and sharding), by name: a value
+    model (trunk + score) takes those of a reward model that also has an LM head."""
+    sources = dict(source.named_parameters())
     with torch.no_grad():
-        for t, s in zip(target.parameters(), source.parameters()):
-            t.copy_(s.detach())
+        for name, t in target.named_parameters():
+            t.copy_(sources[name].detach())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,7 +144,7 @@ class Run:
         self.sft_model = frozen(load(dtype=frozen_dtype)) if algo == "rft" else None
         self.rm = None
         if cfg.rl_reward in ("orm", "prm"):
-            model = wrap(load("scalar", cfg.rl_rm_checkpoint or init))
+            model = wrap(load("reward" if cfg.rl_rm_likelihood else "scalar", cfg.rl_rm_checkpoint or init))
             self.rm = rewards.RewardModel(model, self.adamw(model, cfg.rl_rm_lr), cfg, tokenizer.pad_id, d)
             self.held["reward model"] = "trained on graded samples, then frozen within an iteration"
         self.value = self.value_optimizer = None

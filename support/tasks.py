@@ -135,6 +135,19 @@ def step_rewards(problem, response):
     return rewards
 
 
+def result_spans(response):
+    """(start, end) character spans of the values a response states: each equation's result (the
+    38 of "23 + 15 = 38") and the final \\boxed{} answer. A learned reward model reads how likely
+    its own language model finds these characters (support/rewards.py)."""
+    spans = [m.span(2) for m in EQUATION.finditer(response)]
+    box = response.rfind("\\boxed{")
+    answer = last_boxed(response[box:]) if box >= 0 else None
+    if answer:
+        start = response.find(answer, box)
+        spans.append((start, start + len(answer)))
+    return spans
+
+
 def _line_reward(line, answer, uncredited):
     boxed = last_boxed(line)
     if boxed is not None:

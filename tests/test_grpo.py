@@ -13,7 +13,7 @@ import torch
 
 import grpo
 from model import ModelArgs, Transformer, sequence_logprobs
-from support import tasks, training
+from support import distributed, tasks, training
 from support.tokenizer import COT_SUFFIX, train_bpe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -236,6 +236,41 @@ def test_process_labels_of_an_output_holding_invalid_utf8(tokenizer):
     failures = []
     labels = grpo.process_labels(rollouts, tokenizer, failures)
     assert failures == [] and "\ufffd" in rollouts.texts[0] and len(labels[0]) == len(problem.steps) + 1
+
+
+def test_result_columns_hold_exactly_the_stated_values(tokenizer):
+    problem = tasks.classroom_problems("train", 1, 5)[0]
+    rollouts = rollouts_of(tokenizer, [problem], [problem.solution])
+    columns = grpo.result_columns(rollouts, tokenizer)[0]
+    stated = "".join(tokenizer.decode([rollouts.tokens[0, c + 1].item()]) for c in columns)
+    expected = "".join(step.result for step in problem.steps) + problem.answer
+    assert stated.replace(" ", "").replace(".", "") == expected  # tokens may carry a space or a full stop
+
+
+def test_likelihood_reward_model_log_odds_are_the_head_plus_the_least_lm_log_prob_of_the_results(tokenizer):
+    # log-odds_j = w . h_{j+1} + min over result columns c <= j of log pi(token c + 1) (0 before
+    # the first), computed
+    # here from the LM head and the trunk separately
+    from support.config import load_config
+    from support.rewards import RewardModel
+    torch.manual_seed(0)
+    args = ModelArgs(vocab_size=tokenizer.n_vocab, n_layer=2, dim=32, n_head=2, n_kv_head=2,
+                     intermediate_size=64, max_seq_len=256)
+    model = Transformer(args, head="reward")
+    torch.nn.init.normal_(model.score.weight)  # a head that reads something
+    problems = tasks.classroom_problems("train", 2, 5)
+    rollouts = rollouts_of(tokenizer, problems, [problems[0].solution, problems[1].solution + " 7 + 1 = 9."])
+    results = grpo.result_columns(rollouts, tokenizer)
+    columns = [rollouts.response_columns(r) for r in range(2)]
+    cfg = load_config(["configs/classroom.py", "--rl_micro_batch=2"])
+    rm = RewardModel(model, None, cfg, tokenizer.pad_id, distributed.setup("cpu"))
+    got = rm.scores_at(rollouts.tokens, rollouts.mask, columns, results)
+    with torch.no_grad():
+        logp = sequence_logprobs(lambda *a, **k: model(*a, **k)[1], rollouts.tokens, rollouts.mask)
+        head = model.score(model.trunk(rollouts.tokens)).squeeze(-1)  # right padding: causal = padded mask
+    expected = [head[r, c + 1] + min([logp[r, s] for s in results[r] if s <= c], default=0.0)
+                for r in range(2) for c in columns[r]]
+    assert torch.allclose(got, torch.stack(expected), atol=1e-4)
 
 
 def test_a_raising_reward_function_is_reported_with_question_and_output(tokenizer, monkeypatch, capsys):
