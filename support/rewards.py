@@ -196,7 +196,7 @@ class RewardModel:
                 log_odds = self.model(tokens, positions, attn_mask).float()[:, 1:]  # (n, L-1): w . h_{j+1}
             else:
                 # targets[:, j] = token j + 1, so logp[:, j] is log-prob column j; the last
-                # position predicts nothing (its target is padding, never a result column)
+                # position predicts nothing (its target repeats the last token, never a result column)
                 targets = torch.cat([tokens[:, 1:], tokens[:, -1:]], 1)  # (n, L)
                 score, logp = self.model(tokens, positions, attn_mask, targets=targets)  # (n, L) each
                 is_result = torch.zeros_like(mask)

@@ -86,12 +86,14 @@ def test_maj_minus_pass_outcomes_by_hand():
     assert report.outcomes(records, "maj_minus_pass").tolist() == [0, -1]
 
 
-def test_readme_findings_are_the_committed_results_file():
-    """The README's findings are results/classroom.md, as the seeds study wrote it, verbatim."""
+def test_readme_findings_are_the_committed_results_files():
+    """The README's findings are the committed results files (results/*.md), as the seeds study
+    wrote them, verbatim."""
     readme = open(os.path.join(ROOT, "README.md")).read()
-    block = re.search(r"<!-- results/classroom.md -->\n(.*?)<!-- end of results/classroom.md -->", readme, re.S)
-    assert block, "README.md lacks the results/classroom.md block"
-    assert block.group(1) == open(os.path.join(ROOT, "results", "classroom.md")).read()
+    blocks = re.findall(r"<!-- (results/[\w.-]+\.md) -->\n(.*?)<!-- end of \1 -->", readme, re.S)
+    assert blocks, "README.md shows no results/*.md block"
+    for path, shown in blocks:
+        assert shown == open(os.path.join(ROOT, path)).read(), f"README.md's {path} block differs from the file"
 
 
 def test_readme_machines_table_is_the_results_files_side_by_side(monkeypatch):
