@@ -289,6 +289,7 @@ class Rewards:
     reward_mask: torch.Tensor  # (N, T) bool
     labels: list  # [(column, 0/1)] per output from the rule grader or step checker
     failures: int  # outputs the reward function could not score (they score 0)
+    results: list = None  # with a learned RM: per output, the columns of the values it states (rewards.result_columns)
 
 
 def reward(run, rollouts, cfg):
@@ -299,16 +300,17 @@ def reward(run, rollouts, cfg):
     correct = correctness(rollouts, run.grader, failures)  # (N,)
     labels = process_labels(rollouts, run.tokenizer, failures) if cfg.rl_reward in ("process", "prm") \
         else outcome_labels(rollouts, correct)
-    values = labels
+    values, results = labels, None
     if run.rm is not None:
+        results = result_columns(rollouts, run.tokenizer)
         with training.autocast(run.device, cfg.dtype):
-            values = run.rm.rewards(rollouts.tokens, rollouts.mask, labels, result_columns(rollouts, run.tokenizer))
+            values = run.rm.rewards(rollouts.tokens, rollouts.mask, labels, results)
     rewards = torch.zeros(rollouts.response_mask.shape, device=rollouts.tokens.device)
     reward_mask = torch.zeros_like(rollouts.response_mask)
     for row, row_values in enumerate(values):
         for column, value in row_values:
             rewards[row, column], reward_mask[row, column] = value, True
-    return Rewards(correct, rewards, reward_mask, labels, len(failures))
+    return Rewards(correct, rewards, reward_mask, labels, len(failures), results)
 
 
 @dataclass
@@ -400,7 +402,7 @@ def rl_step(run, questions, first_index, cfg, step):
     scored = reward(run, rollouts, cfg)
     if run.rm is not None and iterative(cfg):  # kept for the reward model's next retraining
         run.rm.pending += samples_of(rollouts, scored.labels, rows_question_ids(rollouts, cfg, step, first_index),
-                                     result_columns(rollouts, run.tokenizer))
+                                     scored.results)
     stop_if_rewards_broken(run, scored.rewards[scored.reward_mask], step)  # a NaN/inf reward stops every rank
     targets = advantages(run, rollouts, scored, cfg)
     sums = update(run, rollouts, scored, targets, cfg, step)

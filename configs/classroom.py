@@ -94,13 +94,13 @@ rl_save_every = 40
 rl_eval_problems = 200  # grpo.py's own before/after check (and its collapse guard); the findings use evaluate.py's 1,000
 
 # ---- learned reward models (--rl_reward=orm / prm; support/rewards.py). A 1M-parameter trunk read
-# through a new scalar head alone (rl_rm_likelihood=false, the paper's RM) stays near chance
-# in our trials, however it is trained: held-out ROC AUC 0.59 (ORM) and 0.63 (PRM) in results/classroom-amd.md.
-# Adding its own LM's log-prob of the least likely value the output states (rl_rm_likelihood,
-# the default) gives 0.83 (ORM) and 0.91 (PRM) on the same 512 questions x G = 8 (~4,000 graded
-# outputs, ~2 minutes on one core), a fifth of the questions held out to measure it. The 7B's
-# rl_rm_lr of 2e-5 (the paper's) barely moves the zero-initialised head of a 1M-parameter model;
-# 3e-4 over 2 passes learns, 1e-3 overfits.
+# through a new scalar head alone (rl_rm_likelihood=false, the paper's RM) stays near chance in
+# our trials, however it is trained: held-out ROC AUC 0.52 (ORM) and 0.66 (PRM) in
+# results/classroom.md. Adding its own LM's log-prob of the least likely value the output states
+# (rl_rm_likelihood, the default) gives 0.84 (ORM) and 0.92 (PRM) in results/classroom-amd.md,
+# on 512 questions x G = 8 (~4,000 graded outputs, ~2 minutes on one core), a fifth of the
+# questions held out to measure it. The 7B's rl_rm_lr of 2e-5 (the paper's) barely moves the
+# zero-initialised head of a 1M-parameter model; 3e-4 over 2 passes learns, 1e-3 overfits.
 rl_rm_questions = 512
 rl_rm_lr = 3e-4
 rl_rm_epochs = 2

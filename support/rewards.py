@@ -23,10 +23,10 @@ far ("= 38", "\\boxed{38}"; tasks.result_spans; 0 before the first): one value i
 have written lowers the reward of that step and of every later one (an error propagates), a
 value it would have written itself costs ~0. (In our trials the sum of the log-probs ranked the
 classroom's held-out samples less well than the minimum.) BCE trains both terms, the LM head
-included, so the RM learns to find wrong results unlikely. Why: a 1M-parameter trunk read through a new zero head alone stays near chance
-(held-out ROC AUC 0.52-0.66 in results/); the information is in its next-token predictions
-(most of the classroom policy's wrong samples hold an arithmetic slip), and this term hands
-them to the head. README "Learned reward models that learn" gives the figures.
+included, so the RM learns to find wrong results unlikely. Why: a 1M-parameter trunk read
+through a new zero head alone stays near chance (held-out ROC AUC 0.52-0.66 in results/); the
+information is in its next-token predictions (most of the classroom policy's wrong samples
+hold an arithmetic slip), and this term hands them to the head. README "Learned reward models that learn" gives the figures.
 
 The paper trains its reward models on the policy's own samples and, in iterative RL (Algorithm
 1), retrains them after each iteration on the new policy's samples plus "a replay mechanism that
