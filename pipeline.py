@@ -48,7 +48,7 @@ from support.fileio import BadInput, atomic_path, read_json, read_jsonl, write_j
 @dataclass
 class Stage:
     name: str  # also its folder under out_dir, and its row in the table
-    command: list  # script and stage-specific overrides (the config and the user's overrides follow)
+    command: list  # script and stage-specific overrides (they follow the config and the user's overrides)
     needs: list = field(default_factory=list)  # stages whose outputs this one reads
     checkpoint: bool = True  # writes {folder}/ckpt
 
@@ -75,18 +75,30 @@ def rl_runs(cfg):
     runs = []
     for key, label, overrides in RL_METHODS if cfg.learned_rewards else RL_METHODS[:5]:
         overrides = [o.replace("HALF", str(max(1, cfg.rl_steps // 2))) for o in overrides]
+        if learned_reward(overrides) and cfg.pipeline_rm_sft_steps:
+            overrides.append(f"--rl_rm_init={os.path.join(cfg.out_dir, 'sft_rm', 'ckpt')}")
         seeds = [(f"rl/{key}", overrides)]
         seeds += [(f"rl/{key}-seed{s}", [*overrides, f"--rl_seed={s}"]) for s in range(2, cfg.seeds + 1)]
         runs.append((key, label, seeds))
     return runs
 
 
+def learned_reward(overrides):
+    return any(o in ("--rl_reward=orm", "--rl_reward=prm") for o in overrides)
+
+
 def stages(cfg):
+    """The stages in order. With pipeline_rm_sft_steps, the learned reward models start from their
+    own, longer SFT run (sft_rm), not from the policy's checkpoint: configs/classroom.py says why."""
+    rm_trunk = cfg.learned_rewards and cfg.pipeline_rm_sft_steps > 0
     return [
         Stage("corpus", ["corpus.py"], checkpoint=False),
         Stage("pretrain", ["pretrain.py"], ["corpus"]),
         Stage("sft", ["sft.py"], ["pretrain"]),
-        *[Stage(folder, ["grpo.py", *overrides], ["sft"]) for _, _, seeds in rl_runs(cfg) for folder, overrides in seeds],
+        *([Stage("sft_rm", ["sft.py", "--sft_folder=sft_rm", f"--sft_steps={cfg.pipeline_rm_sft_steps}"], ["pretrain"])]
+          if rm_trunk else []),
+        *[Stage(folder, ["grpo.py", *overrides], ["sft", "sft_rm"] if rm_trunk and learned_reward(overrides) else ["sft"])
+          for _, _, seeds in rl_runs(cfg) for folder, overrides in seeds],
     ]
 
 
@@ -147,7 +159,7 @@ def newer_input(output, inputs):
 
 def settings(command, argv):
     """{key: value} of the keys that shape what `command` (script, its overrides) writes."""
-    values = vars(config.load_config([*command[1:], *argv]))
+    values = vars(config.load_config([*argv, *command[1:]]))
     patterns = SETTINGS[command[0]]
     chosen = {key: value for key, value in values.items() if any(fnmatch.fnmatchcase(key, p) for p in patterns)}
     if command[0] == "grpo.py" and values["rl_reward"] in ("outcome", "process"):
@@ -190,8 +202,9 @@ def same_numbers_env(cfg):
 
 def run_command(name, command, argv, log=None):
     """Run one stage exactly as a user would (into `log`, a file, when stages run side by side);
-    a failing stage ends the pipeline with its command."""
-    full = [sys.executable, *command, *argv]
+    a failing stage ends the pipeline with its command. The stage's own overrides come last, so
+    they win over the user's (sft_rm's --sft_steps over a --sft_steps meant for SFT)."""
+    full = [sys.executable, command[0], *argv, *command[1:]]
     print(f"\n=== {name}: {' '.join(full[1:])}" + (f"  (output: {log})" if log else ""), flush=True)
     start = time.time()
     env = {**os.environ, **same_numbers_env(config.load_config(argv))}

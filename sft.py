@@ -29,7 +29,7 @@ What this script does, top to bottom:
 Run:
     python sft.py configs/classroom.py                    # the CPU classroom, a few minutes
     torchrun --nproc_per_node=8 sft.py configs/7b.py      # the paper's run, from {out_dir}/pretrain/ckpt
-Output in {out_dir}/sft/: ckpt/ (Hugging Face layout, tokenizer, train_state.pt), metrics.jsonl,
+Output in {out_dir}/sft/ (sft_folder): ckpt/ (Hugging Face layout, tokenizer, train_state.pt), metrics.jsonl,
 summary.json, eval-{format}.jsonl (every held-out response with its grade). A run whose ckpt/
 holds a train_state.pt continues from it (--sft_resume=false starts over); the rows of step k
 are a function of (seed, k), so the resumed run ends where an unbroken one would. Ctrl-C (or
@@ -301,7 +301,7 @@ def train(cfg, d, out):
 
 def main():
     cfg = config.main_config()
-    out = os.path.join(cfg.out_dir, "sft")
+    out = os.path.join(cfg.out_dir, cfg.sft_folder)
     try:
         d = distributed.setup(cfg.device)
         check_config(cfg, d.world_size)

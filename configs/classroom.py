@@ -104,4 +104,17 @@ rl_eval_problems = 200  # grpo.py's own before/after check (and its collapse gua
 rl_rm_questions = 512
 rl_rm_lr = 3e-4
 rl_rm_epochs = 2
+# The reward models start from their own SFT run of 1,200 steps (pipeline.py runs it into sft_rm;
+# by hand: python sft.py configs/classroom.py --sft_folder=sft_rm --sft_steps=1200, then
+# grpo.py --rl_rm_init=out/classroom/sft_rm/ckpt), not from the policy's 800: SFT's constant lr
+# makes it the policy's run continued. Why: the RM's likelihood term is only as good as its LM's
+# arithmetic, and an RM no better at it than the policy is one the policy learns to fool. From the
+# policy's checkpoint (53.5% on sft.py's 200 problems, AMD EPYC) one of three GRPO-on-PRM seeds fell
+# 53.5% -> 45.5%, scoring "15 - 4 = 10" at 0.82 (results/classroom-amd.md before this change); from
+# 1,200 steps (70.5%) the same seed rose to 68.5% (python grpo.py configs/classroom.py --rl_reward=prm
+# --rl_rm_init=...). On the same 4,000 graded outputs (scratch trials), ORM held-out AUC 0.842 from
+# 800 steps, 0.861 from 1,200, 0.871 from 2,000 (510 s of SFT, twice 1,200's): 1,200 is the cheaper.
+# The paper's RMs start from DeepSeekMath-Base 7B (section 4.2); ours from SFT, as the classroom's
+# base model has never seen the answer format whose values the likelihood term reads.
+pipeline_rm_sft_steps = 1200
 rl_eval_every = 20  # held-out greedy accuracy halfway too: the collapse guard acts on it

@@ -100,6 +100,7 @@ DEFAULTS = dict(
     pretrain_ckpt_every=500,  # steps between checkpoints (and one at the end)
     pretrain_resume=True,  # continue from {out_dir}/pretrain/ckpt when it holds a train_state.pt; false = start over
     # ---------------------------------------------------------------- sft.py
+    sft_folder="sft",  # the folder under out_dir that sft.py writes (pipeline.py's reward-model trunk: sft_rm)
     sft_init="",  # checkpoint folder to tune (ours or a Hugging Face Llama folder); "" = {out_dir}/pretrain/ckpt
     sft_formats={"cot": 1.0},  # share of examples per solution format: "cot", "pot", "tool" (paper: all three; GSM8K/MATH rows have cot only)
     sft_steps=500,  # optimizer steps (paper: 500)
@@ -161,6 +162,7 @@ DEFAULTS = dict(
     rl_flat_reward_steps=10,  # ... and when the mean within-group std stays under it this many steps in a row: a loud warning
     rl_collapse_drop=0.25,  # ours: stop when held-out greedy accuracy falls this far below the start (a collapse)
     rl_rm_checkpoint="",  # a trained reward model folder (scalar head, + LM head with rl_rm_likelihood); "" = train one from the policy
+    rl_rm_init="",  # the checkpoint a new reward model starts from (same tokenizer); "" = the policy's starting checkpoint
     rl_rm_likelihood=True,  # ours: the RM's log-odds add its LM's log-probs of the stated results (support/rewards.py); false = the paper's scalar head alone
     rl_rm_questions=64,  # questions whose G graded samples first train the reward model
     rl_rm_heldout=0.2,  # ours: share of the reward model's new questions held out to measure its accuracy and AUC
@@ -177,6 +179,7 @@ DEFAULTS = dict(
     cpu_threads=2,  # pipeline.py with cpu_kernels: threads of every stage (a sum split over other thread counts rounds differently)
     pipeline_jobs=1,  # pipeline.py: stages after pretraining run this many at once, each when its inputs are done (logs in {out_dir}/logs)
     learned_rewards=True,  # pipeline.py: also GRPO on a learned ORM, PRM and iterated PRM (each trains its reward model)
+    pipeline_rm_sft_steps=0,  # pipeline.py with learned_rewards: > 0 = the reward models start from a longer SFT run of this many steps ({out_dir}/sft_rm, rl_rm_init) than the policy's
     seeds=1,  # RL runs per method, from the same SFT checkpoint with rl_seed 2..N beside the first; the table pairs them
     results_file="",  # also write results.md there, with the run's wall time (results/classroom.md: the README's)
     # ---------------------------------------------------------------- memory_plan.py
@@ -216,7 +219,8 @@ RULES = {
         "seed", "classroom_seed", "corpus_seed_max_pages", "corpus_url_prefix_depth", "web_contaminated_pages",
         "pretrain_warmup_steps", "sft_eval_problems", "grader_workers", "eval_n_problems", "eval_shots",
         "eval_tool_rounds", "rl_iteration_steps", "rl_eval_every", "rl_kl_coef", "*weight_decay", "rl_seed",
-        "rl_eval_problems", "rl_viewer_questions", "eval_k_problems", "rl_min_reward_spread"), _AT_LEAST_0),
+        "rl_eval_problems", "rl_viewer_questions", "eval_k_problems", "rl_min_reward_spread",
+        "pipeline_rm_sft_steps"), _AT_LEAST_0),
     **dict.fromkeys(_keys(
         "rope_theta", "norm_eps", "init_std", "fasttext_lr", "corpus_negative_ratio", "*_lr", "*grad_clip",
         "eval_temperature", "eval_program_timeout", "rl_temperature", "rl_clip_eps", "ppo_value_clip"), _POSITIVE),

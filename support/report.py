@@ -150,6 +150,17 @@ def reward_model_table(rows):
     return markdown(["run", "trained at step", "held-out positions", "accuracy", "AUC", "AUC per seed"], lines)
 
 
+def reward_model_start(cfg):
+    """Where the learned reward models start (pipeline_rm_sft_steps), against the policy's start."""
+    path = os.path.join(cfg.out_dir, "sft_rm", "summary.json")
+    if not (cfg.learned_rewards and cfg.pipeline_rm_sft_steps and os.path.exists(path)):
+        return ""
+    rm, policy = read_json(path), read_json(os.path.join(cfg.out_dir, "sft", "summary.json"))
+    return (f"They start from their own SFT run of {rm['steps']} steps (sft_rm: {100 * rm['accuracy']:.1f}% greedy on "
+            f"sft.py's {rm['eval_problems']} held-out problems), the policy from {policy['steps']} steps "
+            f"({100 * policy['accuracy']:.1f}%).\n\n")
+
+
 def iteration_table(rows):
     lines = []
     for row in rows:
@@ -184,7 +195,9 @@ def findings(cfg, rows, task, seeds, pipeline_env):
         "", main_table(rows, k), "", "## The paper's claims", "",
         "Each difference is paired: the same problems, seed against seed; it holds when its whole 95% "
         "interval is on the claimed side.", "", claims_table(by_key)]
-    for title, table in (("## Learned reward models, on held-out samples", reward_model_table(rows)),
+    reward_models = reward_model_table(rows)
+    for title, table in (("## Learned reward models, on held-out samples",
+                          reward_models and reward_model_start(cfg) + reward_models),
                          ("## Iterative RL, iteration by iteration", iteration_table(rows))):
         if table:
             parts += ["", title, "", table]

@@ -31,8 +31,9 @@ hold an arithmetic slip), and this term hands them to the head. README "Learned 
 The paper trains its reward models on the policy's own samples and, in iterative RL (Algorithm
 1), retrains them after each iteration on the new policy's samples plus "a replay mechanism that
 incorporates 10% of historical data" (rl_rm_replay). Where we differ or the paper is silent:
-  - it does not say where its reward models start from: ours start from the policy's trunk (the
-    SFT checkpoint), as InstructGPT's and most RLHF reward models do;
+  - its reward models start from DeepSeekMath-Base 7B (section 4.2); ours from an SFT checkpoint
+    (the policy's, as InstructGPT's do, or rl_rm_init's: the classroom's is a longer SFT run, as
+    the likelihood term is only as good as the RM's arithmetic; configs/classroom.py says why);
   - it does not evaluate them in the paper's RL section: ours are scored on held-out samples
     (questions they did not train on) every time they are (re)trained, by accuracy at the 0.5
     threshold and ROC AUC against the grader, so a learner sees whether the RM separates right

@@ -135,7 +135,8 @@ class Run:
             model.requires_grad_(False)
             return wrap(model.eval()) if cfg.parallel == "fsdp" else model
 
-        self.policy = wrap(load(folder=policy_from))
+        policy = load(folder=policy_from)
+        self.policy = wrap(policy)
         self.optimizer = self.adamw(self.policy, cfg.rl_lr)
         self.held = {"policy": "trained"}
         # pi_ref (GRPO, PPO): the KL anchor, reset to the policy every rl_iteration_steps
@@ -144,7 +145,12 @@ class Run:
         self.sft_model = frozen(load(dtype=frozen_dtype)) if algo == "rft" else None
         self.rm = None
         if cfg.rl_reward in ("orm", "prm"):
-            model = wrap(load("reward" if cfg.rl_rm_likelihood else "scalar", cfg.rl_rm_checkpoint or init))
+            model = load("reward" if cfg.rl_rm_likelihood else "scalar", cfg.rl_rm_checkpoint or cfg.rl_rm_init or init)
+            if model.args.vocab_size != policy.args.vocab_size:
+                raise BadInput(f"the reward model's folder ({cfg.rl_rm_checkpoint or cfg.rl_rm_init}) has a vocabulary of "
+                               f"{model.args.vocab_size}, the policy's {policy.args.vocab_size}: give it a checkpoint "
+                               "trained with the policy's tokenizer")
+            model = wrap(model)
             self.rm = rewards.RewardModel(model, self.adamw(model, cfg.rl_rm_lr), cfg, tokenizer.pad_id, d)
             self.held["reward model"] = "trained on graded samples, then frozen within an iteration"
         self.value = self.value_optimizer = None

@@ -13,7 +13,8 @@ import torch
 
 import grpo
 from model import ModelArgs, Transformer, sequence_logprobs
-from support import distributed, tasks, training
+from support import config, distributed, rl_support, tasks, training
+from support.fileio import BadInput
 from support.tokenizer import COT_SUFFIX, train_bpe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -377,6 +378,30 @@ def test_resume_is_bit_identical(start, tmp_path, monkeypatch, algo):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert [r["step"] for r in read_run(tmp_path / "resumed", method)[0]] == [1, 2, 3]
+
+
+def test_the_reward_model_starts_from_rl_rm_init_and_refuses_another_vocabulary(start, tmp_path, tokenizer):
+    """--rl_rm_init: the reward model's trunk and LM head are that folder's weights, the policy's
+    stay the start's; a folder of another vocabulary is one error naming it."""
+    policy_folder = str(start / "sft" / "ckpt")
+    other = Transformer.from_pretrained(policy_folder)
+    torch.manual_seed(1)
+    other = Transformer(other.args)
+    training.save_checkpoint(tmp_path / "rm", other, tokenizer)
+    cfg = config.load_config(["configs/classroom.py", *run_args(tmp_path, 1, "--rl_reward=orm",
+                                                                 f"--rl_rm_init={tmp_path / 'rm'}")])
+    run = rl_support.Run(cfg, distributed.setup("cpu"), tokenizer, None, policy_folder, policy_folder)
+    rm, policy = run.rm.model.state_dict(), run.policy.state_dict()
+    for key, value in other.state_dict().items():
+        assert torch.equal(rm[key], value), key
+    assert not torch.equal(policy["embed_tokens.weight"], rm["embed_tokens.weight"])
+    assert torch.equal(policy["embed_tokens.weight"], weights(policy_folder)["embed_tokens.weight"])
+
+    tiny_checkpoint(tmp_path / "wide", tokenizer, vocab_size=tokenizer.n_vocab + 64)
+    cfg = config.load_config(["configs/classroom.py", *run_args(tmp_path, 1, "--rl_reward=orm",
+                                                                 f"--rl_rm_init={tmp_path / 'wide'}")])
+    with pytest.raises(BadInput, match="wide.*vocabulary"):
+        rl_support.Run(cfg, distributed.setup("cpu"), tokenizer, None, policy_folder, policy_folder)
 
 
 def test_missing_start_checkpoint_names_the_fix(tmp_path, monkeypatch):

@@ -122,7 +122,7 @@ TINY = ["--web_pool_pages=4000", "--web_seed_pages=400", "--web_shards=2", "--we
         "--rl_steps=2", "--rl_questions_per_step=2", "--rl_group_size=4", "--rl_rollout_questions=2",
         "--rl_micro_batch=8", "--rl_max_new_tokens=48", "--rl_save_every=2",
         "--eval_n_problems=8", "--eval_k=2", "--eval_max_new_tokens=48", "--grader_workers=1",
-        "--rl_rm_questions=8"]
+        "--rl_rm_questions=8", "--pipeline_rm_sft_steps=8"]
 
 
 def run_tiny(out, *extra):
@@ -157,6 +157,9 @@ def test_the_whole_recipe_runs_end_to_end_at_a_tiny_size(tiny):
     # a method's row holds its two seeds' accuracies, and the claims are checked
     assert " / " in results.split("| GRPO (outcome) |")[1].split("\n")[0]
     assert "## The paper's claims" in results and "(n=8)" in results and "ROC" not in results.split("## The")[0]
+    # the learned reward models start from their own, longer SFT run
+    assert "own SFT run of 8 steps" in results and "the policy from 6 steps" in results
+    assert json.loads((out / "rl" / "grpo_orm" / "summary.json").read_text())["reward_model"]
     for plot in ["corpus_recall", "pretrain_loss", "rl_ppo_vs_grpo", "maj_pass_at_k"]:
         assert (out / "plots" / f"{plot}.png").stat().st_size > 10_000, plot
     assert (out / "rollouts.html").stat().st_size > 10_000  # the viewer's page
@@ -173,7 +176,7 @@ def test_the_same_command_writes_the_same_results_byte_for_byte(tiny, tmp_path):
     tests/test_sft.py check resumes against straight runs): results.md is the same file."""
     out, _ = tiny
     fresh = tmp_path / "fresh"
-    for name in ("corpus", "pretrain", "sft", "tokenizer.tiktoken", "tokenizer.tiktoken.json"):
+    for name in ("corpus", "pretrain", "sft", "sft_rm", "tokenizer.tiktoken", "tokenizer.tiktoken.json"):
         (shutil.copytree if (out / name).is_dir() else shutil.copy2)(out / name, fresh / name)
     run = run_tiny(fresh)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
