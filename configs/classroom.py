@@ -17,8 +17,9 @@ cpu_kernels = "avx2"
 cpu_threads = 1
 pipeline_jobs = 2
 # The default run keeps to the rule-based rewards (RFT, online RFT, PPO, GRPO outcome and
-# process): the three learned-reward runs add ~6 minutes on 2 cores. The findings' study turns
-# them on: python pipeline.py configs/classroom.py --seeds=3 --learned_rewards=true ...
+# process): the three learned-reward runs, their evaluations and their reward models' own SFT
+# run add ~21 minutes of one core's work, ~10 on two (the seeds study's timings.md). The
+# findings' study turns them on: python pipeline.py configs/classroom.py --seeds=3 --learned_rewards=true ...
 learned_rewards = False
 
 # ---- model: 4 layers x 128 wide, 4 heads of 32 (the 7B: 30 x 4096, 32 heads of 128)
@@ -97,24 +98,22 @@ rl_eval_problems = 200  # grpo.py's own before/after check (and its collapse gua
 # through a new scalar head alone (rl_rm_likelihood=false, the paper's RM) stays near chance in
 # our trials, however it is trained: held-out ROC AUC 0.52 (ORM) and 0.66 (PRM) in
 # results/classroom.md. Adding its own LM's log-prob of the least likely value the output states
-# (rl_rm_likelihood, the default) gives 0.84 (ORM) and 0.92 (PRM) in results/classroom-amd.md,
+# (rl_rm_likelihood, the default) gives 0.86 (ORM) and 0.93 (PRM) in results/classroom-amd.md,
 # on 512 questions x G = 8 (~4,000 graded outputs, ~2 minutes on one core), a fifth of the
 # questions held out to measure it. The 7B's rl_rm_lr of 2e-5 (the paper's) barely moves the
 # zero-initialised head of a 1M-parameter model; 3e-4 over 2 passes learns, 1e-3 overfits.
 rl_rm_questions = 512
 rl_rm_lr = 3e-4
 rl_rm_epochs = 2
-# The reward models start from their own SFT run of 1,200 steps (pipeline.py runs it into sft_rm;
-# by hand: python sft.py configs/classroom.py --sft_folder=sft_rm --sft_steps=1200, then
-# grpo.py --rl_rm_init=out/classroom/sft_rm/ckpt), not from the policy's 800: SFT's constant lr
-# makes it the policy's run continued. Why: the RM's likelihood term is only as good as its LM's
-# arithmetic, and an RM no better at it than the policy is one the policy learns to fool. From the
-# policy's checkpoint (53.5% on sft.py's 200 problems, AMD EPYC) one of three GRPO-on-PRM seeds fell
-# 53.5% -> 45.5%, scoring "15 - 4 = 10" at 0.82 (results/classroom-amd.md before this change); from
-# 1,200 steps (70.5%) the same seed rose to 68.5% (python grpo.py configs/classroom.py --rl_reward=prm
-# --rl_rm_init=...). On the same 4,000 graded outputs (scratch trials), ORM held-out AUC 0.842 from
-# 800 steps, 0.861 from 1,200, 0.871 from 2,000 (510 s of SFT, twice 1,200's): 1,200 is the cheaper.
-# The paper's RMs start from DeepSeekMath-Base 7B (section 4.2); ours from SFT, as the classroom's
-# base model has never seen the answer format whose values the likelihood term reads.
+# The reward models start from their own SFT run of 1,200 steps (pipeline.py runs it into sft_rm,
+# ~280 s on one core; by hand: python sft.py configs/classroom.py --sft_folder=sft_rm
+# --sft_steps=1200, then grpo.py --rl_rm_init=out/classroom/sft_rm/ckpt), not from the policy's
+# 800. Why: the likelihood term is only as good as the RM's own arithmetic, and an RM no better at
+# it than the policy is one the policy learns to fool. Started from the policy's checkpoint
+# (results/classroom-amd.md at commit 3d4445f), one of three GRPO-on-PRM seeds fell from SFT's
+# 55.8% to 48.8% on the 1,000 held-out problems, its PRM scoring slips like "15 - 4 = 10" as right,
+# and the ORM's held-out AUC was 0.837; results/classroom-amd.md now gives the figures from
+# sft_rm. The paper's RMs start from DeepSeekMath-Base 7B (section 4.2); ours from SFT, as the
+# classroom's base model has never seen the answer format whose values the term reads.
 pipeline_rm_sft_steps = 1200
 rl_eval_every = 20  # held-out greedy accuracy halfway too: the collapse guard acts on it
