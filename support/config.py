@@ -161,8 +161,8 @@ DEFAULTS = dict(
     rl_min_reward_spread=0.01,  # ours: a group whose reward std is under this has advantages 0 (a learned RM's noise is no signal) ...
     rl_flat_reward_steps=10,  # ... and when the mean within-group std stays under it this many steps in a row: a loud warning
     rl_collapse_drop=0.25,  # ours: stop when held-out greedy accuracy falls this far below the start (a collapse)
-    rl_rm_checkpoint="",  # a trained reward model folder (scalar head, + LM head with rl_rm_likelihood); "" = train one from the policy
-    rl_rm_init="",  # the checkpoint a new reward model starts from (same tokenizer); "" = the policy's starting checkpoint
+    rl_rm_checkpoint="",  # a trained reward model folder (scalar head, + LM head with rl_rm_likelihood); "" = train one (from rl_rm_init)
+    rl_rm_init="",  # the checkpoint a new reward model starts from (the policy's tokenizer); "" = the policy's starting checkpoint
     rl_rm_likelihood=True,  # ours: the RM's log-odds add its LM's log-probs of the stated results (support/rewards.py); false = the paper's scalar head alone
     rl_rm_questions=64,  # questions whose G graded samples first train the reward model
     rl_rm_heldout=0.2,  # ours: share of the reward model's new questions held out to measure its accuracy and AUC

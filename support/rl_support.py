@@ -145,9 +145,10 @@ class Run:
         self.sft_model = frozen(load(dtype=frozen_dtype)) if algo == "rft" else None
         self.rm = None
         if cfg.rl_reward in ("orm", "prm"):
-            model = load("reward" if cfg.rl_rm_likelihood else "scalar", cfg.rl_rm_checkpoint or cfg.rl_rm_init or init)
+            folder = cfg.rl_rm_checkpoint or cfg.rl_rm_init or init
+            model = load("reward" if cfg.rl_rm_likelihood else "scalar", folder)
             if model.args.vocab_size != policy.args.vocab_size:
-                raise BadInput(f"the reward model's folder ({cfg.rl_rm_checkpoint or cfg.rl_rm_init}) has a vocabulary of "
+                raise BadInput(f"the reward model's folder {folder} has a vocabulary of "
                                f"{model.args.vocab_size}, the policy's {policy.args.vocab_size}: give it a checkpoint "
                                "trained with the policy's tokenizer")
             model = wrap(model)
