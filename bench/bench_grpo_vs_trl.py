@@ -30,6 +30,11 @@ What is the same on both sides (issue 17, item 2):
     64, gradient_accumulation_steps 1); AdamW lr 5e-5, betas (0.9, 0.95), no weight decay,
     gradient clip 1.0; float32 on the CPU. (TRL's AdamW is torch's fused one, transformers'
     default; ours is torch's plain loop on a CPU: at 1M parameters, milliseconds.)
+  - activation checkpointing (each block's activations recomputed in backward): on for both by
+    default, as GRPOConfig's gradient_checkpointing defaults to True (ours:
+    rl_activation_checkpointing); --activation_checkpointing=false turns it off on both sides.
+    It trades the update's time for its memory, so the two must match for either figure to mean
+    anything.
 
 Each side runs in its own subprocess (so its peak RSS is its own), --rounds times, alternating
 ours / TRL so both see the same machine load; each round takes one warm-up step and --steps
@@ -74,6 +79,8 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--profile", default="false", choices=("true", "false"))
+    parser.add_argument("--activation_checkpointing", default="true", choices=("true", "false"),
+                        help="recompute each block's activations in backward, on both sides (true: TRL's default)")
     parser.add_argument("--workdir", default="", help="where the model folder and results go (default: a temp dir)")
     parser.add_argument("--side", default="", choices=("", "ours", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default="", help=argparse.SUPPRESS)
@@ -92,7 +99,8 @@ def classroom_config(a):
                                f"--rl_rollout_questions={a.questions}", f"--rl_micro_batch={a.questions * a.group_size}",
                                f"--rl_max_new_tokens={a.max_new_tokens}", "--rl_mu=1", "--rl_kl_coef=0.04",
                                "--rl_clip_eps=0.2", f"--rl_lr={a.lr}", "--rl_weight_decay=0", "--rl_grad_clip=1.0",
-                               "--rl_temperature=1.0", "--grader_workers=1", f"--seed={SEED}"])
+                               "--rl_temperature=1.0", "--grader_workers=1", f"--seed={SEED}",
+                               f"--rl_activation_checkpointing={a.activation_checkpointing}"])
 
 
 def classroom_tokenizer(vocab_size):
@@ -330,7 +338,7 @@ def trl_args(a, output_dir, max_steps):
         use_vllm=False, learning_rate=a.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         adam_beta1=0.9, adam_beta2=0.95, max_grad_norm=1.0, shuffle_dataset=False,
         logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True, log_completions=False,
-        dataloader_num_workers=0)
+        dataloader_num_workers=0, gradient_checkpointing=a.activation_checkpointing == "true")
 
 
 def run_trl(a, folder):
@@ -435,7 +443,8 @@ def print_report(a, results):
     ours, trl = results["ours"], results["trl"]
     rows = a.questions * a.group_size
     print(f"\nGRPO step: {a.questions} questions x {a.group_size} outputs = {rows} rows, <= {a.max_new_tokens} new "
-          f"tokens, mu 1, beta 0.04, clip 0.2, float32, {ours['threads']} thread(s); {machine()}")
+          f"tokens, mu 1, beta 0.04, clip 0.2, float32, {ours['threads']} thread(s), activation checkpointing "
+          f"{a.activation_checkpointing} on both sides; {machine()}")
     print(f"{'':12s}{'s/step':>8s}" + "".join(f"{p:>12s}" for p in PARTS) + f"{'len':>7s}{'peak RSS MB':>13s}"
           f"{'RSS at start':>14s}")
     for name, r in (("grpo.py", ours), ("TRL", trl)):
@@ -494,7 +503,7 @@ def main(argv=None):
         cmd = [sys.executable, os.path.abspath(__file__), f"--side={side}", f"--checkpoint={folder}", f"--out={out}",
                f"--questions={a.questions}", f"--group_size={a.group_size}", f"--max_new_tokens={a.max_new_tokens}",
                f"--steps={0 if profiled else a.steps}", f"--threads={a.threads}", f"--lr={a.lr}",
-               f"--profile={'true' if profiled else 'false'}"]
+               f"--profile={'true' if profiled else 'false'}", f"--activation_checkpointing={a.activation_checkpointing}"]
         started = time.perf_counter()
         subprocess.run(cmd, check=True, env=env, cwd=ROOT)
         with open(out) as f:
