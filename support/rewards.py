@@ -26,7 +26,8 @@ classroom's held-out samples less well than the minimum.) BCE trains both terms,
 included, so the RM learns to find wrong results unlikely. Why: a 1M-parameter trunk read
 through a new zero head alone stays near chance (held-out ROC AUC 0.52-0.66 in results/); the
 information is in its next-token predictions (most of the classroom policy's wrong samples
-hold an arithmetic slip), and this term hands them to the head. README "Learned reward models that learn" gives the figures.
+hold an arithmetic slip), and this term hands them to the head. README "Learned reward models
+that learn" gives the figures.
 
 The paper trains its reward models on the policy's own samples and, in iterative RL (Algorithm
 1), retrains them after each iteration on the new policy's samples plus "a replay mechanism that

@@ -250,8 +250,7 @@ def test_result_columns_hold_exactly_the_stated_values(tokenizer):
 
 def test_likelihood_reward_model_log_odds_are_the_head_plus_the_least_lm_log_prob_of_the_results(tokenizer):
     # log-odds_j = w . h_{j+1} + min over result columns c <= j of log pi(token c + 1) (0 before
-    # the first), computed
-    # here from the LM head and the trunk separately
+    # the first), computed here from the LM head and the trunk separately
     from support.config import load_config
     from support.rewards import RewardModel
     torch.manual_seed(0)
