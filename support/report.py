@@ -3,7 +3,8 @@ paper's claims as a checklist of verdicts (pipeline.py writes them; see README "
 
     python pipeline.py configs/classroom.py                 # one RL seed: out/classroom/results.md
     python pipeline.py configs/classroom.py --seeds=3 --results_file=results/classroom.md
-    python -m support.report results/classroom.md results/classroom-amd.md   # the claims, machine by machine
+    python -m support.report results/classroom.md results/classroom-amd.md   # the claims, machine by machine,
+                                                                             # and whether each that holds survives
 
 Every number comes from the evaluation records on disk (eval/NAME/TASK.jsonl: each held-out
 problem's greedy answer and its k samples, graded), so a table can be checked problem by problem.
@@ -19,6 +20,7 @@ times, no resident memory): timings.md holds those.
 
 import os
 import platform
+import re
 import sys
 
 import numpy as np
@@ -239,11 +241,45 @@ def machines_table(paths):
     return markdown(header, lines)
 
 
+MEASURED = re.compile(r"(.+): ([+-]\d+\.\d) \[([+-]\d+\.\d), ([+-]\d+\.\d)\]")
+
+
+def differences_of(measured):
+    """{difference: (points, low, high)} read back from a claims-table cell, e.g.
+    "GRPO (process) - GRPO (outcome) (greedy): +3.4 [+1.6, +5.5]" (several joined by <br>)."""
+    found = (MEASURED.fullmatch(part) for part in measured.split("<br>"))
+    return {m.group(1): tuple(float(x) for x in m.groups()[1:]) for m in found if m}
+
+
+def survival_table(paths):
+    """Where one run says a claim holds, does another machine's run of the same command measure a
+    difference inside that run's 95% interval? (A claim that survives a change of machine should.)"""
+    runs = [(path, *claims_of(path)) for path in paths]
+    lines = []
+    for path, machine, by_claim in runs:
+        for claim, (measured, verdict) in by_claim.items():
+            for what, (_, low, high) in differences_of(measured).items() if verdict == "holds" else ():
+                for other_path, other_machine, other in runs:
+                    theirs = differences_of(other[claim][0]).get(what) if claim in other else None
+                    if other_path != path and theirs:
+                        inside = "yes" if low <= theirs[0] <= high else "no"
+                        lines.append([claim, what, f"{machine}: [{low:+.1f}, {high:+.1f}]",
+                                      f"{other_machine}: {theirs[0]:+.1f}", inside])
+    return markdown(["the paper's claim", "difference, points", "holds on, with its 95% interval",
+                     "the other machine measured", "inside?"], lines)
+
+
+def comparison(paths):
+    """What `python -m support.report FILE FILE ...` prints: the verdicts side by side, then whether
+    each claim that holds somewhere lands inside its interval on the other machines."""
+    return machines_table(paths) + "\n\n" + survival_table(paths) + "\n"
+
+
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit("usage: python -m support.report RESULTS.md [RESULTS.md ...]: the paper's claims, run by run")
     try:
-        print(machines_table(sys.argv[1:]))
+        print(comparison(sys.argv[1:]), end="")
     except OSError as e:
         sys.exit(f"support.report: cannot read {e.filename}: {e.strerror}; pass results files that "
                  "pipeline.py wrote (e.g. out/classroom/results.md)")

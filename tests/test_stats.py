@@ -105,8 +105,36 @@ def test_readme_machines_table_is_the_results_files_side_by_side(monkeypatch):
     assert block, "README.md lacks the support.report block"
     monkeypatch.chdir(ROOT)  # the command, as the README gives it, runs in the repository
     paths = block.group(1).split()
-    assert block.group(2) == report.machines_table(paths) + "\n"
+    assert block.group(2) == report.comparison(paths)
     for path in paths:
         machine, claims = report.claims_of(path)
         assert machine != "unknown machine", path
         assert claims and set(claims) <= {f"{claim} ({where})" for claim, where, _, _ in report.CLAIMS}, path
+
+
+def results_file(folder, name, machine, claims):
+    """A results file as report.findings writes its header and claims, one (claim, measured, verdict) a row."""
+    rows = "\n".join(f"| {claim} | {measured} | {verdict} |" for claim, measured, verdict in claims)
+    path = folder / name
+    path.write_text(f"# Findings\n\nMachine: {machine}, 2 cores; torch 2.13.0+cpu.\n\n## The paper's claims\n\n"
+                    f"| the paper's claim | measured difference, points [95% CI] | verdict |\n|---|---|---|\n{rows}\n"
+                    "\n## Learned reward models, on held-out samples\n\n| run | AUC |\n|---|---|\n| x | 0.9 |\n")
+    return str(path)
+
+
+def test_a_claim_that_holds_is_checked_against_the_other_machines_difference(tmp_path):
+    """survival_table: the other machine's difference is inside the interval of the run where the
+    claim holds (yes), outside it (no), and claims that hold nowhere are not rows."""
+    process = "process > outcome (Fig. 5)"
+    a = results_file(tmp_path, "a.md", "CPU A", [
+        (process, "P - O (greedy): +3.4 [+1.6, +5.5]", "holds"),
+        ("iterative (Fig. 6)", "I - S (greedy): +1.3 [-0.9, +3.6]", "not resolved at this scale")])
+    b = results_file(tmp_path, "b.md", "CPU B", [
+        (process, "P - O (greedy): +6.1 [+3.1, +9.5]", "holds"),
+        ("iterative (Fig. 6)", "I - S (greedy): +0.6 [-1.1, +2.4]", "not resolved at this scale")])
+    assert report.differences_of("P - O (greedy): +3.4 [+1.6, +5.5]<br>X / Y model state: 0.59x") == \
+        {"P - O (greedy)": (3.4, 1.6, 5.5)}
+    rows = [line.strip("|").split(" | ") for line in report.survival_table([a, b]).splitlines()[2:]]
+    assert [(r[2], r[3], r[4].strip()) for r in rows] == [
+        ("CPU A, 2 cores: [+1.6, +5.5]", "CPU B, 2 cores: +6.1", "no"),
+        ("CPU B, 2 cores: [+3.1, +9.5]", "CPU A, 2 cores: +3.4", "yes")]
