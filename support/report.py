@@ -252,21 +252,21 @@ def differences_of(measured):
 
 
 def survival_table(paths):
-    """Where one run says a claim holds, does another machine's run of the same command measure a
-    difference inside that run's 95% interval? (A claim that survives a change of machine should.)"""
+    """Where one run says a claim holds, does another run (another machine, another seed) measure a
+    difference inside that run's 95% interval? (A claim that survives the change should.)"""
     runs = [(path, *claims_of(path)) for path in paths]
     lines = []
-    for path, machine, by_claim in runs:
+    for path, _, by_claim in runs:
         for claim, (measured, verdict) in by_claim.items():
             for what, (_, low, high) in differences_of(measured).items() if verdict == "holds" else ():
-                for other_path, other_machine, other in runs:
+                for other_path, _, other in runs:
                     theirs = differences_of(other[claim][0]).get(what) if claim in other else None
                     if other_path != path and theirs:
                         inside = "yes" if low <= theirs[0] <= high else "no"
-                        lines.append([claim, what, f"{machine}: [{low:+.1f}, {high:+.1f}]",
-                                      f"{other_machine}: {theirs[0]:+.1f}", inside])
-    return markdown(["the paper's claim", "difference, points", "holds on, with its 95% interval",
-                     "the other machine measured", "inside?"], lines)
+                        lines.append([claim, what, f"`{path}`: [{low:+.1f}, {high:+.1f}]",
+                                      f"`{other_path}`: {theirs[0]:+.1f}", inside])
+    return markdown(["the paper's claim", "difference, points", "holds in, with its 95% interval",
+                     "another run measured", "inside?"], lines)
 
 
 def comparison(paths):
