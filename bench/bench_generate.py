@@ -10,7 +10,9 @@ full recomputation, and, on a GPU, the 7B's decode throughput against the memory
        batch 128 x 160 new tokens   the classroom evaluation (eval_batch_size, eval_max_new_tokens)
    each with a 32-token prompt. Printed: the median tokens/s of each and its min-max over the
    rounds, the ratio of the medians with the min-max of the per-round ratios, and whether the
-   greedy tokens of the two agree. The CPU model, thread count, torch version and the 1-minute
+   greedy tokens of the two agree; then the floor: the seconds our eager decoding spends in the
+   matmuls and the attention, kernels transformers runs on the same shapes, and so the most our
+   speed-up could be if every other op were free. The CPU model, thread count, torch version and the 1-minute
    load average (before and after) are printed beside them: on a shared machine a load above the
    core count makes every figure noise.
 2. The same model, once: the KV cache against naive recomputation (the whole sequence re-run for
@@ -108,6 +110,17 @@ def spread(values, fmt):
     return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
+def kernel_floor(generate_fn):
+    """Seconds one call spends in the kernels any implementation of the same decoding must run on
+    these shapes: the matmuls and the attention (torch.profiler, own CPU time), and its wall time."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        _, wall = timed(generate_fn, torch.device("cpu"))
+    kernels = sum(e.self_cpu_time_total for e in prof.key_averages()
+                  if e.key in ("aten::mm", "aten::addmm", "aten::bmm") or "scaled_dot_product" in e.key)
+    return kernels / 1e6, wall
+
+
 def ours_vs_transformers(model, hf, batch_size, new_tokens, prompt_len, rounds, use_compile):
     prompts = torch.randint(0, model.args.vocab_size, (batch_size, prompt_len),
                             generator=torch.Generator().manual_seed(batch_size))
@@ -136,6 +149,11 @@ def ours_vs_transformers(model, hf, batch_size, new_tokens, prompt_len, rounds, 
                      f"(rounds {min(ratios):.2f}-{max(ratios):.2f}x); greedy tokens "
                      f"{agreement(outputs[name], outputs['transformers'])}")
         print(line)
+    # transformers runs the same matmuls and attention on the same shapes: even with every other op
+    # of ours free, our step could not be faster than those kernels
+    floor, wall = kernel_floor(contestants["ours"])
+    print(f"  floor: matmuls and attention take {floor:.2f} s of our eager {wall:.2f} s (profiled); with every "
+          f"other op free ours would be at most {statistics.median(seconds['transformers']) / floor:.2f}x transformers")
     return {name: statistics.median(seconds["transformers"]) / statistics.median(s)
             for name, s in seconds.items() if name != "transformers"}
 

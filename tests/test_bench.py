@@ -68,3 +68,16 @@ def test_trl_comparison_runs_end_to_end_at_a_tiny_size(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ours / TRL: step" in result.stdout and "peak RSS" in result.stdout
     assert (tmp_path / "results.json").exists()
+
+
+def test_generation_bench_runs_at_a_tiny_size_with_identical_tokens_and_a_floor():
+    """bench_generate.py end to end at a tiny size: ours and transformers agree token for token,
+    and the floor (matmuls + attention of ours, the kernels both must run) bounds our speed-up."""
+    pytest.importorskip("transformers")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench_generate.py"), "--cases=4x8",
+                             "--rounds=1", "--naive=false", "--compile=false"], cwd=ROOT, env=ENV,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "greedy tokens identical" in result.stdout
+    floor = [line for line in result.stdout.splitlines() if "floor:" in line]
+    assert len(floor) == 1 and float(floor[0].split("at most ")[1].split("x")[0]) >= 1.0, floor
