@@ -415,6 +415,14 @@ def draw_plots(cfg, task):
     return paths
 
 
+def wall_time_line(seconds, wall):
+    """The results file's wall time, naming the stages this run found done and skipped: with any,
+    the figure is not the time from an empty out_dir."""
+    skipped = [name for name, s in seconds.items() if not s]
+    done_before = f", {len(skipped)} of {len(seconds)} stages done before and skipped ({', '.join(skipped)})"
+    return f"Wall time of the run that wrote this: {wall / 60:.1f} min{done_before if skipped else ''}."
+
+
 def write(path, text):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "w") as f:
@@ -432,9 +440,8 @@ def main():
     write(path, results)
     timings = timings_markdown(cfg, seconds, time.time() - start)
     write(os.path.join(cfg.out_dir, "timings.md"), timings)
-    if cfg.results_file:  # the study's copy (results/classroom.md is the README's), with its wall time
-        write(cfg.results_file, results.replace("\n", f"\n\nWall time of the run that wrote this: "
-                                                f"{(time.time() - start) / 60:.1f} min.\n", 1))
+    if cfg.results_file:  # the study's copy (results/*.md, the README's), with its wall time
+        write(cfg.results_file, results.replace("\n", f"\n\n{wall_time_line(seconds, time.time() - start)}\n", 1))
     plots = draw_plots(cfg, task_name(cfg)) + [viewer.write_page(cfg.out_dir)]  # the rollouts, token by token
     print("\n" + results + "\n" + timings)
     print(f"pipeline: {(time.time() - start) / 60:.1f} min; results {path}; plots {', '.join(plots)}")

@@ -181,7 +181,7 @@ DEFAULTS = dict(
     learned_rewards=True,  # pipeline.py: also GRPO on a learned ORM, PRM and iterated PRM (each trains its reward model)
     pipeline_rm_sft_steps=0,  # pipeline.py with learned_rewards: > 0 = the reward models start from a longer SFT run of this many steps ({out_dir}/sft_rm, rl_rm_init) than the policy's
     seeds=1,  # RL runs per method, from the same SFT checkpoint with rl_seed 2..N beside the first; the table pairs them
-    results_file="",  # also write results.md there, with the run's wall time (results/classroom.md: the README's)
+    results_file="",  # also write results.md there, with the run's wall time (results/classroom-amd.md: the README's findings)
     # ---------------------------------------------------------------- memory_plan.py
     plan_prompt_len=512,  # longest RL prompt (tokens) the memory plan assumes: rows are this + rl_max_new_tokens long
 )

@@ -164,10 +164,13 @@ def test_the_whole_recipe_runs_end_to_end_at_a_tiny_size(tiny):
         assert (out / "plots" / f"{plot}.png").stat().st_size > 10_000, plot
     assert (out / "rollouts.html").stat().st_size > 10_000  # the viewer's page
 
-    # A second run finds every stage done and only rewrites the tables and plots.
-    again = run_tiny(out)
+    # A second run finds every stage done and only rewrites the tables and plots; its results
+    # file's wall time says so, as it is not the time of a run from an empty folder.
+    again = run_tiny(out, f"--results_file={out / 'study.md'}")
     evaluations = sum(len(folders) for _, _, folders, _ in pipeline.evaluated(cfg))
-    assert again.returncode == 0 and again.stdout.count("done before, skipped") == len(pipeline.stages(cfg)) + evaluations
+    steps = len(pipeline.stages(cfg)) + evaluations
+    assert again.returncode == 0 and again.stdout.count("done before, skipped") == steps
+    assert f"{steps} of {steps} stages done before and skipped (corpus, pretrain, sft" in (out / "study.md").read_text()
 
 
 def test_the_same_command_writes_the_same_results_byte_for_byte(tiny, tmp_path):
