@@ -12,9 +12,9 @@ full recomputation, and, on a GPU, the 7B's decode throughput against the memory
    rounds, the ratio of the medians with the min-max of the per-round ratios, and whether the
    greedy tokens of the two agree; then the floor: the seconds our eager decoding spends in the
    matmuls and the attention, kernels transformers runs on the same shapes, and so the most our
-   speed-up could be if every other op were free. The CPU model, thread count, torch version and the 1-minute
-   load average (before and after) are printed beside them: on a shared machine a load above the
-   core count makes every figure noise.
+   speed-up could be if every other op were free. The CPU model, thread count, torch version and
+   the 1-minute load average (before and after) are printed beside them: on a shared machine a
+   load above the core count makes every figure noise.
 2. The same model, once: the KV cache against naive recomputation (the whole sequence re-run for
    every new token, O(T^2) positions), batch 16 x 256; the tokens must be identical.
 3. CUDA only: the full-size 7B (configs/7b.py, random bf16 weights), batch 1 and 64, 512 new

@@ -97,8 +97,10 @@ rl_eval_problems = 200  # grpo.py's own before/after check (and its collapse gua
 # ---- learned reward models (--rl_reward=orm / prm; support/rewards.py). A 1M-parameter trunk read
 # through a new scalar head alone (rl_rm_likelihood=false, the paper's RM) stays near chance in
 # our trials, however it is trained: held-out ROC AUC 0.52 (ORM) and 0.66 (PRM) in
-# results/classroom.md at commit 8cccae9 (git show 8cccae9:results/classroom.md). Adding its own LM's log-prob of the least likely value the output states
-# (rl_rm_likelihood, the default) gives 0.86 (ORM) and 0.93 (PRM) in results/classroom-amd.md,
+# results/classroom.md at commit 8cccae9 (git show 8cccae9:results/classroom.md). Adding its own
+# LM's log-prob of the least likely value the output states (rl_rm_likelihood, the default)
+# gives 0.86 (ORM) and 0.93 (PRM) in results/classroom-amd.md (0.75 and 0.92 in results/classroom.md,
+# from the Intel Xeon's weaker SFT checkpoints: the README's "Same command, same numbers"),
 # on 512 questions x G = 8 (~4,000 graded outputs, ~2 minutes on one core), a fifth of the
 # questions held out to measure it. The 7B's rl_rm_lr of 2e-5 (the paper's) barely moves the
 # zero-initialised head of a 1M-parameter model; 3e-4 over 2 passes learns, 1e-3 overfits.

@@ -271,7 +271,7 @@ def survival_table(paths):
 
 def comparison(paths):
     """What `python -m support.report FILE FILE ...` prints: the verdicts side by side, then whether
-    each claim that holds somewhere lands inside its interval on the other machines."""
+    each claim that holds somewhere lands inside its interval in the other runs."""
     return machines_table(paths) + "\n\n" + survival_table(paths) + "\n"
 
 
