@@ -45,6 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from model import ModelArgs, Transformer, generate  # noqa: E402
 from support import config, report  # noqa: E402
+from bench_grpo_vs_trl import top_ops  # noqa: E402  the same kernel accounting as the GRPO bench
 
 NO_EOS = -1  # an id no token has: every row runs the full number of new tokens
 
@@ -116,9 +117,7 @@ def kernel_floor(generate_fn):
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         _, wall = timed(generate_fn, torch.device("cpu"))
-    kernels = sum(e.self_cpu_time_total for e in prof.key_averages()
-                  if e.key in ("aten::mm", "aten::addmm", "aten::bmm") or "scaled_dot_product" in e.key)
-    return kernels / 1e6, wall
+    return top_ops(prof, wall)["shared_s"], wall
 
 
 def ours_vs_transformers(model, hf, batch_size, new_tokens, prompt_len, rounds, use_compile):

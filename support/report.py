@@ -254,17 +254,19 @@ def differences_of(measured):
 def survival_table(paths):
     """Where one run says a claim holds, does another run (another machine, another seed) measure a
     difference inside that run's 95% interval? (A claim that survives the change should.)"""
-    runs = [(path, *claims_of(path)) for path in paths]
+    verdicts = {path: claims_of(path)[1] for path in paths}
+    measured = {path: {claim: differences_of(cell) for claim, (cell, _) in by_claim.items()}
+                for path, by_claim in verdicts.items()}
     lines = []
-    for path, _, by_claim in runs:
-        for claim, (measured, verdict) in by_claim.items():
-            for what, (_, low, high) in differences_of(measured).items() if verdict == "holds" else ():
-                for other_path, _, other in runs:
-                    theirs = differences_of(other[claim][0]).get(what) if claim in other else None
-                    if other_path != path and theirs:
-                        inside = "yes" if low <= theirs[0] <= high else "no"
-                        lines.append([claim, what, f"`{path}`: [{low:+.1f}, {high:+.1f}]",
-                                      f"`{other_path}`: {theirs[0]:+.1f}", inside])
+    for path, by_claim in verdicts.items():
+        holding = [(claim, what, low, high) for claim, (_, verdict) in by_claim.items() if verdict == "holds"
+                   for what, (_, low, high) in measured[path][claim].items()]
+        for claim, what, low, high in holding:
+            for other in paths:
+                theirs = measured[other].get(claim, {}).get(what)
+                if other != path and theirs:
+                    lines.append([claim, what, f"`{path}`: [{low:+.1f}, {high:+.1f}]", f"`{other}`: {theirs[0]:+.1f}",
+                                  "yes" if low <= theirs[0] <= high else "no"])
     return markdown(["the paper's claim", "difference, points", "holds in, with its 95% interval",
                      "another run measured", "inside?"], lines)
 
