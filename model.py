@@ -340,7 +340,12 @@ class Transformer(nn.Module):
         assert head in ("lm", "scalar", "reward"), head
         self.args, self.head_kind = args, head
         # Module names follow Hugging Face's (minus the "model." prefix), so state dicts map 1:1.
-        self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
+        # from_pretrained builds on the meta device, weights about to be replaced: initialising meta
+        # tensors changes nothing but costs ~1.5 s a process (nn.Embedding's normal_ or an arange on
+        # meta imports torch._dynamo), so there the embedding gets an empty weight and no init runs.
+        meta = torch.empty(0).device.type == "meta"
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.dim,
+                                         _weight=torch.empty(args.vocab_size, args.dim) if meta else None)
         self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layer))
         self.norm = RMSNorm(args.dim, args.norm_eps)  # the stream grows with depth: normalise before the head
         if head in ("lm", "reward"):
@@ -352,13 +357,13 @@ class Transformer(nn.Module):
         # The trainers set it: store only each block's input and recompute the block in backward,
         # trading ~1/3 more compute for activations of one block instead of n_layer.
         self.gradient_checkpointing = False
-        self.reset_rope()
-        self.apply(self._init_weights)
+        if not meta:  # (from_pretrained builds the RoPE tables once the weights are real)
+            self.reset_rope()
+            self.apply(self._init_weights)
 
     def reset_rope(self):
-        """(Re)build the RoPE tables: after loading on the meta device they must be real."""
-        device = self.embed_tokens.weight.device
-        cos, sin = rope_tables(self.args, None if device.type == "meta" else device)
+        """(Re)build the RoPE tables on the weights' device (after from_pretrained's meta build)."""
+        cos, sin = rope_tables(self.args, self.embed_tokens.weight.device)
         # persistent=False: derived from args, so not in state_dict and not in HF checkpoints
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -516,7 +521,7 @@ class Transformer(nn.Module):
         model.load_state_dict(state, strict=False, assign=True)
         if args.tie_embeddings and head != "scalar":
             model.lm_head.weight = model.embed_tokens.weight  # assign replaced embed_tokens': tie again
-        model.reset_rope()  # the RoPE buffers were made on meta
+        model.reset_rope()  # built on meta, the model has no RoPE tables yet
         return model
 
 

@@ -4,8 +4,10 @@ the plots, as in the paper's Tables 5-6 and Figures 5-7.
 
     bash run_classroom.sh                               # sets up .venv, then runs this on the classroom
     python pipeline.py configs/classroom.py             # the same, in an environment you made
-    python pipeline.py configs/classroom.py --seeds=3 --learned_rewards=true --results_file=results/classroom.md
-                                                        # the README's findings
+    python pipeline.py configs/classroom.py --seeds=3 --learned_rewards=true --results_file=results/classroom-amd.md
+                                                        # three RL seeds from one SFT checkpoint
+    python pipeline.py configs/classroom.py --chains=3 --seeds=3 --learned_rewards=true --results_file=results/classroom.md
+                                                        # the README's findings: three SFT checkpoints too
     python pipeline.py configs/classroom.py --out_dir=out/try2 --sft_steps=100   # overrides reach every stage
 
 Every stage is its own script, run here as a subprocess with the same config file and overrides,
@@ -23,7 +25,12 @@ pipeline_jobs at a time. The stages, with the paper's sections:
                                from SFT; with --seeds=N each N times, with other RL seeds
     eval      evaluate.py      greedy, maj@k and pass@k on held-out problems, every checkpoint
 
-At the end, under out_dir: results.md (the findings, also printed; the same bytes when the same
+With --chains=K all of it runs K times, with seeds seed, seed+1, ... (the first in out_dir, the
+others in out_dir/chain-seed{S}): K SFT checkpoints, and findings whose intervals cover what
+another checkpoint does, which intervals over RL seeds from one checkpoint cannot (another
+machine rounds its way to another checkpoint: README "Same command, same numbers").
+
+At the end, under out_dir: results.md (the findings, over every chain; also printed; the same bytes when the same
 command runs again on the same machine), timings.md (each stage's wall time), plots/*.png and
 rollouts.html (support/viewer.py's page of the RL runs' rollouts, token by token).
 """
@@ -287,6 +294,16 @@ def run_when_ready(cfg, steps, argv):
     return {step.name: seconds[step.name] for step in steps}
 
 
+def chains(cfg, argv):
+    """(config, argv) of each chain: the first is the plain run in out_dir, chain c runs with
+    seed + c into out_dir/chain-seed{seed + c}. Chains run one after the other."""
+    runs = [(cfg, argv)]
+    for c in range(1, cfg.chains):
+        chain_argv = [*argv, f"--seed={cfg.seed + c}", f"--out_dir={os.path.join(cfg.out_dir, f'chain-seed{cfg.seed + c}')}"]
+        runs.append((config.load_config(chain_argv), chain_argv))
+    return runs
+
+
 def run_stages(cfg, argv):
     """Corpus and pretraining in order (nothing else can run before them); then SFT, the RL runs
     and every evaluation, each as soon as what it reads is there. Returns {step name: seconds}
@@ -310,17 +327,20 @@ def task_name(cfg):
     return os.path.splitext(os.path.basename(cfg.eval_tasks[0] if cfg.eval_tasks else cfg.test_problems))[0]
 
 
-def results_markdown(cfg):
-    """results.md: the findings (support/report.py) and the corpus loop: all of it the same, byte
-    for byte, when the same command runs again on the same machine."""
+def results_markdown(cfg, chain_cfgs):
+    """results.md: the findings over every chain (support/report.py) and the first chain's corpus
+    loop: all of it the same, byte for byte, when the same command runs again on the same machine."""
     task = task_name(cfg)
-    rows = [report.load_row(cfg.out_dir, task, label, key, folders) for label, key, folders, _ in evaluated(cfg)]
+    out_dirs = [c.out_dir for c in chain_cfgs]
+    rows = [report.load_row(out_dirs, task, label, key, folders) for label, key, folders, _ in evaluated(cfg)]
+    findings = report.findings(cfg, rows, task, cfg.seeds, same_numbers_env(cfg), out_dirs, [c.seed for c in chain_cfgs])
     corpus = read_json(summary_path(cfg, "corpus"))
     loop = report.markdown(["iteration", "collected", "new", "math domains", "recall", "precision"],
                            [[it["iteration"], it["collected"], it["new"], it["math_domains"], it.get("recall", "-"),
                              it.get("precision", "-")] for it in corpus["iterations"]])
-    return f"""{report.findings(cfg, rows, task, cfg.seeds, same_numbers_env(cfg))}
-## Corpus loop (paper 2.1): each iteration's collection against the classroom web's truth
+    first = f" (chain seed {cfg.seed})" if len(chain_cfgs) > 1 else ""
+    return f"""{findings}
+## Corpus loop (paper 2.1): each iteration's collection against the classroom web's truth{first}
 
 {loop}
 
@@ -330,12 +350,14 @@ Tokens: {corpus['tokens']['train']:,} train, {corpus['tokens']['val']:,} validat
 """
 
 
-def timings_markdown(cfg, seconds, total):
+def timings_markdown(cfg, chain_cfgs, seconds, total):
     """timings.md: what this run took, stage by stage, and each RL method's cost per step."""
-    rl = [(folder, read_json(summary_path(cfg, folder))) for _, _, seeds in rl_runs(cfg) for folder, _ in seeds]
+    rl = [(os.path.relpath(os.path.join(c.out_dir, folder), cfg.out_dir), read_json(summary_path(c, folder)))
+          for c in chain_cfgs for _, _, seeds in rl_runs(c) for folder, _ in seeds]
+    header = report.machine_header(cfg, cfg.seeds, same_numbers_env(cfg), [c.seed for c in chain_cfgs])
     return f"""# Timings
 
-Wall time {total / 60:.1f} min. {report.machine_header(cfg, cfg.seeds, same_numbers_env(cfg))}
+Wall time {total / 60:.1f} min. {header}
 
 {report.markdown(["step", "seconds"], [[name, f"{s:.0f}" if s else "skipped"] for name, s in seconds.items()])}
 
@@ -419,7 +441,8 @@ def wall_time_line(seconds, wall):
     """The results file's wall time, naming the stages this run found done and skipped: with any,
     the figure is not the time from an empty out_dir."""
     skipped = [name for name, s in seconds.items() if not s]
-    done_before = f", {len(skipped)} of {len(seconds)} stages done before and skipped ({', '.join(skipped)})"
+    named = ", ".join(skipped[:6]) + (f" and {len(skipped) - 6} more" if len(skipped) > 6 else "")
+    done_before = f", {len(skipped)} of {len(seconds)} stages done before and skipped ({named})"
     return f"Wall time of the run that wrote this: {wall / 60:.1f} min{done_before if skipped else ''}."
 
 
@@ -433,12 +456,18 @@ def main():
     cfg = config.main_config()
     if cfg.eval_k < 2:
         sys.exit("pipeline.py: the table needs maj@k and pass@k: set --eval_k to 2 or more (configs/classroom.py: 8)")
+    if any(2 <= cfg.seed + c <= cfg.seeds for c in range(cfg.chains)):
+        sys.exit(f"pipeline.py: --seed={cfg.seed} would repeat an RL run: a chain's first RL seed is its seed and the "
+                 f"others are 2..{cfg.seeds} (--seeds={cfg.seeds}); pick --seed above {cfg.seeds}")
     argv = sys.argv[1:]  # the config file and overrides, passed to every stage unchanged
-    start = time.time()
-    seconds = run_stages(cfg, argv)
-    results, path = results_markdown(cfg), os.path.join(cfg.out_dir, "results.md")
+    start, seconds, runs = time.time(), {}, chains(cfg, argv)
+    for chain_cfg, chain_argv in runs:
+        prefix = os.path.relpath(chain_cfg.out_dir, cfg.out_dir) + ": " if chain_cfg is not cfg else ""
+        seconds |= {prefix + name: s for name, s in run_stages(chain_cfg, chain_argv).items()}
+    chain_cfgs = [chain_cfg for chain_cfg, _ in runs]
+    results, path = results_markdown(cfg, chain_cfgs), os.path.join(cfg.out_dir, "results.md")
     write(path, results)
-    timings = timings_markdown(cfg, seconds, time.time() - start)
+    timings = timings_markdown(cfg, chain_cfgs, seconds, time.time() - start)
     write(os.path.join(cfg.out_dir, "timings.md"), timings)
     if cfg.results_file:  # the study's copy (results/*.md, the README's), with its wall time
         write(cfg.results_file, results.replace("\n", f"\n\n{wall_time_line(seconds, time.time() - start)}\n", 1))

@@ -181,7 +181,8 @@ DEFAULTS = dict(
     learned_rewards=True,  # pipeline.py: also GRPO on a learned ORM, PRM and iterated PRM (each trains its reward model)
     pipeline_rm_sft_steps=0,  # pipeline.py with learned_rewards: > 0 = the reward models start from a longer SFT run of this many steps ({out_dir}/sft_rm, rl_rm_init) than the policy's
     seeds=1,  # RL runs per method, from the same SFT checkpoint with rl_seed 2..N beside the first; the table pairs them
-    results_file="",  # also write results.md there, with the run's wall time (results/classroom-amd.md: the README's findings)
+    chains=1,  # whole runs of the recipe (corpus to RL), with seed, seed+1, ...: intervals over their SFT checkpoints ({out_dir}/chain-seed{S})
+    results_file="",  # also write results.md there, with the run's wall time (results/classroom.md: the README's findings)
     # ---------------------------------------------------------------- memory_plan.py
     plan_prompt_len=512,  # longest RL prompt (tokens) the memory plan assumes: rows are this + rl_max_new_tokens long
 )
@@ -214,7 +215,7 @@ RULES = {
         "eval_k", "eval_max_new_tokens", "eval_batch_size", "eval_program_memory_mb", "rl_steps",
         "rl_questions_per_step", "rl_group_size", "rl_max_new_tokens", "rl_rollout_questions",
         "rl_micro_batch", "rl_mu", "rl_save_every", "rl_rm_questions", "rl_rm_epochs", "plan_prompt_len",
-        "rl_flat_reward_steps", "seeds", "cpu_threads", "pipeline_jobs"), _AT_LEAST_1),
+        "rl_flat_reward_steps", "seeds", "chains", "cpu_threads", "pipeline_jobs"), _AT_LEAST_1),
     **dict.fromkeys(_keys(
         "seed", "classroom_seed", "corpus_seed_max_pages", "corpus_url_prefix_depth", "web_contaminated_pages",
         "pretrain_warmup_steps", "sft_eval_problems", "grader_workers", "eval_n_problems", "eval_shots",

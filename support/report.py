@@ -2,9 +2,11 @@
 paper's claims as a checklist of verdicts (pipeline.py writes them; see README "Findings").
 
     python pipeline.py configs/classroom.py                 # one RL seed: out/classroom/results.md
-    python pipeline.py configs/classroom.py --seeds=3 --results_file=results/classroom.md
-    python -m support.report results/classroom.md results/classroom-amd.md   # the claims, machine by machine,
-                                                                             # and whether each that holds survives
+    python pipeline.py configs/classroom.py --seeds=3 --results_file=out/seeds.md   # RL seeds from one SFT checkpoint
+    python pipeline.py configs/classroom.py --chains=3 --seeds=3 --results_file=results/classroom.md
+                                                            # three SFT checkpoints, intervals over them
+    python -m support.report results/classroom.md results/classroom-amd.md   # the claims, run by run, and whether
+                                                                             # the other runs land in the first's intervals
 
 Every number comes from the evaluation records on disk (eval/NAME/TASK.jsonl: each held-out
 problem's greedy answer and its k samples, graded), so a table can be checked problem by problem.
@@ -12,7 +14,9 @@ Accuracies carry a 95% interval and the number of problems; with several RL seed
 row is the mean over its seeds, with the per-seed values beside it. A difference between two
 methods is paired (the same problems, seed against seed) with a two-level bootstrap interval
 (stats.py), and a claim of the paper is marked holds / contradicted / not resolved at this
-scale from that interval, not from prose.
+scale from that interval, not from prose. With several chains (whole runs of the recipe, each
+to its own SFT checkpoint) the rows and differences are means over them, with each chain's
+value beside it, and the intervals are Student's t over the chains (stats.py says why).
 
 results.md holds only what the same command on the same machine reproduces byte for byte (no
 times, no resident memory): timings.md holds those.
@@ -53,22 +57,23 @@ def outcomes(records, measure):
 
 
 class Row:
-    """One model of the table: its evaluation records per seed, and its RL summaries."""
+    """One model of the table: its evaluation records (records[c][s]: chain c's RL seed s; one
+    "seed" for a model without RL), and the summaries of all its RL runs, chain by chain."""
 
     def __init__(self, label, key, records, summaries):
         self.label, self.key, self.records, self.summaries = label, key, records, summaries
 
     def matrix(self, measure):
-        return np.stack([outcomes(r, measure) for r in self.records])  # (seeds, problems)
+        return np.stack([np.stack([outcomes(r, measure) for r in chain]) for chain in self.records])  # (C, S, P)
 
     def accuracy(self, measure):
         """(mean, (low, high), problems): Wilson for one run, the two-level bootstrap over seeds
-        and problems for several."""
+        and problems for several from one checkpoint, Student's t over several checkpoints."""
         m = self.matrix(measure)
-        if len(m) == 1:
-            return m.mean(), stats.wilson(int(m.sum()), m.shape[1]), m.shape[1]
-        mean, interval = stats.paired_difference(m, np.zeros_like(m))
-        return mean, interval, m.shape[1]
+        if m.shape[:2] == (1, 1):
+            return m.mean(), stats.wilson(int(m.sum()), m.shape[2]), m.shape[2]
+        mean, (low, high) = stats.checkpoints_difference(m, np.zeros_like(m))
+        return mean, (max(0.0, low), min(1.0, high)), m.shape[2]  # an accuracy lies in [0, 1]
 
 
 def percent_cell(mean, interval, n):
@@ -88,24 +93,29 @@ def cpu_name():
         return platform.processor() or platform.machine()
 
 
-def machine_header(cfg, seeds, pipeline_env):
+def machine_header(cfg, seeds, pipeline_env, chain_seeds=()):
     cpu = cpu_name()
     env = {**os.environ, **pipeline_env}
     kernels = env.get("ATEN_CPU_CAPABILITY") or torch.backends.cpu.get_cpu_capability()
     threads = env.get("OMP_NUM_THREADS") or torch.get_num_threads()
     return (f"Machine: {cpu}, {os.cpu_count()} cores; torch {torch.__version__}; the stages ran with CPU kernels "
             f"{kernels.lower()} (this CPU's best: {torch.backends.cpu.get_cpu_capability().lower()}), "
-            f"MKL_CBWR={env.get('MKL_CBWR', 'unset')}, threads per stage {threads}. RL seeds: {seeds}.")
+            f"MKL_CBWR={env.get('MKL_CBWR', 'unset')}, threads per stage {threads}. RL seeds: {seeds}."
+            + (f" Chains (whole runs of the recipe, each to its own SFT checkpoint): {len(chain_seeds)}, seeds "
+               f"{', '.join(map(str, chain_seeds))}." if len(chain_seeds) > 1 else ""))
 
 
 def main_table(rows, k):
+    chains = len(rows[0].records)
     header = ["model", "greedy % [95% CI] (n)", f"maj@{k} % [95% CI] (n)", f"pass@{k} % [95% CI] (n)",
-              "greedy % per RL seed", "RL train memory MB", "models held"]
+              "greedy % per RL seed" if chains == 1 else "greedy % per chain (mean of its RL seeds)",
+              "RL train memory MB", "models held"]
     lines = []
     for row in rows:
         cells = [row.label] + [percent_cell(*row.accuracy(m)) for m in ("greedy", "maj", "pass")]
-        per_seed = row.matrix("greedy").mean(1)
-        cells.append(" / ".join(f"{100 * v:.1f}" for v in per_seed) if row.summaries else "-")
+        greedy = row.matrix("greedy")
+        per_run = greedy[0].mean(1) if chains == 1 else greedy.mean((1, 2))
+        cells.append(" / ".join(f"{100 * v:.1f}" for v in per_run) if row.summaries or chains > 1 else "-")
         s = row.summaries[0] if row.summaries else None
         cells.append(f"{s['model_state_mb']:.1f}" if s else "-")
         cells.append(", ".join(s["models_held"]) if s else "-")
@@ -114,30 +124,36 @@ def main_table(rows, k):
 
 
 def claims_table(by_key):
-    """The checklist: each claim, each of its differences with the interval, and the verdict."""
+    """The checklist: each claim, each of its differences with the interval (and with several
+    chains, each chain's difference), and the verdict."""
+    chains = len(next(iter(by_key.values())).records)
     lines = []
     for claim, where, differences, margin in CLAIMS:
         if not all(a in by_key and b in by_key for a, b, _ in differences):
             continue
-        measured, verdicts = [], []
+        measured, per_chain, verdicts = [], [], []
         for a, b, measure in differences:
-            mean, interval = stats.paired_difference(by_key[a].matrix(measure), by_key[b].matrix(measure))
-            v = stats.verdict(interval, margin)
+            a_outcomes, b_outcomes = by_key[a].matrix(measure), by_key[b].matrix(measure)
+            mean, interval = stats.checkpoints_difference(a_outcomes, b_outcomes)
+            verdicts.append(stats.verdict(interval, margin))
             measured.append(f"{by_key[a].label} - {by_key[b].label} ({measure.replace('_', ' ')}): "
                             f"{points(mean)} [{points(interval[0])}, {points(interval[1])}]")
-            verdicts.append(v)
+            per_chain.append(" / ".join(points(x) for x in a_outcomes.mean((1, 2)) - b_outcomes.mean((1, 2))))
         if "memory" in claim:
             ratio = by_key["grpo_outcome"].summaries[0]["model_state_mb"] / by_key["ppo"].summaries[0]["model_state_mb"]
             measured.append(f"GRPO / PPO model state: {ratio:.2f}x")
+            per_chain.append(f"{ratio:.2f}x")
             verdicts.append("holds" if ratio < 1 else "contradicted")
         verdict = "contradicted" if "contradicted" in verdicts else \
             "holds" if all(v == "holds" for v in verdicts) else "not resolved at this scale"
-        lines.append([f"{claim} ({where})", "<br>".join(measured), verdict])
-    return markdown(["the paper's claim", "measured difference, points [95% CI]", "verdict"], lines)
+        lines.append([f"{claim} ({where})", "<br>".join(measured), *(["<br>".join(per_chain)] if chains > 1 else []),
+                      verdict])
+    by_chain = ["per chain"] if chains > 1 else []
+    return markdown(["the paper's claim", "measured difference, points [95% CI]", *by_chain, "verdict"], lines)
 
 
 def reward_model_table(rows):
-    """Each learned reward model's held-out accuracy and AUC at each (re)training, mean over seeds."""
+    """Each learned reward model's held-out accuracy and AUC at each (re)training, mean over runs."""
     lines = []
     for row in rows:
         evaluations = [s.get("reward_model") for s in row.summaries if s.get("reward_model")]
@@ -149,18 +165,22 @@ def reward_model_table(rows):
                           " / ".join(f"{a:.3f}" for a in aucs)])
     if not lines:
         return ""
-    return markdown(["run", "trained at step", "held-out positions", "accuracy", "AUC", "AUC per seed"], lines)
+    runs = "AUC per seed" if len(rows[0].records) == 1 else "AUC per run (chain by chain, seed by seed)"
+    return markdown(["run", "trained at step", "held-out positions", "accuracy", "AUC", runs], lines)
 
 
-def reward_model_start(cfg):
-    """Where the learned reward models start (pipeline_rm_sft_steps), against the policy's start."""
-    path = os.path.join(cfg.out_dir, "sft_rm", "summary.json")
-    if not (cfg.learned_rewards and cfg.pipeline_rm_sft_steps and os.path.exists(path)):
+def reward_model_start(cfg, out_dirs):
+    """Where the learned reward models start (pipeline_rm_sft_steps), against the policy's start,
+    chain by chain."""
+    paths = [os.path.join(out_dir, "sft_rm", "summary.json") for out_dir in out_dirs]
+    if not (cfg.learned_rewards and cfg.pipeline_rm_sft_steps and all(map(os.path.exists, paths))):
         return ""
-    rm, policy = read_json(path), read_json(os.path.join(cfg.out_dir, "sft", "summary.json"))
-    return (f"They start from their own SFT run of {rm['steps']} steps (sft_rm: {100 * rm['accuracy']:.1f}% greedy on "
-            f"sft.py's {rm['eval_problems']} held-out problems), the policy from {policy['steps']} steps "
-            f"({100 * policy['accuracy']:.1f}%).\n\n")
+    rm = [read_json(path) for path in paths]
+    policy = [read_json(os.path.join(out_dir, "sft", "summary.json")) for out_dir in out_dirs]
+    rm_accuracy, policy_accuracy = (" / ".join(f"{100 * s['accuracy']:.1f}" for s in runs) for runs in (rm, policy))
+    return (f"They start from their own SFT run of {rm[0]['steps']} steps (sft_rm: {rm_accuracy}% greedy on "
+            f"sft.py's {rm[0]['eval_problems']} held-out problems{', chain by chain' if len(rm) > 1 else ''}), the "
+            f"policy from {policy[0]['steps']} steps ({policy_accuracy}%).\n\n")
 
 
 def iteration_table(rows):
@@ -174,7 +194,8 @@ def iteration_table(rows):
                           f"{100 * np.mean(accuracy):.1f}", f"{np.mean(aucs):.3f}" if aucs else "-"])
     if not lines:
         return ""
-    return markdown(["run", "iteration", "to step", "held-out greedy % (RL's check set, mean over seeds)",
+    runs = "seeds" if len(rows[0].records) == 1 else "runs"
+    return markdown(["run", "iteration", "to step", f"held-out greedy % (RL's check set, mean over {runs})",
                      "reward model held-out AUC"], lines)
 
 
@@ -183,38 +204,48 @@ def markdown(header, lines):
     return "\n".join(out + ["| " + " | ".join(str(c) for c in line) + " |" for line in lines])
 
 
-def findings(cfg, rows, task, seeds, pipeline_env):
-    """The deterministic part of results.md: the tables and the checklist."""
+# How the intervals were made, for one SFT checkpoint and for several (chains).
+ONE_CHECKPOINT = ("Intervals: 95%, Wilson for one run, a bootstrap over seeds and problems for several. Every RL "
+                  "method starts from the same SFT checkpoint with the same budget; ",
+                  "Each difference is paired: the same problems, seed against seed; it holds when its whole 95% "
+                  "interval is on the claimed side.")
+CHECKPOINTS = ("Each chain is a whole run of the recipe (corpus, pretraining, SFT, every RL method from that "
+               "chain's SFT checkpoint with the same budget, RL seeds 1..N), and a row is the mean over the chains "
+               "of each chain's mean over its RL seeds. Intervals: 95%, Student's t over the chains, widened by the "
+               "choice of problems (support/stats.py), so they cover what another SFT checkpoint (another seed, "
+               "another machine) does; ",
+               "Each difference is paired: the same problems, chain against chain and seed against seed; it holds "
+               "when its whole 95% interval (over the chains) is on the claimed side.")
+
+
+def findings(cfg, rows, task, seeds, pipeline_env, out_dirs, chain_seeds):
+    """The deterministic part of results.md: the tables and the checklist. out_dirs and
+    chain_seeds: one per chain (the rows' records come in the same order)."""
     by_key = {row.key: row for row in rows}
-    k, n_greedy = cfg.eval_k, rows[0].matrix("greedy").shape[1]
+    k, n_greedy = cfg.eval_k, rows[0].matrix("greedy").shape[2]
+    intervals, paired = ONE_CHECKPOINT if len(out_dirs) == 1 else CHECKPOINTS
     parts = [
-        "# Findings", "", machine_header(cfg, seeds, pipeline_env), "",
+        "# Findings", "", machine_header(cfg, seeds, pipeline_env, chain_seeds), "",
         f"Held-out `{task}` problems: greedy accuracy on {n_greedy}; maj@{k} (majority vote) and pass@{k} "
         f"(any correct) over {k} samples at temperature {cfg.eval_temperature} on the first "
-        f"{rows[0].matrix('maj').shape[1]}. Intervals: 95%, Wilson for one run, a bootstrap over seeds and "
-        "problems for several. Every RL method starts from the same SFT checkpoint with the same budget; "
+        f"{rows[0].matrix('maj').shape[2]}. {intervals}"
         "RL train memory counts the parameters, gradients and AdamW states of every model a method holds.",
-        "", main_table(rows, k), "", "## The paper's claims", "",
-        "Each difference is paired: the same problems, seed against seed; it holds when its whole 95% "
-        "interval is on the claimed side.", "", claims_table(by_key)]
+        "", main_table(rows, k), "", "## The paper's claims", "", paired, "", claims_table(by_key)]
     reward_models = reward_model_table(rows)
     for title, table in (("## Learned reward models, on held-out samples",
-                          reward_models and reward_model_start(cfg) + reward_models),
+                          reward_models and reward_model_start(cfg, out_dirs) + reward_models),
                          ("## Iterative RL, iteration by iteration", iteration_table(rows))):
         if table:
             parts += ["", title, "", table]
     return "\n".join(parts) + "\n"
 
 
-def load_row(out_dir, task, label, key, stages):
-    """A table row from its stages' evaluation records (one stage per RL seed)."""
-    records, summaries = [], []
-    for stage in stages:
-        name = os.path.basename(stage)
-        records.append(list(read_jsonl(os.path.join(out_dir, "eval", name, f"{task}.jsonl"))))
-        summary = os.path.join(out_dir, stage, "summary.json")
-        if stage.startswith("rl/"):
-            summaries.append(read_json(summary))
+def load_row(out_dirs, task, label, key, stages):
+    """A table row from its stages' evaluation records (one stage per RL seed) in each chain's out_dir."""
+    records = [[list(read_jsonl(os.path.join(out_dir, "eval", os.path.basename(stage), f"{task}.jsonl")))
+                for stage in stages] for out_dir in out_dirs]
+    summaries = [read_json(os.path.join(out_dir, stage, "summary.json"))
+                 for out_dir in out_dirs for stage in stages if stage.startswith("rl/")]
     return Row(label, key, records, summaries)
 
 
@@ -222,13 +253,14 @@ def load_row(out_dir, task, label, key, stages):
 
 
 def claims_of(path):
-    """(machine, {claim: (measured, verdict)}) read back from a results file this module wrote."""
+    """(machine, {claim: (measured, verdict)}) read back from a results file this module wrote
+    (with several chains its claims table has a per-chain column before the verdict)."""
     text = open(path).read()
     machine = next((line.split(":", 1)[1].split(";")[0].strip() for line in text.splitlines()
                     if line.startswith("Machine:")), "unknown machine")
     section = text.split("## The paper's claims", 1)[-1].split("\n## ", 1)[0]
     rows = [line.strip("|").split(" | ") for line in section.splitlines() if line.startswith("| ")]
-    return machine, {cells[0].strip(): (cells[1].strip(), cells[2].strip()) for cells in rows[1:] if len(cells) == 3}
+    return machine, {cells[0].strip(): (cells[1].strip(), cells[-1].strip()) for cells in rows[1:] if len(cells) in (3, 4)}
 
 
 def machines_table(paths):
@@ -252,34 +284,36 @@ def differences_of(measured):
 
 
 def survival_table(paths):
-    """Where one run says a claim holds, does another run (another machine, another seed) measure a
-    difference inside that run's 95% interval? (A claim that survives the change should.)"""
+    """Where the first run (the study) says a claim holds, does each other run (another machine,
+    another seed) measure a difference inside the study's 95% interval? (A claim that survives
+    the change should.)"""
     verdicts = {path: claims_of(path)[1] for path in paths}
     measured = {path: {claim: differences_of(cell) for claim, (cell, _) in by_claim.items()}
                 for path, by_claim in verdicts.items()}
+    study = paths[0]
+    holding = [(claim, what, low, high) for claim, (_, verdict) in verdicts[study].items() if verdict == "holds"
+               for what, (_, low, high) in measured[study][claim].items()]
     lines = []
-    for path, by_claim in verdicts.items():
-        holding = [(claim, what, low, high) for claim, (_, verdict) in by_claim.items() if verdict == "holds"
-                   for what, (_, low, high) in measured[path][claim].items()]
-        for claim, what, low, high in holding:
-            for other in paths:
-                theirs = measured[other].get(claim, {}).get(what)
-                if other != path and theirs:
-                    lines.append([claim, what, f"`{path}`: [{low:+.1f}, {high:+.1f}]", f"`{other}`: {theirs[0]:+.1f}",
-                                  "yes" if low <= theirs[0] <= high else "no"])
-    return markdown(["the paper's claim", "difference, points", "holds in, with its 95% interval",
+    for claim, what, low, high in holding:
+        for other in paths[1:]:
+            theirs = measured[other].get(claim, {}).get(what)
+            if theirs:
+                lines.append([claim, what, f"[{low:+.1f}, {high:+.1f}]", f"`{other}`: {theirs[0]:+.1f}",
+                              "yes" if low <= theirs[0] <= high else "no"])
+    return markdown(["the paper's claim", "difference, points", f"holds in `{study}`, with its 95% interval",
                      "another run measured", "inside?"], lines)
 
 
 def comparison(paths):
-    """What `python -m support.report FILE FILE ...` prints: the verdicts side by side, then whether
-    each claim that holds somewhere lands inside its interval in the other runs."""
+    """What `python -m support.report STUDY OTHER ...` prints: the verdicts side by side, then
+    whether each claim that holds in the study lands inside its interval in the other runs."""
     return machines_table(paths) + "\n\n" + survival_table(paths) + "\n"
 
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:
-        sys.exit("usage: python -m support.report RESULTS.md [RESULTS.md ...]: the paper's claims, run by run")
+        sys.exit("usage: python -m support.report STUDY.md [OTHER.md ...]: the paper's claims, run by run, "
+                 "and whether the other runs land inside the study's intervals")
     try:
         print(comparison(sys.argv[1:]), end="")
     except OSError as e:

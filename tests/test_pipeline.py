@@ -184,3 +184,33 @@ def test_the_same_command_writes_the_same_results_byte_for_byte(tiny, tmp_path):
     run = run_tiny(fresh)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert (fresh / "results.md").read_text() == (out / "results.md").read_text()
+
+
+def test_chains_run_the_whole_recipe_again_and_pool_its_checkpoints(tiny):
+    """--chains=2: the first chain is the run already in out_dir (every stage skipped), the second
+    runs every stage with seed + 1 into out_dir/chain-seed1338; results.md then pools both SFT
+    checkpoints: each row's per-chain values, and each claim's per-chain differences. (Last in
+    this file: it rewrites the fixture's results.md.)"""
+    out, cfg = tiny
+    run = run_tiny(out, "--chains=2")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    second = out / "chain-seed1338"
+    assert json.loads((second / "sft" / "stage_config.json").read_text())["seed"] == 1338
+    assert (second / "results.md").exists() is False  # one findings file, over both chains
+    results = (out / "results.md").read_text()
+    assert "Chains (whole runs of the recipe, each to its own SFT checkpoint): 2, seeds 1337, 1338." in results
+    assert "| greedy % per chain (mean of its RL seeds) |" in results
+    sft_row = results.split("| SFT |")[1].split("\n")[0]
+    assert sft_row.strip(" |").split(" | ")[3].count(" / ") == 1  # the two SFT checkpoints' accuracies
+    claims = results.split("## The paper's claims")[1].split("\n## ")[0]
+    assert "| per chain | verdict |" in claims
+    timings = (out / "timings.md").read_text()
+    assert "| chain-seed1338: sft |" in timings and "| chain-seed1338/rl/grpo_outcome-seed2 |" in timings
+
+
+def test_a_seed_that_is_also_an_rl_seed_is_refused():
+    command = [sys.executable, "pipeline.py", "configs/classroom.py", "--seed=2", "--seeds=3"]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and run.stderr.strip().splitlines()[-1] == (
+        "pipeline.py: --seed=2 would repeat an RL run: a chain's first RL seed is its seed and the others are 2..3 "
+        "(--seeds=3); pick --seed above 3")

@@ -7,6 +7,7 @@ import os
 import re
 
 import numpy as np
+import pytest
 
 from support import report, stats
 
@@ -69,6 +70,47 @@ def test_identical_methods_give_zero_and_seed_noise_widens_the_interval():
     assert narrow == (0.0, 0.0) and wide[1] - wide[0] > 0.01
 
 
+def t_density_cdf(t, df):
+    """P(T <= t) for Student's t, by integrating its density (an independent check of the table)."""
+    x = np.linspace(0, t, 200_001)
+    density = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2)) * (1 + x * x / df) ** (-(df + 1) / 2)
+    return 0.5 + np.trapezoid(density, x)
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 7, 10, 11, 14, 30, 120])
+def test_t_quantile_against_the_integrated_density(df):
+    assert abs(t_density_cdf(stats.t_975(df), df) - 0.975) < 2e-5
+
+
+def test_one_checkpoint_is_the_seed_and_problem_bootstrap():
+    rng = np.random.default_rng(2)
+    a, b = (rng.random((2, 3, 400)) < 0.5).astype(float)
+    assert stats.checkpoints_difference(a[None], b[None]) == stats.paired_difference(a, b)
+
+
+def test_intervals_over_checkpoints_cover_the_recipes_mean_difference():
+    """Simulated studies of K = 3 chains: each chain's SFT checkpoint shifts method a's edge over b
+    by a chain effect (sd 5 points) around a true +2 points, then 1,000 shared problems and 2 RL
+    seeds add their noise. The interval must cover +2 in about 95% of the studies; the
+    one-checkpoint bootstrap of a single chain covers it far less often: it cannot see the
+    chain effect."""
+    rng = np.random.default_rng(3)
+    covered, covered_by_one = 0, 0
+    studies = 300
+    for _ in range(studies):
+        hardness = rng.random(1000)  # problems every chain shares
+        edge = 0.02 + 0.05 * rng.standard_normal(3)  # (K,): the recipe's +2 points, moved by each checkpoint
+        b = (rng.random((3, 2, 1000)) < hardness).astype(float)
+        a = (rng.random((3, 2, 1000)) < np.clip(hardness + edge[:, None, None], 0, 1)).astype(float)
+        low, high = stats.checkpoints_difference(a, b)[1]
+        covered += low <= 0.02 <= high
+        if _ < 60:  # the bootstrap is slower: fewer studies
+            low, high = stats.paired_difference(a[0], b[0])[1]
+            covered_by_one += low <= 0.02 <= high
+    assert 0.90 <= covered / studies <= 0.99
+    assert covered_by_one / 60 < 0.75
+
+
 def test_verdicts():
     assert stats.verdict((0.01, 0.05)) == "holds"
     assert stats.verdict((-0.05, -0.01)) == "contradicted"
@@ -113,27 +155,32 @@ def test_readme_machines_table_is_the_results_files_side_by_side(monkeypatch):
 
 
 def results_file(folder, name, machine, claims):
-    """A results file as report.findings writes its header and claims, one (claim, measured, verdict) a row."""
-    rows = "\n".join(f"| {claim} | {measured} | {verdict} |" for claim, measured, verdict in claims)
+    """A results file as report.findings writes its header and claims, one (claim, measured,
+    [per chain,] verdict) a row (with a per-chain column when the rows have it)."""
+    rows = "\n".join("| " + " | ".join(cells) + " |" for cells in claims)
+    chains = " per chain |" if len(claims[0]) == 4 else ""
     path = folder / name
     path.write_text(f"# Findings\n\nMachine: {machine}, 2 cores; torch 2.13.0+cpu.\n\n## The paper's claims\n\n"
-                    f"| the paper's claim | measured difference, points [95% CI] | verdict |\n|---|---|---|\n{rows}\n"
+                    f"| the paper's claim | measured difference, points [95% CI] |{chains} verdict |\n|---|---|---|\n{rows}\n"
                     "\n## Learned reward models, on held-out samples\n\n| run | AUC |\n|---|---|\n| x | 0.9 |\n")
     return str(path)
 
 
-def test_a_claim_that_holds_is_checked_against_the_other_machines_difference(tmp_path):
-    """survival_table: the other machine's difference is inside the interval of the run where the
-    claim holds (yes), outside it (no), and claims that hold nowhere are not rows."""
-    process = "process > outcome (Fig. 5)"
-    a = results_file(tmp_path, "a.md", "CPU A", [
-        (process, "P - O (greedy): +3.4 [+1.6, +5.5]", "holds"),
-        ("iterative (Fig. 6)", "I - S (greedy): +1.3 [-0.9, +3.6]", "not resolved at this scale")])
+def test_a_claim_that_holds_in_the_study_is_checked_against_the_other_runs_differences(tmp_path):
+    """survival_table: where the study (the first file) says a claim holds, each other run's
+    difference is inside the study's interval (yes) or outside it (no); claims that do not hold
+    in the study, and claims that hold only in another run, are not rows."""
+    process, iterative = "process > outcome (Fig. 5)", "iterative (Fig. 6)"
+    study = results_file(tmp_path, "study.md", "CPU A", [
+        (process, "P - O (greedy): +3.4 [+1.6, +5.5]", "+6.1 / +1.1<br>", "holds"),
+        (iterative, "I - S (greedy): +1.3 [-0.9, +3.6]", "+2.0 / +0.6", "not resolved at this scale")])
     b = results_file(tmp_path, "b.md", "CPU B", [
         (process, "P - O (greedy): +6.1 [+3.1, +9.5]", "holds"),
-        ("iterative (Fig. 6)", "I - S (greedy): +0.6 [-1.1, +2.4]", "not resolved at this scale")])
+        (iterative, "I - S (greedy): +2.6 [+1.1, +4.4]", "holds")])
+    c = results_file(tmp_path, "c.md", "CPU C", [(process, "P - O (greedy): +2.0 [-1.1, +5.4]", "not resolved")])
     assert report.differences_of("P - O (greedy): +3.4 [+1.6, +5.5]<br>X / Y model state: 0.59x") == \
         {"P - O (greedy)": (3.4, 1.6, 5.5)}
-    rows = [line.strip("|").split(" | ") for line in report.survival_table([a, b]).splitlines()[2:]]
+    assert report.claims_of(study)[1][process] == ("P - O (greedy): +3.4 [+1.6, +5.5]", "holds")  # 4 columns
+    rows = [line.strip("|").split(" | ") for line in report.survival_table([study, b, c]).splitlines()[2:]]
     assert [(r[2], r[3], r[4].strip()) for r in rows] == [
-        (f"`{a}`: [+1.6, +5.5]", f"`{b}`: +6.1", "no"), (f"`{b}`: [+3.1, +9.5]", f"`{a}`: +3.4", "yes")]
+        ("[+1.6, +5.5]", f"`{b}`: +6.1", "no"), ("[+1.6, +5.5]", f"`{c}`: +2.0", "yes")]
