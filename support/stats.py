@@ -21,8 +21,8 @@ them, problems with replacement (a two-level bootstrap), 2,000 times.
 
 Why checkpoints too: from one SFT checkpoint the bootstrap says what another RL seed would do,
 not what another SFT checkpoint would. A change of machine or of the seed of the whole chain
-(corpus, pretraining, SFT) moves a 1M-parameter model's SFT accuracy by 10-25 points and the RL
-differences with it, beyond those intervals (README "Same command, same numbers"). So a study
+(corpus, pretraining, SFT) moves a 1M-parameter model's SFT accuracy by tens of points and the
+RL differences with it, beyond those intervals (README "Same command, same numbers"). So a study
 of several whole chains treats each chain's difference as one draw from the recipe and asks
 where the recipe's mean difference lies. A bootstrap over three or five chains would be far too
 narrow (it cannot see more spread than the few chains show), so the interval is Student's t, the

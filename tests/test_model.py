@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -223,6 +225,21 @@ def test_sharded_bf16_round_trip(tmp_path, model):
     assert loaded.embed_tokens.weight.dtype == torch.bfloat16
     for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         torch.testing.assert_close(a.bfloat16(), b, atol=0, rtol=0, msg=k)
+
+
+def test_loading_initialises_nothing_and_leaves_the_random_stream_alone(tmp_path, model):
+    """from_pretrained builds on the meta device and runs no init: in a fresh process, loading
+    neither imports torch._dynamo (~1.5 s a process, which an init on meta costs) nor draws from
+    the random stream a stage seeded, and the RoPE tables are real."""
+    model.save_pretrained(tmp_path)
+    script = "\n".join([
+        "import sys, torch", "from model import Transformer",
+        f"torch.manual_seed(0); m = Transformer.from_pretrained({str(tmp_path)!r}); after_load = torch.rand(1)",
+        "torch.manual_seed(0); untouched = torch.rand(1)",
+        "print('torch._dynamo' in sys.modules, bool(after_load == untouched), m.rope_cos.device)"])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    assert run.stdout.split() == ["False", "True", "cpu"], run.stderr[-2000:]
 
 
 def edit_config(folder, **changes):
