@@ -84,8 +84,8 @@ def checkpoints_difference(a, b):
     when the problems' does. One checkpoint has no spread to measure: paired_difference."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     n_seeds = max(a.shape[1], b.shape[1])
-    a = np.stack([np.resize(chain, (n_seeds, a.shape[2])) for chain in a])  # SFT (no seeds) repeated
-    b = np.stack([np.resize(chain, (n_seeds, b.shape[2])) for chain in b])
+    # a model without RL seeds (SFT) is repeated to match the other's seeds, chain by chain
+    a, b = (np.stack([np.resize(chain, (n_seeds, x.shape[2])) for chain in x]) for x in (a, b))
     diff = a - b  # (K, S, P)
     if len(diff) == 1:
         return paired_difference(diff[0], np.zeros_like(diff[0]))
