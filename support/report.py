@@ -22,6 +22,7 @@ results.md holds only what the same command on the same machine reproduces byte 
 times, no resident memory): timings.md holds those.
 """
 
+import itertools
 import os
 import platform
 import re
@@ -125,7 +126,8 @@ def main_table(rows, k):
 
 def claims_table(by_key):
     """The checklist: each claim, each of its differences with the interval (and with several
-    chains, each chain's difference), and the verdict."""
+    chains, each chain's difference and the interval where one more chain's should land), and
+    the verdict."""
     chains = len(next(iter(by_key.values())).records)
     lines = []
     for claim, where, differences, margin in CLAIMS:
@@ -138,7 +140,11 @@ def claims_table(by_key):
             verdicts.append(stats.verdict(interval, margin))
             measured.append(f"{by_key[a].label} - {by_key[b].label} ({measure.replace('_', ' ')}): "
                             f"{points(mean)} [{points(interval[0])}, {points(interval[1])}]")
-            per_chain.append(" / ".join(points(x) for x in a_outcomes.mean((1, 2)) - b_outcomes.mean((1, 2))))
+            if chains > 1:
+                chain_differences = a_outcomes.mean((1, 2)) - b_outcomes.mean((1, 2))  # (K,)
+                low, high = stats.next_checkpoint_interval(chain_differences)
+                per_chain.append(" / ".join(points(x) for x in chain_differences) +
+                                 f"; next chain: [{points(low)}, {points(high)}]")
         if "memory" in claim:
             ratio = by_key["grpo_outcome"].summaries[0]["model_state_mb"] / by_key["ppo"].summaries[0]["model_state_mb"]
             measured.append(f"GRPO / PPO model state: {ratio:.2f}x")
@@ -148,7 +154,7 @@ def claims_table(by_key):
             "holds" if all(v == "holds" for v in verdicts) else "not resolved at this scale"
         lines.append([f"{claim} ({where})", "<br>".join(measured), *(["<br>".join(per_chain)] if chains > 1 else []),
                       verdict])
-    by_chain = ["per chain"] if chains > 1 else []
+    by_chain = ["per chain; where one more chain's difference should land (95%)"] if chains > 1 else []
     return markdown(["the paper's claim", "measured difference, points [95% CI]", *by_chain, "verdict"], lines)
 
 
@@ -253,14 +259,16 @@ def load_row(out_dirs, task, label, key, stages):
 
 
 def claims_of(path):
-    """(machine, {claim: (measured, verdict)}) read back from a results file this module wrote
-    (with several chains its claims table has a per-chain column before the verdict)."""
+    """(machine, {claim: (measured, verdict, per chain)}) read back from a results file this module
+    wrote (with several chains its claims table has a per-chain column before the verdict; with
+    one, per chain is "")."""
     text = open(path).read()
     machine = next((line.split(":", 1)[1].split(";")[0].strip() for line in text.splitlines()
                     if line.startswith("Machine:")), "unknown machine")
     section = text.split("## The paper's claims", 1)[-1].split("\n## ", 1)[0]
     rows = [line.strip("|").split(" | ") for line in section.splitlines() if line.startswith("| ")]
-    return machine, {cells[0].strip(): (cells[1].strip(), cells[-1].strip()) for cells in rows[1:] if len(cells) in (3, 4)}
+    return machine, {cells[0].strip(): (cells[1].strip(), cells[-1].strip(), cells[2].strip() if len(cells) == 4 else "")
+                     for cells in rows[1:] if len(cells) in (3, 4)}
 
 
 def machines_table(paths):
@@ -274,34 +282,46 @@ def machines_table(paths):
 
 
 MEASURED = re.compile(r"(.+): ([+-]\d+\.\d) \[([+-]\d+\.\d), ([+-]\d+\.\d)\]")
+NEXT_CHAIN = re.compile(r".*; next chain: \[([+-]\d+\.\d), ([+-]\d+\.\d)\]")
 
 
-def differences_of(measured):
-    """{difference: (points, low, high)} read back from a claims-table cell, e.g.
-    "GRPO (process) - GRPO (outcome) (greedy): +3.4 [+1.6, +5.5]" (several joined by <br>)."""
-    found = (MEASURED.fullmatch(part) for part in measured.split("<br>"))
-    return {m.group(1): tuple(float(x) for x in m.groups()[1:]) for m in found if m}
+def differences_of(measured, per_chain=""):
+    """{difference: (points, low, high, next chain's (low, high) or None)} read back from a claims-table
+    row's cells, e.g. "GRPO (process) - GRPO (outcome) (greedy): +3.4 [+1.6, +5.5]" and, with
+    several chains, "+6.1 / +2.6 / +0.0; next chain: [-8.1, +13.9]" (several joined by <br>, in
+    the same order)."""
+    found = {}
+    for part, chains in itertools.zip_longest(measured.split("<br>"), per_chain.split("<br>") if per_chain else [],
+                                              fillvalue=""):
+        m, n = MEASURED.fullmatch(part), NEXT_CHAIN.fullmatch(chains)
+        if m:
+            found[m.group(1)] = (*(float(x) for x in m.groups()[1:]), n and tuple(float(x) for x in n.groups()))
+    return found
 
 
 def survival_table(paths):
     """Where the first run (the study) says a claim holds, does each other run (another machine,
-    another seed) measure a difference inside the study's 95% interval? (A claim that survives
-    the change should.)"""
-    verdicts = {path: claims_of(path)[1] for path in paths}
-    measured = {path: {claim: differences_of(cell) for claim, (cell, _) in by_claim.items()}
-                for path, by_claim in verdicts.items()}
+    another seed) measure a difference where the study says one more run should land? With
+    several chains that is the study's prediction interval for one more chain (stats.
+    next_checkpoint_interval): one run scatters around the recipe's mean by a chain's spread,
+    which the interval of the mean does not cover. A one-chain study has no chain spread to
+    predict from, and its own 95% interval is the yardstick."""
+    runs = {path: claims_of(path)[1] for path in paths}
+    measured = {path: {claim: differences_of(cell, per_chain) for claim, (cell, _, per_chain) in by_claim.items()}
+                for path, by_claim in runs.items()}
     study = paths[0]
-    holding = [(claim, what, low, high) for claim, (_, verdict) in verdicts[study].items() if verdict == "holds"
-               for what, (_, low, high) in measured[study][claim].items()]
+    holding = [(claim, what, mean, low, high, next_chain or (low, high))
+               for claim, (_, verdict, _) in runs[study].items() if verdict == "holds"
+               for what, (mean, low, high, next_chain) in measured[study][claim].items()]
     lines = []
-    for claim, what, low, high in holding:
+    for claim, what, mean, low, high, (land_low, land_high) in holding:
         for other in paths[1:]:
             theirs = measured[other].get(claim, {}).get(what)
             if theirs:
-                lines.append([claim, what, f"[{low:+.1f}, {high:+.1f}]", f"`{other}`: {theirs[0]:+.1f}",
-                              "yes" if low <= theirs[0] <= high else "no"])
-    return markdown(["the paper's claim", "difference, points", f"holds in `{study}`, with its 95% interval",
-                     "another run measured", "inside?"], lines)
+                lines.append([claim, what, f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]", f"[{land_low:+.1f}, {land_high:+.1f}]",
+                              f"`{other}`: {theirs[0]:+.1f}", "yes" if land_low <= theirs[0] <= land_high else "no"])
+    return markdown(["the paper's claim", "difference, points", f"holds in `{study}`: mean [95% CI]",
+                     "another run should land in (95%)", "another run measured", "inside?"], lines)
 
 
 def comparison(paths):

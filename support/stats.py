@@ -10,6 +10,8 @@ differences are real and which are within noise:
     checkpoints_difference(a, b)    the same for per-(checkpoint, seed, problem) outcomes: several
                                     whole runs of the recipe, each from its own SFT checkpoint,
                                     with a Student's t interval over the checkpoints
+    next_checkpoint_interval(d)     where one more checkpoint's difference should land, from the
+                                    K checkpoints' differences d (a prediction interval)
     verdict(interval, margin)       holds / contradicted / not resolved at this scale
 
 Why paired: every method answers the same held-out problems, so most of the problem-to-problem
@@ -97,6 +99,21 @@ def checkpoints_difference(a, b):
     df = (v_chains + v_problems) ** 2 / (v_chains ** 2 / (len(per_chain) - 1) + v_problems ** 2 / (len(per_problem) - 1))
     mean, half = float(diff.mean()), t_975(df) * math.sqrt(v_chains + v_problems)
     return mean, (mean - half, mean + half)
+
+
+def next_checkpoint_interval(per_chain):
+    """per_chain: (K,) one difference per chain. The 95% interval where one more chain's
+    difference should land (a prediction interval, not the interval of the mean):
+
+        mean +- t(0.975, K - 1) * s * sqrt(1 + 1/K),   s = the K differences' standard deviation
+
+    The interval of the mean shrinks as 1/sqrt(K) towards the recipe's mean; a single new run
+    (another machine, another seed) scatters around that mean by s itself, so it is the yardstick
+    for "does another run agree with the study". The new run answers the same held-out problems,
+    so the problems add nothing here; a run with fewer RL seeds than the study's scatters more."""
+    d = np.asarray(per_chain, float)
+    mean, half = float(d.mean()), t_975(len(d) - 1) * float(d.std(ddof=1)) * math.sqrt(1 + 1 / len(d))
+    return mean - half, mean + half
 
 
 # Student's t distribution's 97.5% quantile for 1..10 degrees of freedom (any table; numpy has no

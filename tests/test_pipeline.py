@@ -3,6 +3,7 @@
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -203,7 +204,9 @@ def test_chains_run_the_whole_recipe_again_and_pool_its_checkpoints(tiny):
     sft_row = results.split("| SFT |")[1].split("\n")[0]
     assert sft_row.strip(" |").split(" | ")[3].count(" / ") == 1  # the two SFT checkpoints' accuracies
     claims = results.split("## The paper's claims")[1].split("\n## ")[0]
-    assert "| per chain | verdict |" in claims
+    assert "| per chain; where one more chain's difference should land (95%) | verdict |" in claims
+    rows = [row for row in claims.splitlines() if row.startswith("| ") and "verdict" not in row]
+    assert rows and all(re.search(r" / [+-]\d+\.\d; next chain: \[[+-]\d+\.\d, [+-]\d+\.\d\]", row) for row in rows)
     timings = (out / "timings.md").read_text()
     assert "| chain-seed1338: sft |" in timings and "| chain-seed1338/rl/grpo_outcome-seed2 |" in timings
 

@@ -111,6 +111,34 @@ def test_intervals_over_checkpoints_cover_the_recipes_mean_difference():
     assert covered_by_one / 60 < 0.75
 
 
+def test_one_more_chain_lands_in_the_prediction_interval_not_in_the_interval_of_the_mean():
+    """The same simulated recipe: from a study of K = 3 (and 5) chains, one more chain's difference
+    must land inside next_checkpoint_interval in about 95% of the studies; the interval of the
+    mean, which shrinks towards the recipe's mean, misses that one chain far more often."""
+    rng = np.random.default_rng(4)
+
+    def chain_differences(k):  # (k,): each chain's a - b over 2 RL seeds and 1,000 shared problems
+        hardness = rng.random(1000)
+        edge = 0.02 + 0.05 * rng.standard_normal(k)
+        b = (rng.random((k, 2, 1000)) < hardness).astype(float)
+        a = (rng.random((k, 2, 1000)) < np.clip(hardness + edge[:, None, None], 0, 1)).astype(float)
+        return a, b, (a - b).mean((1, 2))
+
+    for k in (3, 5):
+        inside, inside_mean_interval, studies = 0, 0, 300
+        for _ in range(studies):
+            a, b, d = chain_differences(k + 1)  # the study's k chains and one more
+            low, high = stats.next_checkpoint_interval(d[:k])
+            inside += low <= d[k] <= high
+            low, high = stats.checkpoints_difference(a[:k], b[:k])[1]
+            inside_mean_interval += low <= d[k] <= high
+        assert 0.90 <= inside / studies <= 0.99, k
+        assert inside_mean_interval / studies < inside / studies - 0.05, k
+    # by hand: d = (1, 2, 3) points: mean 2, s = 1, t(0.975, 2) = 4.3027, sqrt(1 + 1/3)
+    low, high = stats.next_checkpoint_interval([0.01, 0.02, 0.03])
+    assert high - 0.02 == pytest.approx(4.3027 * 0.01 * math.sqrt(4 / 3)) and low + high == pytest.approx(0.04)
+
+
 def test_verdicts():
     assert stats.verdict((0.01, 0.05)) == "holds"
     assert stats.verdict((-0.05, -0.01)) == "contradicted"
@@ -168,19 +196,31 @@ def results_file(folder, name, machine, claims):
 
 def test_a_claim_that_holds_in_the_study_is_checked_against_the_other_runs_differences(tmp_path):
     """survival_table: where the study (the first file) says a claim holds, each other run's
-    difference is inside the study's interval (yes) or outside it (no); claims that do not hold
-    in the study, and claims that hold only in another run, are not rows."""
+    difference is inside where the study says one more chain should land (yes) or outside it
+    (no); a one-chain study's yardstick is its own interval; claims that do not hold in the
+    study, and claims that hold only in another run, are not rows."""
     process, iterative = "process > outcome (Fig. 5)", "iterative (Fig. 6)"
     study = results_file(tmp_path, "study.md", "CPU A", [
-        (process, "P - O (greedy): +3.4 [+1.6, +5.5]", "+6.1 / +1.1<br>", "holds"),
-        (iterative, "I - S (greedy): +1.3 [-0.9, +3.6]", "+2.0 / +0.6", "not resolved at this scale")])
+        (process, "P - O (greedy): +3.4 [+1.6, +5.5]", "+6.1 / +1.1 / +3.0; next chain: [-4.0, +10.8]", "holds"),
+        (iterative, "I - S (greedy): +1.3 [-0.9, +3.6]", "+2.0 / +0.6 / +1.3; next chain: [-1.4, +4.0]",
+         "not resolved at this scale")])
     b = results_file(tmp_path, "b.md", "CPU B", [
         (process, "P - O (greedy): +6.1 [+3.1, +9.5]", "holds"),
         (iterative, "I - S (greedy): +2.6 [+1.1, +4.4]", "holds")])
-    c = results_file(tmp_path, "c.md", "CPU C", [(process, "P - O (greedy): +2.0 [-1.1, +5.4]", "not resolved")])
+    c = results_file(tmp_path, "c.md", "CPU C", [(process, "P - O (greedy): -4.5 [-7.1, -1.4]", "contradicted")])
     assert report.differences_of("P - O (greedy): +3.4 [+1.6, +5.5]<br>X / Y model state: 0.59x") == \
-        {"P - O (greedy)": (3.4, 1.6, 5.5)}
-    assert report.claims_of(study)[1][process] == ("P - O (greedy): +3.4 [+1.6, +5.5]", "holds")  # 4 columns
+        {"P - O (greedy)": (3.4, 1.6, 5.5, None)}
+    assert report.differences_of("P - O (greedy): +3.4 [+1.6, +5.5]<br>X / Y model state: 0.59x",
+                                 "+6.1 / +1.1 / +3.0; next chain: [-4.0, +10.8]<br>0.59x") == \
+        {"P - O (greedy)": (3.4, 1.6, 5.5, (-4.0, 10.8))}
+    assert report.claims_of(study)[1][process] == (
+        "P - O (greedy): +3.4 [+1.6, +5.5]", "holds", "+6.1 / +1.1 / +3.0; next chain: [-4.0, +10.8]")  # 4 columns
     rows = [line.strip("|").split(" | ") for line in report.survival_table([study, b, c]).splitlines()[2:]]
-    assert [(r[2], r[3], r[4].strip()) for r in rows] == [
-        ("[+1.6, +5.5]", f"`{b}`: +6.1", "no"), ("[+1.6, +5.5]", f"`{c}`: +2.0", "yes")]
+    assert [(r[2], r[3], r[4], r[5].strip()) for r in rows] == [
+        ("+3.4 [+1.6, +5.5]", "[-4.0, +10.8]", f"`{b}`: +6.1", "yes"),
+        ("+3.4 [+1.6, +5.5]", "[-4.0, +10.8]", f"`{c}`: -4.5", "no")]
+    # a one-chain study (no per-chain column): the yardstick is its own interval
+    rows = [line.strip("|").split(" | ") for line in report.survival_table([b, study, c]).splitlines()[2:]]
+    assert [(r[1], r[3], r[5].strip()) for r in rows] == [
+        ("P - O (greedy)", "[+3.1, +9.5]", "yes"), ("P - O (greedy)", "[+3.1, +9.5]", "no"),
+        ("I - S (greedy)", "[+1.1, +4.4]", "yes")]
