@@ -44,6 +44,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from support.fileio import BadInput
@@ -698,25 +699,37 @@ def _decode_step(model, token, position, key_mask, cache):
     return model(token[:, None], position[:, None], mask, cache, last_only=True)
 
 
-_compiled_step = None  # torch.compile(_decode_step), made once per process; False once it failed
+def _decode_step_math_attention(model, token, position, key_mask, cache):
+    """_decode_step with SDPA's math form, softmax(q k^T / sqrt(d) + mask) v, for torch.compile
+    on a CPU: the fused flash kernel for CPU is built for many queries, and with one query row
+    it spent ~40% of a compiled decode step at batch 16 (bench/bench_generate.py's profile);
+    traced as math, inductor fuses it into its own C++ loop around the rest of the step.
+    Eager decoding keeps the fused kernel (and so every result of the classroom run)."""
+    with sdpa_kernel(SDPBackend.MATH):
+        return _decode_step(model, token, position, key_mask, cache)
 
 
-def _compiled_decode_step():
-    """The compiled decode step, or None where compiling failed before (no C++ compiler...)."""
-    global _compiled_step
-    if _compiled_step is None:
+_compiled_steps = {}  # device type -> torch.compile'd decode step, made once per process; False once it failed
+
+
+def _compiled_decode_step(device):
+    """The compiled decode step for this kind of device, or None where compiling failed before."""
+    if device.type not in _compiled_steps:
         # One graph for every step: dynamic=True makes the cache length (and the batch size) a
         # symbol, where a plain int would be baked in and force a recompilation each step. The
         # graph runs the norms, RoPE, SiLU and residual adds as a few fused C++ (or Triton)
-        # kernels around the matmuls and attention, with no Python per op or module.
-        _compiled_step = torch.compile(_decode_step, dynamic=True)
-    return _compiled_step or None  # False (failed before) -> None: decode eagerly
+        # kernels around the matmuls and attention, with no Python per op or module. On a CPU the
+        # graph's wrapper is C++ too (cpp_wrapper: no Python call per kernel; the compilation
+        # takes ~2x longer), and the attention is the math form above.
+        _compiled_steps[device.type] = (
+            torch.compile(_decode_step_math_attention, dynamic=True, options={"cpp_wrapper": True})
+            if device.type == "cpu" else torch.compile(_decode_step, dynamic=True))
+    return _compiled_steps[device.type] or None  # False (failed before) -> None: decode eagerly
 
 
-def _give_up_compiling(error):
+def _give_up_compiling(device, error):
     """Mark compiling as failed for the rest of the process, and say why, once."""
-    global _compiled_step
-    _compiled_step = False
+    _compiled_steps[device.type] = False
     first_line = (str(error).splitlines() or [""])[0]
     warnings.warn(f"generate(compile=True): torch.compile failed ({type(error).__name__}: {first_line}); "
                   "decoding eagerly")
@@ -746,7 +759,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
     max_new_tokens = min(max_new_tokens, args.max_seq_len - P)  # the RoPE tables end at max_seq_len
     if max_new_tokens <= 0:
         raise ValueError(f"prompt of {P} tokens leaves no room under max_seq_len={args.max_seq_len}")
-    step = _compiled_decode_step() if compile else None
+    step = _compiled_decode_step(device) if compile else None
     pad_id = (id_list(args.eos_id) or [0])[0]  # filler for left padding and finished rows; masked out
     tokens = torch.full((B, P), pad_id, dtype=torch.long, device=device)  # (B, P), prompts right-aligned
     key_mask = torch.zeros(B, P + max_new_tokens, dtype=torch.bool, device=device)  # True: a real key
@@ -784,7 +797,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
             try:
                 logits = step(model, token, next_pos, key_mask, cache)
             except Exception as e:  # compilation failed (no C++ compiler, an op it cannot trace...)
-                _give_up_compiling(e)
+                _give_up_compiling(device, e)
                 step = None  # eager rewrites the same cache slot, with the same values
                 logits = _decode_step(model, token, next_pos, key_mask, cache)
         else:

@@ -95,25 +95,25 @@ def test_compile_falls_back_to_eager_with_a_warning(model, monkeypatch):
 
     def broken(*args):
         raise RuntimeError("no C++ compiler\nmore detail")
-    monkeypatch.setattr(model_module, "_compiled_step", broken)
+    monkeypatch.setattr(model_module, "_compiled_steps", {"cpu": broken})
     eager = generate(model, prompts(), max_new_tokens=10, temperature=0, eos_id=-1)
     with pytest.warns(UserWarning, match=r"torch.compile failed \(RuntimeError: no C\+\+ compiler\); decoding eagerly"):
         fallback = generate(model, prompts(), max_new_tokens=10, temperature=0, eos_id=-1, compile=True)
-    assert torch.equal(fallback.tokens, eager.tokens) and model_module._compiled_step is False
+    assert torch.equal(fallback.tokens, eager.tokens) and model_module._compiled_steps["cpu"] is False
     assert torch.equal(generate(model, prompts(), 10, temperature=0, eos_id=-1, compile=True).tokens, eager.tokens)
 
 
 @pytest.mark.skipif(not os.environ.get("TEST_COMPILE"), reason="compiling takes ~30 s on a CPU; TEST_COMPILE=1 runs it")
 def test_compiled_decoding_equals_eager_and_naive(model, monkeypatch):
     import model as model_module
-    monkeypatch.setattr(model_module, "_compiled_step", None)
+    monkeypatch.setattr(model_module, "_compiled_steps", {})
     ps = prompts()
     eager = generate(model, ps, max_new_tokens=20, temperature=0, eos_id=-1)
     for batch in (ps, ps[:2], ps[1:2]):  # one graph for every batch size and length (batch 1: a second)
         compiled = generate(model, batch, max_new_tokens=20, temperature=0, eos_id=-1, compile=True)
         assert torch.equal(compiled.tokens, eager.tokens[[ps.index(p) for p in batch]])
     assert compiled.tokens[0].tolist() == naive_greedy(model, ps[1], 20)  # the last batch: ps[1] alone
-    assert model_module._compiled_step  # nothing fell back
+    assert model_module._compiled_steps["cpu"]  # nothing fell back
 
 
 def test_chunked_logprobs_match_whole_and_backprop(model):
