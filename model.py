@@ -44,7 +44,6 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from support.fileio import BadInput
@@ -699,16 +698,6 @@ def _decode_step(model, token, position, key_mask, cache):
     return model(token[:, None], position[:, None], mask, cache, last_only=True)
 
 
-def _decode_step_math_attention(model, token, position, key_mask, cache):
-    """_decode_step with SDPA's math form, softmax(q k^T / sqrt(d) + mask) v, for torch.compile
-    on a CPU: the fused flash kernel for CPU is built for many queries, and with one query row
-    it spent ~40% of a compiled decode step at batch 16 (bench/bench_generate.py's profile);
-    traced as math, inductor fuses it into its own C++ loop around the rest of the step.
-    Eager decoding keeps the fused kernel (and so every result of the classroom run)."""
-    with sdpa_kernel(SDPBackend.MATH):
-        return _decode_step(model, token, position, key_mask, cache)
-
-
 _compiled_steps = {}  # device type -> torch.compile'd decode step, made once per process; False once it failed
 
 
@@ -719,11 +708,12 @@ def _compiled_decode_step(device):
         # symbol, where a plain int would be baked in and force a recompilation each step. The
         # graph runs the norms, RoPE, SiLU and residual adds as a few fused C++ (or Triton)
         # kernels around the matmuls and attention, with no Python per op or module. On a CPU the
-        # graph's wrapper is C++ too (cpp_wrapper: no Python call per kernel; the compilation
-        # takes ~2x longer), and the attention is the math form above.
-        _compiled_steps[device.type] = (
-            torch.compile(_decode_step_math_attention, dynamic=True, options={"cpp_wrapper": True})
-            if device.type == "cpu" else torch.compile(_decode_step, dynamic=True))
+        # code that calls those kernels is C++ too (cpp_wrapper): a decode step of the classroom
+        # model is dozens of kernel calls of microseconds each, and the Python between them cost
+        # about a sixth of the step (bench/bench_generate.py); the compilation takes ~2x longer.
+        # (Not on a GPU, where it is untested here.)
+        _compiled_steps[device.type] = torch.compile(_decode_step, dynamic=True,
+                                                      options={"cpp_wrapper": device.type == "cpu"})
     return _compiled_steps[device.type] or None  # False (failed before) -> None: decode eagerly
 
 
