@@ -6,8 +6,8 @@ the plots, as in the paper's Tables 5-6 and Figures 5-7.
     python pipeline.py configs/classroom.py             # the same, in an environment you made
     python pipeline.py configs/classroom.py --seeds=3 --learned_rewards=true --results_file=results/classroom-amd.md
                                                         # three RL seeds from one SFT checkpoint
-    python pipeline.py configs/classroom.py --chains=3 --seeds=3 --learned_rewards=true --results_file=results/classroom.md
-                                                        # the README's findings: three SFT checkpoints too
+    python pipeline.py configs/classroom.py --chains=5 --seeds=3 --learned_rewards=true --results_file=results/classroom.md
+                                                        # the README's findings: five SFT checkpoints too
     python pipeline.py configs/classroom.py --out_dir=out/try2 --sft_steps=100   # overrides reach every stage
 
 Every stage is its own script, run here as a subprocess with the same config file and overrides,

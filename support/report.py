@@ -3,10 +3,10 @@ paper's claims as a checklist of verdicts (pipeline.py writes them; see README "
 
     python pipeline.py configs/classroom.py                 # one RL seed: out/classroom/results.md
     python pipeline.py configs/classroom.py --seeds=3 --results_file=out/seeds.md   # RL seeds from one SFT checkpoint
-    python pipeline.py configs/classroom.py --chains=3 --seeds=3 --results_file=results/classroom.md
-                                                            # three SFT checkpoints, intervals over them
+    python pipeline.py configs/classroom.py --chains=5 --seeds=3 --results_file=results/classroom.md
+                                                            # five SFT checkpoints, intervals over them
     python -m support.report results/classroom.md results/classroom-amd.md   # the claims, run by run, and whether
-                                                                             # the other runs land in the first's intervals
+                                                                             # the other runs land where the first predicts
 
 Every number comes from the evaluation records on disk (eval/NAME/TASK.jsonl: each held-out
 problem's greedy answer and its k samples, graded), so a table can be checked problem by problem.
@@ -326,14 +326,15 @@ def survival_table(paths):
 
 def comparison(paths):
     """What `python -m support.report STUDY OTHER ...` prints: the verdicts side by side, then
-    whether each claim that holds in the study lands inside its interval in the other runs."""
+    whether each claim that holds in the study lands, in the other runs, where the study says
+    one more run would."""
     return machines_table(paths) + "\n\n" + survival_table(paths) + "\n"
 
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit("usage: python -m support.report STUDY.md [OTHER.md ...]: the paper's claims, run by run, "
-                 "and whether the other runs land inside the study's intervals")
+                 "and whether the other runs land where the study says one more run would")
     try:
         print(comparison(sys.argv[1:]), end="")
     except OSError as e:
