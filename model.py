@@ -738,9 +738,12 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
 
     compile=True runs the decode steps through torch.compile: the first call compiles (tens of
     seconds on a CPU; a batch of 1 compiles once more), later calls of any batch size and
-    length reuse it. Worth it for many generations, as RL and evaluation make; on the classroom
-    model it made decoding 1.3-1.4x faster at batch 1 and 16 (bench/bench_generate.py). Where
-    compiling fails, a warning says why and decoding goes on eagerly, with the same results."""
+    length reuse it. On the classroom model it made decoding 1.45x faster at batch 16, 1.7x at
+    batch 1 and 1.1x at batch 128 (bench/bench_generate.py, an Intel Xeon, 1 thread). The
+    classroom run decodes eagerly: its evaluations, at batch 128, gained nothing once the
+    compilation was counted, and compiled kernels round differently from the eager ones its
+    committed results were made with. Where compiling fails, a warning says why and decoding
+    goes on eagerly, with the same results as compile=False."""
     args = model.args
     device = model.embed_tokens.weight.device
     eos = id_list(args.eos_id if eos_id is None else eos_id)
