@@ -291,8 +291,7 @@ def differences_of(measured, per_chain=""):
     several chains, "+6.1 / +2.6 / +0.0; next chain: [-8.1, +13.9]" (several joined by <br>, in
     the same order)."""
     found = {}
-    for part, chains in itertools.zip_longest(measured.split("<br>"), per_chain.split("<br>") if per_chain else [],
-                                              fillvalue=""):
+    for part, chains in itertools.zip_longest(measured.split("<br>"), per_chain.split("<br>"), fillvalue=""):
         m, n = MEASURED.fullmatch(part), NEXT_CHAIN.fullmatch(chains)
         if m:
             found[m.group(1)] = (*(float(x) for x in m.groups()[1:]), n and tuple(float(x) for x in n.groups()))
