@@ -314,6 +314,7 @@ class Decoding:
     stop_text: str  # few-shot: cut the response where the next problem starts; "" in chat mode
     tool_rounds: int  # most program runs in one tool-integrated response
     program_limits: dict  # run_program's timeout and memory_mb
+    compile: bool  # the decode step through torch.compile (the compile key; model.generate says what it buys)
 
 
 def _continue(model, contexts, decoding, temperature, eos_ids, stops, generator, progress):
@@ -325,7 +326,8 @@ def _continue(model, contexts, decoding, temperature, eos_ids, stops, generator,
         rows = order[start : start + decoding.batch_size]
         room = model.args.max_seq_len - max(len(contexts[i]) for i in rows)  # the longest row bounds the batch
         out = generate(model, [contexts[i] for i in rows], min(decoding.max_new_tokens, room),
-                       temperature=temperature, eos_id=eos_ids, stop_sequences=stops, generator=generator)
+                       temperature=temperature, eos_id=eos_ids, stop_sequences=stops, generator=generator,
+                       compile=decoding.compile)
         for row, i in enumerate(rows):
             ids = out.tokens[row][out.mask[row]].tolist()  # the row's generated tokens, filler dropped
             # the EOS is not text; a stop sequence stays (respond cuts the few-shot one from the text)
@@ -434,7 +436,8 @@ def evaluate_model(model, tokenizer, problems, cfg, task="classroom", grader=Non
                for i in mine]
     limits = {"timeout": cfg.eval_program_timeout, "memory_mb": cfg.eval_program_memory_mb}
     decoding = Decoding(cfg.eval_format, cfg.eval_max_new_tokens, cfg.eval_batch_size,
-                        FEWSHOT_STOP[style] if cfg.eval_mode == "fewshot" else "", cfg.eval_tool_rounds, limits)
+                        FEWSHOT_STOP[style] if cfg.eval_mode == "fewshot" else "", cfg.eval_tool_rounds, limits,
+                        cfg.compile)
     k = cfg.eval_k
     device = model.embed_tokens.weight.device
     generator = torch.Generator(device).manual_seed(cfg.seed + rank)  # reproducible, and different per rank

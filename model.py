@@ -289,12 +289,35 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # positions enter here only; v has none
         if cache is not None:  # write this step's keys/values, attend over everything so far
             k, v = cache.update(layer, k, v)  # (B, K, S, d)
-        # softmax(q k^T / sqrt(d) + mask) v; K < H shares each kv head among H/K query heads (GQA)
-        # No mask: a batch of whole unpadded rows, so the fused kernel's own causal mask serves.
-        # A mask (padding, or T new queries over S cached keys) comes from padding_positions_and_mask.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
-                                           enable_gqa=self.n_kv_head != self.n_head)  # (B, H, T, d)
+        if T == 1 and attn_mask is not None and torch.compiler.is_compiling():
+            y = one_query_attention(q, k, v, attn_mask)  # generate(compile=True)'s decode step
+        else:
+            # softmax(q k^T / sqrt(d) + mask) v; K < H shares each kv head among H/K query heads (GQA)
+            # No mask: a batch of whole unpadded rows, so the fused kernel's own causal mask serves.
+            # A mask (padding, or T new queries over S cached keys) comes from padding_positions_and_mask.
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+                                               enable_gqa=self.n_kv_head != self.n_head)  # (B, H, T, d)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # heads side by side (B, T, H d) -> (B, T, D)
+
+
+def one_query_attention(q, k, v, key_mask):
+    """softmax(q k^T / sqrt(d) + mask) v for one new query per row, (B, H, 1, d), over S cached
+    keys and values (B, K, S, d); key_mask (B, 1, 1, S), True = may attend.
+
+    The decode step's attention, written out for torch.compile: two small matmuls and a masked
+    softmax, which inductor turns into two fused loops. Against the fused SDPA kernel (built for
+    many queries) it made the compiled step ~10% faster at batch 128, the classroom evaluation's
+    shape (1.79x -> 1.98x transformers' generate), and 3-4% at batch 16 and 1, where attention
+    still takes ~40% of the step: the loop inductor writes recomputes q's rotary embedding for
+    every key it scores (TORCH_LOGS=output_code shows it). bench/bench_generate.py, an Intel
+    Xeon, 1 thread. Eager decoding keeps SDPA: the classroom's committed results were made with
+    its rounding."""
+    B, H, _, d = q.shape
+    K = k.shape[1]
+    q = q.reshape(B, K, H // K, d)  # the H/K query heads that share a kv head, as rows (GQA without a copy)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(d)  # (B, K, H/K, S)
+    scores = scores.masked_fill(~key_mask, float("-inf"))  # left padding; the mask broadcasts over heads
+    return (scores.softmax(-1) @ v).view(B, H, 1, d)  # (B, K, H/K, d) -> (B, H, 1, d)
 
 
 class SwiGLU(nn.Module):
@@ -635,8 +658,8 @@ def chunked_logprobs(lm_head, hidden, targets, temperature, with_entropy, chunk_
     checkpointed, so only one such (B, chunk, V) tensor exists at a time, in forward and in
     backward (the 7B's vocabulary of 102,400 makes them GiBs; the classroom's are ~36 MB)."""
     logps, entropies = [], []
-    for s in range(0, hidden.shape[1], chunk_size):
-        h, y = hidden[:, s:s + chunk_size], targets[:, s:s + chunk_size]  # (B, c, D), (B, c)
+    # split, not a range over T: under torch.compile a range fixes T, and every new length recompiles
+    for h, y in zip(hidden.split(chunk_size, dim=1), targets.split(chunk_size, dim=1)):  # (B, c, D), (B, c)
         # when checkpointed, only h is kept and the (B, c, V) logits are made again in backward
         if torch.is_grad_enabled() and h.shape[0] * h.shape[1] * lm_head.out_features * 4 > CHECKPOINT_LOGITS_BYTES:
             logp, ent = checkpoint(_chunk_logprobs, lm_head, h, y, temperature, with_entropy,
@@ -738,8 +761,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
 
     compile=True runs the decode steps through torch.compile: the first call compiles (tens of
     seconds on a CPU; a batch of 1 compiles once more), later calls of any batch size and
-    length reuse it. On the classroom model it made decoding 1.45x faster at batch 16, 1.7x at
-    batch 1 and 1.1x at batch 128 (bench/bench_generate.py, an Intel Xeon, 1 thread). The
+    length reuse it. On the classroom model it made decoding 1.5x faster at batch 16, 1.7x at
+    batch 1 and 1.2x at batch 128 (bench/bench_generate.py, an Intel Xeon, 1 thread). The
     classroom run decodes eagerly: its evaluations, at batch 128, gained nothing once the
     compilation was counted, and compiled kernels round differently from the eager ones its
     committed results were made with. Where compiling fails, a warning says why and decoding

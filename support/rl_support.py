@@ -126,6 +126,8 @@ class Run:
         def load(head="lm", folder=init, dtype=torch.float32):
             model = Transformer.from_pretrained(folder, head=head, dtype=dtype, device=d.device)
             model.gradient_checkpointing = cfg.rl_activation_checkpointing
+            if cfg.compile:  # in place (names stay); dynamic: every step's rollouts have another length
+                model.compile(dynamic=True)
             return model
 
         def wrap(model):

@@ -328,7 +328,7 @@ def scripted(tiny_tokenizer, monkeypatch):
 
     def use(script, problems, **keys):
         def fake_generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None,
-                          stop_sequences=(), generator=None):
+                          stop_sequences=(), generator=None, compile=False):
             eos_id = eos_id[0]  # evaluate passes the tokenizer's list of end ids
             rows = []
             for prompt in prompts:

@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+import evaluate
 import grpo
 from model import ModelArgs, Transformer, sequence_logprobs
 from support import config, distributed, rl_support, tasks, training
@@ -291,6 +292,35 @@ def test_a_raising_reward_function_is_reported_with_question_and_output(tokenize
     assert "checker crashed" in out and problems[1].question in out and "' boom'" in out
 
 
+def test_the_compile_key_sends_rollouts_and_evaluation_through_the_compiled_decode_step(tokenizer, monkeypatch):
+    """--compile=true decodes through model.generate's compiled step (here a stand-in that counts
+    its calls and runs the eager step, so nothing compiles), with the same outputs as eager."""
+    import model as model_module
+    calls = []
+
+    def counted_step(*args):
+        calls.append(1)
+        return model_module._decode_step(*args)
+    monkeypatch.setattr(model_module, "_compiled_steps", {"cpu": counted_step})
+    torch.manual_seed(0)
+    policy = Transformer(ModelArgs(vocab_size=tokenizer.n_vocab, dim=32, n_layer=1, n_head=2, n_kv_head=2,
+                                   intermediate_size=64, max_seq_len=160, bos_id=tokenizer.bos_id,
+                                   eos_id=tokenizer.eos_id))
+    problems = tasks.classroom_problems("test", 2, 1)
+    outputs = {}
+    for flag in ("false", "true"):
+        cfg = config.load_config(["--device=cpu", "--rl_group_size=2", "--rl_rollout_questions=2", "--rl_max_new_tokens=8",
+                                  "--eval_max_new_tokens=8", "--eval_k=1", f"--compile={flag}"])
+        calls.clear()
+        rollouts = grpo.explore(policy, tokenizer, problems, cfg, 3, torch.device("cpu"))
+        rollout_calls = len(calls)
+        with evaluate.Grader(1, 5) as grader:
+            records = evaluate.evaluate_model(policy, tokenizer, problems, cfg, grader=grader).records
+        outputs[flag] = (rollouts.tokens, [r["greedy"]["text"] for r in records])
+        assert (rollout_calls > 0, len(calls) > rollout_calls) == ((flag == "true"),) * 2
+    assert torch.equal(outputs["true"][0], outputs["false"][0]) and outputs["true"][1] == outputs["false"][1]
+
+
 # ------------------------------------------------------------------------- real runs
 
 
@@ -348,6 +378,18 @@ def test_every_algorithm_runs_and_logs(start, tmp_path, monkeypatch, method, fla
     assert summary["method"] == method and 0 <= summary["accuracy_after"] <= 1
     assert ("reward model" in summary["models_held"]) == any("rm" in f for f in flags)
     assert os.path.exists(tmp_path / "rl" / method / "ckpt" / "model.safetensors")
+
+
+@pytest.mark.skipif(not os.environ.get("TEST_COMPILE"), reason="compiling takes ~1 min on a CPU; TEST_COMPILE=1 runs it")
+def test_a_compiled_run_trains_and_saves_a_checkpoint_that_loads(start, tmp_path, monkeypatch):
+    """grpo.py --compile=true: every model compiled (dynamic shapes: each step's rollouts have
+    another length) and the decode step too; the run logs finite metrics and saves a checkpoint
+    that loads."""
+    os.symlink(start / "sft", tmp_path / "sft")
+    run_grpo(monkeypatch, run_args(tmp_path, 2, "--compile=true"))
+    records, summary = read_run(tmp_path, "grpo_outcome")
+    assert [r["step"] for r in records] == [1, 2] and all(math.isfinite(r["loss"]) for r in records)
+    assert set(weights(tmp_path / "rl" / "grpo_outcome" / "ckpt")) == set(weights(start / "sft" / "ckpt"))
 
 
 def test_grpo_holds_less_model_state_than_ppo(start, tmp_path, monkeypatch):

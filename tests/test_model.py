@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from model import ModelArgs, Transformer, generate, padding_positions_and_mask, sequence_logprobs
+from model import ModelArgs, Transformer, generate, one_query_attention, padding_positions_and_mask, sequence_logprobs
 
 ARGS = ModelArgs(vocab_size=97, dim=64, n_layer=2, n_head=4, n_kv_head=2, intermediate_size=96,
                  max_seq_len=128, bos_id=1, eos_id=2)
@@ -101,6 +101,16 @@ def test_compile_falls_back_to_eager_with_a_warning(model, monkeypatch):
         fallback = generate(model, prompts(), max_new_tokens=10, temperature=0, eos_id=-1, compile=True)
     assert torch.equal(fallback.tokens, eager.tokens) and model_module._compiled_steps["cpu"] is False
     assert torch.equal(generate(model, prompts(), 10, temperature=0, eos_id=-1, compile=True).tokens, eager.tokens)
+
+
+def test_one_query_attention_equals_sdpa_with_gqa_and_padding():
+    """The compiled decode step's attention against the fused kernel eager decoding calls."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, h, n, 16, generator=g) for h, n in ((6, 1), (2, 9), (2, 9)))  # H = 6, K = 2
+    mask = torch.ones(3, 1, 1, 9, dtype=torch.bool)
+    mask[1, ..., :4] = False  # row 1: 4 positions of left padding
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    torch.testing.assert_close(one_query_attention(q, k, v, mask), expected, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.skipif(not os.environ.get("TEST_COMPILE"), reason="compiling takes ~30 s on a CPU; TEST_COMPILE=1 runs it")
