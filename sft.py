@@ -244,6 +244,8 @@ def train(cfg, d, out):
                        f"{cfg.sft_steps} steps of {cfg.sft_batch_size} rows of {seq_len} tokens, from {init}")
 
     model.train()
+    if cfg.compile:
+        model.compile()  # in place, as pretrain.py: parameter names (and so checkpoints) stay the same
     model = distributed.wrap(model, cfg.parallel, d, cfg.dtype)
     optimizer = training.make_adamw(model, cfg.sft_lr, cfg.sft_weight_decay, training.PAPER_BETAS, d.device)
     start, seconds = 0, 0.0

@@ -24,7 +24,7 @@ DEFAULTS = dict(
     seed=1337,
     device="auto",  # "auto" = cuda when available, else cpu
     dtype="auto",  # "auto" = bfloat16 autocast on cuda, float32 on cpu; or float32 / bfloat16
-    compile=False,  # torch.compile: pretrain.py and grpo.py their models, generation its decode step (other rounding than eager)
+    compile=False,  # torch.compile: the trained models (pretrain, sft, grpo) and generation's decode step (other rounding than eager)
     parallel="ddp",  # how a multi-process run shares the model: "ddp" or "fsdp" (FSDP2 fully_shard)
     dry_run=False,  # grpo.py: build the model on the meta device and print the per-GPU memory plan, no training
     # ---------------------------------------------------------------- model (Llama layout)

@@ -385,8 +385,13 @@ def test_a_compiled_run_trains_and_saves_a_checkpoint_that_loads(start, tmp_path
     """grpo.py --compile=true: every model compiled (dynamic shapes: each step's rollouts have
     another length) and the decode step too; the run logs finite metrics and saves a checkpoint
     that loads."""
+    from torch._dynamo.utils import counters
     os.symlink(start / "sft", tmp_path / "sft")
+    import model as model_module
+    monkeypatch.setattr(model_module, "_compiled_steps", {"cpu": False})  # decode eagerly: the models are what compiles
+    counters.clear()
     run_grpo(monkeypatch, run_args(tmp_path, 2, "--compile=true"))
+    assert counters["stats"]["unique_graphs"] > 0
     records, summary = read_run(tmp_path, "grpo_outcome")
     assert [r["step"] for r in records] == [1, 2] and all(math.isfinite(r["loss"]) for r in records)
     assert set(weights(tmp_path / "rl" / "grpo_outcome" / "ckpt")) == set(weights(start / "sft" / "ckpt"))

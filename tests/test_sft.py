@@ -193,6 +193,26 @@ def test_resume_is_bit_identical(base, straight, tmp_path, monkeypatch):
         assert torch.equal(a, b), k
 
 
+@pytest.mark.skipif(not os.environ.get("TEST_COMPILE"), reason="compiling takes ~1 min on a CPU; TEST_COMPILE=1 runs it")
+def test_a_compiled_run_learns_like_an_eager_one(base, straight, tmp_path, monkeypatch):
+    """sft.py --compile=true: the same steps, a falling loss close to the eager run's (compiled
+    kernels round differently), and a checkpoint with the same parameter names."""
+    from torch._dynamo.utils import counters
+    os.symlink(base / "pretrain", tmp_path / "pretrain")
+    import model as model_module
+    monkeypatch.setattr(model_module, "_compiled_steps", {"cpu": False})  # decode eagerly: the models are what compiles
+    counters.clear()
+    run_sft(monkeypatch, run_args(tmp_path, 6) + ["--compile=true"])
+    assert counters["stats"]["unique_graphs"] > 0
+    losses = {}
+    for out in (straight, tmp_path):
+        with open(out / "sft" / "metrics.jsonl") as f:
+            losses[out] = [json.loads(line)["loss"] for line in f]
+    assert losses[tmp_path][-1] < losses[tmp_path][0] - 0.5
+    assert losses[tmp_path] == pytest.approx(losses[straight], rel=1e-3)
+    assert list(sft_weights(tmp_path)) == list(sft_weights(straight))
+
+
 def test_missing_checkpoint_names_the_fix(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="run pretrain.py first or set --sft_init"):
         run_sft(monkeypatch, run_args(tmp_path, 2))
