@@ -37,8 +37,9 @@ What is the same on both sides (issue 17, item 2):
     It trades the update's time for its memory, so the two must match for either figure to mean
     anything.
 
---compile=true times ours as `grpo.py --compile=true` runs: the rollouts' decode step through
-torch.compile (model.generate(compile=True); the compilation falls in the warm-up step). TRL
+--compile=true times ours as `grpo.py --compile=true` runs: every model through torch.compile
+(dynamic shapes), and the rollouts' decode step (model.generate(compile=True)); the compilation
+falls in the warm-up step. TRL
 stays eager, as it is fastest here: with GRPOConfig(torch_compile=True) its policy is compiled
 for training and recompiled as the completions' lengths change, and its steps took 6-35 s
 against ~3.4 s eager (an Intel Xeon, 1 thread, torch 2.13).
@@ -89,7 +90,7 @@ def parse_args(argv=None):
     parser.add_argument("--activation_checkpointing", default="true", choices=("true", "false"),
                         help="recompute each block's activations in backward, on both sides (true: TRL's default)")
     parser.add_argument("--compile", default="false", choices=("true", "false"),
-                        help="ours as grpo.py --compile=true runs (the rollouts' decode step through "
+                        help="ours as grpo.py --compile=true runs (its models and the decode step through "
                         "torch.compile); TRL stays eager, its fastest here (see the module docstring)")
     parser.add_argument("--workdir", default="", help="where the model folder and results go (default: a temp dir)")
     parser.add_argument("--side", default="", choices=("", "ours", "trl"), help=argparse.SUPPRESS)

@@ -195,12 +195,13 @@ def test_resume_is_bit_identical(base, straight, tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not os.environ.get("TEST_COMPILE"), reason="compiling takes ~1 min on a CPU; TEST_COMPILE=1 runs it")
 def test_a_compiled_run_learns_like_an_eager_one(base, straight, tmp_path, monkeypatch):
-    """sft.py --compile=true: the same steps, a falling loss close to the eager run's (compiled
-    kernels round differently), and a checkpoint with the same parameter names."""
+    """sft.py --compile=true compiles the model (its held-out evaluation decodes eagerly here, so
+    that what compiles is the training): the same steps, a falling loss close to the eager run's
+    (compiled kernels round differently), and a checkpoint with the same parameter names."""
+    import model as model_module
     from torch._dynamo.utils import counters
     os.symlink(base / "pretrain", tmp_path / "pretrain")
-    import model as model_module
-    monkeypatch.setattr(model_module, "_compiled_steps", {"cpu": False})  # decode eagerly: the models are what compiles
+    monkeypatch.setattr(model_module, "_compiled_steps", {"cpu": False})
     counters.clear()
     run_sft(monkeypatch, run_args(tmp_path, 6) + ["--compile=true"])
     assert counters["stats"]["unique_graphs"] > 0
