@@ -468,9 +468,10 @@ def test_two_process_fsdp_run_of_a_7b_shaped_model_matches_one_process(tokenizer
         os.symlink(tmp_path / "sft", tmp_path / name / "sft")
     flags = ["--rl_compare=true", "--parallel=fsdp", "--rl_rollout_questions=1"]
     run_grpo(monkeypatch, run_args(tmp_path / "one", 2, *flags))
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    os.path.join(ROOT, "grpo.py"), *run_args(tmp_path / "two", 2, *flags)],
-                   check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          os.path.join(ROOT, "grpo.py"), *run_args(tmp_path / "two", 2, *flags)],
+                         cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
     for method in ("grpo_outcome", "ppo"):
         ckpt = tmp_path / "two" / "rl" / method / "ckpt"
         config = json.load(open(ckpt / "config.json"))

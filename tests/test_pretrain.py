@@ -165,7 +165,8 @@ def test_two_process_run_matches_one_process(corpus, tmp_path, parallel):
            f"--out_dir={tmp_path}", *TINY_MODEL, "--pretrain_steps=3", "--pretrain_tokens_per_step=256",
            "--pretrain_batch_size=2", "--pretrain_lr=3e-3", "--pretrain_warmup_steps=2",
            "--pretrain_eval_batches=2", f"--parallel={parallel}", "--device=cpu"]
-    subprocess.run(cmd, check=True, cwd=root, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
     for (k, a), (_, b) in zip(weights(tmp_path / "one").items(), weights(tmp_path).items()):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=k)
 

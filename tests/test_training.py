@@ -21,7 +21,8 @@ def run(args, nproc=1):
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                "--standalone", SCRIPT, *args]
-    subprocess.run(cmd, check=True, env=env, cwd=ROOT, capture_output=True)
+    result = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]  # a failed run shows why
 
 
 def weights(folder):
