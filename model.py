@@ -765,8 +765,9 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
     batch 1 and 1.2x at batch 128 (bench/bench_generate.py, an Intel Xeon, 1 thread). The
     classroom run decodes eagerly: one of its evaluations (evaluate.py, 5,000 answers at batch
     128) took 52 s compiled against 36 s eager, the compilation counted, and compiled kernels
-    round differently from the eager ones its committed results were made with. Where compiling fails, a warning says why and decoding
-    goes on eagerly, with the same results as compile=False."""
+    round differently from the eager ones its committed results were made with. Where
+    compiling fails, a warning says why and decoding goes on eagerly, with the same results as
+    compile=False."""
     args = model.args
     device = model.embed_tokens.weight.device
     eos = id_list(args.eos_id if eos_id is None else eos_id)
