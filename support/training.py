@@ -258,12 +258,18 @@ def exit_interrupted(step, checkpoint):
 
 
 def run_main(script, main, errors=(BadInput, Diverged)):
-    """A stage's entry point: an input error or a divergence ends it with one line naming the
-    script (exit status 1), a Ctrl-C outside the training loop with one line (status 130)."""
+    """A stage's entry point: an input error, a divergence or a failed torch.compile ends it
+    with one line naming the script (exit status 1), a Ctrl-C outside the training loop with one
+    line (status 130)."""
     try:
         main()
     except errors as e:
         sys.exit(f"{script}: {e}")
+    except torch._dynamo.exc.BackendCompilerFailed as e:  # --compile=true without a working C++ compiler...
+        inner = e.inner_exception
+        first_line = (str(inner).splitlines() or [""])[0]
+        sys.exit(f"{script}: torch.compile failed ({type(inner).__name__}: {first_line}); "
+                 "run without --compile=true")
     except KeyboardInterrupt:
         print(f"\n{script}: interrupted; what it saved before is kept, nothing half-written; run the "
               "same command to go on", file=sys.stderr)

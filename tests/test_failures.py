@@ -95,6 +95,17 @@ def test_entry_points_end_errors_and_ctrl_c_with_one_line(capsys):
     assert capsys.readouterr().err.strip().count("\n") == 0
 
 
+def test_a_failed_torch_compile_ends_in_one_line_naming_the_fix():
+    def broken_backend(graph, example_inputs):  # as inductor fails without a working C++ compiler
+        raise RuntimeError("no working C++ compiler\nthe details")
+
+    def stage():
+        torch.compile(lambda x: x * 2, backend=broken_backend)(torch.ones(2))
+    with pytest.raises(SystemExit, match=r"^stage.py: torch.compile failed \(RuntimeError: no working C\+\+ "
+                                         r"compiler\); run without --compile=true$"):
+        training.run_main("stage.py", stage)
+
+
 def one_line_failure(*args):
     run = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
