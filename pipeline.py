@@ -4,10 +4,10 @@ the plots, as in the paper's Tables 5-6 and Figures 5-7.
 
     bash run_classroom.sh                               # sets up .venv, then runs this on the classroom
     python pipeline.py configs/classroom.py             # the same, in an environment you made
-    python pipeline.py configs/classroom.py --seeds=3 --learned_rewards=true --results_file=results/classroom-amd.md
-                                                        # three RL seeds from one SFT checkpoint
-    python pipeline.py configs/classroom.py --chains=5 --seeds=3 --learned_rewards=true --results_file=results/classroom.md
-                                                        # the README's findings: five SFT checkpoints too
+    python pipeline.py configs/classroom.py --seeds=3 --learned_rewards=true   # three RL seeds from one SFT checkpoint
+    MKL_CBWR=AVX2 OMP_NUM_THREADS=1 python pipeline.py configs/classroom.py --chains=5 --seeds=3 \
+        --learned_rewards=true --results_file=results/classroom.md   # the README's findings: five SFT
+                                                        # checkpoints too, in the MKL mode they were made in
     python pipeline.py configs/classroom.py --out_dir=out/try2 --sft_steps=100   # overrides reach every stage
 
 Every stage is its own script, run here as a subprocess with the same config file and overrides,
@@ -15,8 +15,9 @@ exactly the command you would type (it is printed). A stage whose outputs are th
 newer than the outputs it was built from, and were made with the same settings (the config keys
 that shape them, recorded in its stage_config.json) is skipped; one that is stale runs again from
 the start, one that was interrupted resumes. Delete a stage's folder to run it again anyway.
-After pretraining, every stage and evaluation starts as soon as the ones it reads are done,
-pipeline_jobs at a time. The stages, with the paper's sections:
+Corpus, pretraining and SFT run one after the other, each on every core; then every stage and
+evaluation starts as soon as the ones it reads are done, pipeline_jobs at a time. The stages,
+with the paper's sections:
 
     corpus    corpus.py   2.1  fastText math-page selection, decontamination, BPE, token shards
     pretrain  pretrain.py 2.3  AdamW, multi-step LR, on the selected corpus
@@ -193,28 +194,53 @@ def settings_change(output, wanted):
     return "settings changed: " + ", ".join(changed) if changed else ""
 
 
-def same_numbers_env(cfg):
+# MKL's matrix-multiply code path for each choice of torch's kernels. ",STRICT" makes MKL's
+# sgemm give the same bits on any number of threads ("strict CNR mode", AVX2 and AVX-512 paths
+# only); torch's own CPU ops on these shapes already do (README "Same command, same numbers").
+MKL_PATH = {"default": "COMPATIBLE", "avx2": "AVX2,STRICT", "avx512": "AVX512,STRICT"}
+
+
+def same_numbers_env(cfg, alone=False):
     """What makes x86 machines agree: torch picks its CPU kernels (AVX2, AVX-512) and MKL its
-    matmul code path by the CPU, and both round differently; the thread count splits sums
-    differently. A 1M-parameter model trained for minutes amplifies those last bits into points
-    of accuracy (README "Same command, same numbers"). So every stage runs with the kernels of
-    cpu_kernels (torch: ATEN_CPU_CAPABILITY; MKL: its conditional numerical reproducibility mode,
-    MKL_CBWR) and cpu_threads threads, unless the environment already says otherwise."""
+    matmul code path by the CPU, and both round differently; outside MKL's strict mode the thread
+    count splits sums differently. A 1M-parameter model trained for minutes amplifies those last
+    bits into points of accuracy (README "Same command, same numbers"). So every stage runs with
+    the kernels of cpu_kernels (torch: ATEN_CPU_CAPABILITY; MKL: its conditional numerical
+    reproducibility mode, MKL_CBWR) and cpu_threads threads, unless the environment already says
+    otherwise. A stage that runs `alone` (corpus, pretraining, SFT: nothing else can run beside
+    them) gets every worker's threads when the strict mode makes that change no bit."""
     if not cfg.cpu_kernels or platform.machine().lower() not in ("x86_64", "amd64"):
         return {}
-    wanted = {"ATEN_CPU_CAPABILITY": cfg.cpu_kernels, "MKL_CBWR": cfg.cpu_kernels.upper(),
-              "OMP_NUM_THREADS": str(cfg.cpu_threads), "MKL_NUM_THREADS": str(cfg.cpu_threads)}
+    mkl = os.environ.get("MKL_CBWR", MKL_PATH[cfg.cpu_kernels])
+    threads = cfg.cpu_threads * (cfg.pipeline_jobs if alone and mkl.upper().endswith(",STRICT") else 1)
+    wanted = {"ATEN_CPU_CAPABILITY": cfg.cpu_kernels, "MKL_CBWR": mkl,
+              "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     return {key: os.environ.get(key, value) for key, value in wanted.items()}
 
 
-def run_command(name, command, argv, log=None):
+def stage_envs(cfg):
+    """The environments of the stages that run alone and of the others, for results' headers."""
+    return same_numbers_env(cfg, alone=True), same_numbers_env(cfg)
+
+
+def numerics(env):
+    """The part of a stage's environment that shapes its numbers (recorded with its settings):
+    the kernels, and the thread count unless MKL's strict mode makes it change no bit."""
+    env = {**os.environ, **env}
+    shaping = ["ATEN_CPU_CAPABILITY", "MKL_CBWR"]
+    if not env.get("MKL_CBWR", "").upper().endswith(",STRICT"):
+        shaping.append("OMP_NUM_THREADS")
+    return {key: env.get(key, "") for key in shaping}
+
+
+def run_command(name, command, argv, env, log=None):
     """Run one stage exactly as a user would (into `log`, a file, when stages run side by side);
     a failing stage ends the pipeline with its command. The stage's own overrides come last, so
     they win over the user's (sft_rm's --sft_steps over a --sft_steps meant for SFT)."""
     full = [sys.executable, command[0], *argv, *command[1:]]
     print(f"\n=== {name}: {' '.join(full[1:])}" + (f"  (output: {log})" if log else ""), flush=True)
     start = time.time()
-    env = {**os.environ, **same_numbers_env(config.load_config(argv))}
+    env = {**os.environ, **env}
     with open(log, "w") if log else contextlib.nullcontext() as out:
         status = subprocess.run(full, env=env, stdout=out, stderr=subprocess.STDOUT if log else None).returncode
     if status != 0:
@@ -227,11 +253,13 @@ def run_command(name, command, argv, log=None):
     return time.time() - start
 
 
-def run_step(name, command, output, checkpoint, inputs, argv, log=None):
+def run_step(name, command, output, checkpoint, inputs, argv, log=None, alone=False):
     """Run one stage or evaluation unless its output is there, loads, is newer than its inputs
-    and was made with these settings; returns its seconds (0 = skipped). A missing or broken
-    output is a run to resume; a stale one is run again from the start."""
-    wanted = settings(command, argv)
+    and was made with these settings (config keys and numerics); returns its seconds (0 =
+    skipped). A missing or broken output is a run to resume; a stale one is run again from the
+    start. `alone`: nothing runs beside it (same_numbers_env)."""
+    env = same_numbers_env(config.load_config(argv), alone)
+    wanted = {**settings(command, argv), **numerics(env)}
     start_over = []
     if loads(output, checkpoint):
         stale = newer_input(output, inputs)
@@ -241,7 +269,7 @@ def run_step(name, command, output, checkpoint, inputs, argv, log=None):
             return 0.0
         print(f"=== {name}: done before, but {why}; running it again from the start")
         start_over = START_OVER.get(command[0], [])
-    seconds = run_command(name, command, [*argv, *start_over], log)
+    seconds = run_command(name, command, [*argv, *start_over], env, log)
     write_json(record_path(output), wanted)
     return seconds
 
@@ -256,17 +284,17 @@ class Step:
     needs: list  # the steps whose outputs (summary.json) it reads: newer ones make it stale
 
 
-def run_step_of(cfg, step, argv, log=None):
+def run_step_of(cfg, step, argv, log=None, alone=False):
     """run_step for a Step: its inputs are the summaries of the steps it needs."""
     return run_step(step.name, step.command, step.output, step.checkpoint,
-                    [summary_path(cfg, need) for need in step.needs], argv, log)
+                    [summary_path(cfg, need) for need in step.needs], argv, log, alone)
 
 
 def run_when_ready(cfg, steps, argv):
     """Each step as soon as the steps it needs are done, up to cfg.pipeline_jobs at once (each a
     process of cpu_threads threads), the ready ones in list order; with more than one worker each
-    writes to logs/NAME.log. So a core never waits for a phase to end: the base model's
-    evaluation runs beside SFT, and a finished RL run is evaluated while the others still train.
+    writes to logs/NAME.log. So a core never waits for a phase to end: a finished RL run is
+    evaluated while the others still train.
     Which step runs beside which changes no result: each is its own process with its own seeds.
     Returns {name: seconds}; after a failure nothing more starts."""
     jobs = cfg.pipeline_jobs
@@ -305,9 +333,11 @@ def chains(cfg, argv):
 
 
 def run_stages(cfg, argv):
-    """Corpus and pretraining in order (nothing else can run before them); then SFT, the RL runs
-    and every evaluation, each as soon as what it reads is there. Returns {step name: seconds}
-    (0 = skipped), in table order."""
+    """Corpus, pretraining and SFT in order, each alone on every core: every later step reads
+    SFT's checkpoint or waits behind it (the base model's evaluation could run beside SFT, but SFT
+    on both cores ends sooner, and the evaluation joins the steps after it). Then the RL runs, the
+    reward models' SFT and every evaluation, each as soon as what it reads is there. Returns
+    {step name: seconds} (0 = skipped), in table order."""
     steps = [Step(stage.name, stage.command, summary_path(cfg, stage.name),
                   os.path.join(cfg.out_dir, stage.name, "ckpt") if stage.checkpoint else None,
                   stage.needs) for stage in stages(cfg)]
@@ -316,8 +346,8 @@ def run_stages(cfg, argv):
             command = ["evaluate.py", f"--eval_checkpoint={os.path.join(cfg.out_dir, stage, 'ckpt')}",
                        f"--eval_mode={mode}"]
             steps.append(Step(f"eval {os.path.basename(stage)}", command, eval_metrics_path(cfg, stage), None, [stage]))
-    seconds = {step.name: run_step_of(cfg, step, argv) for step in steps[:2]}
-    return {**seconds, **run_when_ready(cfg, steps[2:], argv)}
+    seconds = {step.name: run_step_of(cfg, step, argv, alone=True) for step in steps[:3]}
+    return {**seconds, **run_when_ready(cfg, steps[3:], argv)}
 
 
 # ---------------------------------------------------------------- the results
@@ -333,7 +363,7 @@ def results_markdown(cfg, chain_cfgs):
     task = task_name(cfg)
     out_dirs = [c.out_dir for c in chain_cfgs]
     rows = [report.load_row(out_dirs, task, label, key, folders) for label, key, folders, _ in evaluated(cfg)]
-    findings = report.findings(cfg, rows, task, cfg.seeds, same_numbers_env(cfg), out_dirs, [c.seed for c in chain_cfgs])
+    findings = report.findings(cfg, rows, task, cfg.seeds, stage_envs(cfg), out_dirs, [c.seed for c in chain_cfgs])
     corpus = read_json(summary_path(cfg, "corpus"))
     loop = report.markdown(["iteration", "collected", "new", "math domains", "recall", "precision"],
                            [[it["iteration"], it["collected"], it["new"], it["math_domains"], it.get("recall", "-"),
@@ -354,7 +384,7 @@ def timings_markdown(cfg, chain_cfgs, seconds, total):
     """timings.md: what this run took, stage by stage, and each RL method's cost per step."""
     rl = [(os.path.relpath(os.path.join(c.out_dir, folder), cfg.out_dir), read_json(summary_path(c, folder)))
           for c in chain_cfgs for _, _, seeds in rl_runs(c) for folder, _ in seeds]
-    header = report.machine_header(cfg, cfg.seeds, same_numbers_env(cfg), [c.seed for c in chain_cfgs])
+    header = report.machine_header(cfg, cfg.seeds, stage_envs(cfg), [c.seed for c in chain_cfgs])
     return f"""# Timings
 
 Wall time {total / 60:.1f} min. {header}

@@ -10,9 +10,11 @@ out_dir = "out/classroom"
 seed = 1337
 device = "cpu"
 
-# ---- pipeline.py: the same numbers on every x86 machine (README "Same command, same numbers"):
-# every stage runs torch's and MKL's AVX2 kernels on one thread, whatever this CPU's best, and the
-# stages after pretraining two at a time, one per core, each as soon as what it reads is there.
+# ---- pipeline.py: the same numbers on every Intel x86 machine (README "Same command, same numbers"):
+# every stage runs torch's and MKL's AVX2 kernels, whatever this CPU's best, with MKL in its strict
+# mode, so the thread count changes no bit. Corpus, pretraining and SFT run one after the other on
+# both cores; then the RL runs and evaluations two at a time, one core each, each as soon as what
+# it reads is there.
 cpu_kernels = "avx2"
 cpu_threads = 1
 pipeline_jobs = 2

@@ -176,8 +176,8 @@ DEFAULTS = dict(
     ppo_lambda=0.95,  # GAE lambda; ours (paper: not stated): the common 0.95, between TD (0) and Monte Carlo (1)
     # ---------------------------------------------------------------- pipeline.py
     cpu_kernels="",  # pipeline.py on x86: run every stage with these CPU kernels ("avx2"), the same on every machine; "" = torch's choice
-    cpu_threads=2,  # pipeline.py with cpu_kernels: threads of every stage (a sum split over other thread counts rounds differently)
-    pipeline_jobs=1,  # pipeline.py: stages after pretraining run this many at once, each when its inputs are done (logs in {out_dir}/logs)
+    cpu_threads=2,  # pipeline.py with cpu_kernels: threads of a stage; corpus, pretraining and SFT get pipeline_jobs x this under MKL's strict mode (avx2, avx512), where the count changes no bit
+    pipeline_jobs=1,  # pipeline.py: stages after SFT run this many at once, each when its inputs are done (logs in {out_dir}/logs)
     learned_rewards=True,  # pipeline.py: also GRPO on a learned ORM, PRM and iterated PRM (each trains its reward model)
     pipeline_rm_sft_steps=0,  # pipeline.py with learned_rewards: > 0 = the reward models start from a longer SFT run of this many steps ({out_dir}/sft_rm, rl_rm_init) than the policy's
     seeds=1,  # RL runs per method, from the same SFT checkpoint with rl_seed 2..N beside the first; the table pairs them

@@ -3,7 +3,7 @@ paper's claims as a checklist of verdicts (pipeline.py writes them; see README "
 
     python pipeline.py configs/classroom.py                 # one RL seed: out/classroom/results.md
     python pipeline.py configs/classroom.py --seeds=3 --results_file=out/seeds.md   # RL seeds from one SFT checkpoint
-    python pipeline.py configs/classroom.py --chains=5 --seeds=3 --results_file=results/classroom.md
+    python pipeline.py configs/classroom.py --chains=5 --seeds=3 --results_file=out/chains.md
                                                             # five SFT checkpoints, intervals over them
     python -m support.report results/classroom.md results/classroom-amd.md   # the claims, run by run, and whether
                                                                              # the other runs land where the first predicts
@@ -94,11 +94,16 @@ def cpu_name():
         return platform.processor() or platform.machine()
 
 
-def machine_header(cfg, seeds, pipeline_env, chain_seeds=()):
+def machine_header(cfg, seeds, stage_envs, chain_seeds=()):
+    """The line that says where and how the numbers were made. stage_envs: pipeline.py's
+    environment for the stages that run alone (corpus, pretraining, SFT) and for the others."""
     cpu = cpu_name()
-    env = {**os.environ, **pipeline_env}
+    alone, env = ({**os.environ, **stage_env} for stage_env in stage_envs)
     kernels = env.get("ATEN_CPU_CAPABILITY") or torch.backends.cpu.get_cpu_capability()
     threads = env.get("OMP_NUM_THREADS") or torch.get_num_threads()
+    if alone.get("OMP_NUM_THREADS", threads) != threads:
+        threads = (f"{alone['OMP_NUM_THREADS']} (corpus, pretraining, SFT, one at a time) and {threads} "
+                   f"(the others, {cfg.pipeline_jobs} at a time)")
     return (f"Machine: {cpu}, {os.cpu_count()} cores; torch {torch.__version__}; the stages ran with CPU kernels "
             f"{kernels.lower()} (this CPU's best: {torch.backends.cpu.get_cpu_capability().lower()}), "
             f"MKL_CBWR={env.get('MKL_CBWR', 'unset')}, threads per stage {threads}. RL seeds: {seeds}."
@@ -224,14 +229,14 @@ CHECKPOINTS = ("Each chain is a whole run of the recipe (corpus, pretraining, SF
                "when its whole 95% interval (over the chains) is on the claimed side.")
 
 
-def findings(cfg, rows, task, seeds, pipeline_env, out_dirs, chain_seeds):
+def findings(cfg, rows, task, seeds, stage_envs, out_dirs, chain_seeds):
     """The deterministic part of results.md: the tables and the checklist. out_dirs and
     chain_seeds: one per chain (the rows' records come in the same order)."""
     by_key = {row.key: row for row in rows}
     k, n_greedy = cfg.eval_k, rows[0].matrix("greedy").shape[2]
     intervals, paired = ONE_CHECKPOINT if len(out_dirs) == 1 else CHECKPOINTS
     parts = [
-        "# Findings", "", machine_header(cfg, seeds, pipeline_env, chain_seeds), "",
+        "# Findings", "", machine_header(cfg, seeds, stage_envs, chain_seeds), "",
         f"Held-out `{task}` problems: greedy accuracy on {n_greedy}; maj@{k} (majority vote) and pass@{k} "
         f"(any correct) over {k} samples at temperature {cfg.eval_temperature} on the first "
         f"{rows[0].matrix('maj').shape[2]}. {intervals}"

@@ -3,6 +3,7 @@
 import itertools
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -76,8 +77,10 @@ def test_a_stage_done_with_other_settings_is_named_and_run_again_from_the_start(
     assert changed == "settings changed: sft_lr 0.001 -> 0.01"
 
     ran = []
-    monkeypatch.setattr(pipeline, "run_command", lambda name, command, argv, log=None: ran.append(argv) or 1.0)
+    monkeypatch.setattr(pipeline, "run_command", lambda name, command, argv, env, log=None: ran.append(argv) or 1.0)
     monkeypatch.setattr(pipeline, "loads", lambda output, checkpoint: True)
+    numbers = pipeline.numerics(pipeline.same_numbers_env(config.load_config(argv)))  # as run_step records them
+    write_json(pipeline.record_path(str(out / "summary.json")), {**pipeline.settings(command, argv), **numbers})
     assert pipeline.run_step("sft", command, str(out / "summary.json"), None, [], argv) == 0.0  # same settings
     assert pipeline.run_step("sft", command, str(out / "summary.json"), None, [], [*argv, "--sft_lr=0.01"]) == 1.0
     assert ran[-1][-1] == "--sft_resume=false"  # a finished checkpoint is not resumed
@@ -85,13 +88,49 @@ def test_a_stage_done_with_other_settings_is_named_and_run_again_from_the_start(
     assert pipeline.settings_change(str(out / "summary.json"), pipeline.settings(command, [*argv, "--sft_lr=0.01"])) == ""
 
 
-def test_every_step_starts_when_what_it_reads_is_done_never_before(tmp_path, monkeypatch):
-    """run_stages with 2 workers and slow fake stages: the base model's evaluation runs beside SFT,
-    no step starts before the steps it needs have ended, never more than 2 at once, and the
-    timings come back in table order."""
-    events = []
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="CPU kernels are chosen on x86 only")
+def test_stages_that_run_alone_get_every_core_only_where_the_thread_count_changes_no_bit(monkeypatch):
+    """MKL's strict mode (avx2, avx512): corpus, pretraining and SFT get pipeline_jobs x
+    cpu_threads threads, and the thread count is not one of the numbers' settings. In a mode
+    without it (a user's MKL_CBWR=AVX2) every stage keeps cpu_threads, and the count is recorded."""
+    for key in ("MKL_CBWR", "OMP_NUM_THREADS", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(key, raising=False)
+    cfg = config.load_config(["configs/classroom.py", "--pipeline_jobs=2", "--cpu_threads=1"])
+    alone, beside = pipeline.same_numbers_env(cfg, alone=True), pipeline.same_numbers_env(cfg)
+    assert (alone["OMP_NUM_THREADS"], beside["OMP_NUM_THREADS"], alone["MKL_CBWR"]) == ("2", "1", "AVX2,STRICT")
+    assert pipeline.numerics(alone) == pipeline.numerics(beside) == {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT"}
+    monkeypatch.setenv("MKL_CBWR", "AVX2")
+    alone = pipeline.same_numbers_env(cfg, alone=True)
+    assert alone["OMP_NUM_THREADS"] == "1" and pipeline.numerics(alone)["OMP_NUM_THREADS"] == "1"
 
-    def fake_step(name, command, output, checkpoint, inputs, argv, log=None):
+
+def test_a_stage_made_with_other_kernels_is_run_again(tmp_path, monkeypatch, capsys):
+    """The kernels are part of a stage's settings: a checkpoint made under MKL_CBWR=AVX2 is not
+    taken for one made under the strict mode."""
+    out = tmp_path / "sft"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    argv = ["configs/classroom.py", f"--out_dir={tmp_path}"]
+    monkeypatch.setattr(pipeline, "run_command", lambda name, command, argv, env, log=None: 1.0)
+    monkeypatch.setattr(pipeline, "loads", lambda output, checkpoint: True)
+    monkeypatch.setattr(pipeline.platform, "machine", lambda: "x86_64")
+    monkeypatch.setenv("MKL_CBWR", "AVX2")
+    assert pipeline.run_step("sft", ["sft.py"], str(out / "summary.json"), None, [], argv) == 1.0
+    assert pipeline.run_step("sft", ["sft.py"], str(out / "summary.json"), None, [], argv) == 0.0
+    monkeypatch.delenv("MKL_CBWR")
+    assert pipeline.run_step("sft", ["sft.py"], str(out / "summary.json"), None, [], argv) == 1.0
+    assert "MKL_CBWR 'AVX2' -> 'AVX2,STRICT'" in capsys.readouterr().out
+
+
+def test_every_step_starts_when_what_it_reads_is_done_never_before(tmp_path, monkeypatch):
+    """run_stages with 2 workers and slow fake stages: corpus, pretraining and SFT run alone, one
+    after the other; then no step starts before the steps it needs have ended, never more than 2
+    at once, and the timings come back in table order."""
+    events, alone = [], []
+
+    def fake_step(name, command, output, checkpoint, inputs, argv, log=None, runs_alone=False):
+        if runs_alone:
+            alone.append(name)
         events.append(("start", name, time.monotonic()))
         time.sleep(0.3 if name == "sft" else 0.05)
         events.append(("end", name, time.monotonic()))
@@ -103,7 +142,8 @@ def test_every_step_starts_when_what_it_reads_is_done_never_before(tmp_path, mon
     at = {(kind, name): t for kind, name, t in events}
     steps = [stage.name for stage in pipeline.stages(cfg)]
     assert list(seconds) == steps + [f"eval {os.path.basename(f)}" for _, _, fs, _ in pipeline.evaluated(cfg) for f in fs]
-    assert at[("start", "eval pretrain")] < at[("end", "sft")]  # beside SFT, not after it
+    assert alone == ["corpus", "pretrain", "sft"]
+    assert min(t for (kind, name), t in at.items() if kind == "start" and name not in alone) >= at[("end", "sft")]
     for stage in pipeline.stages(cfg):
         for need in stage.needs:
             assert at[("end", need)] <= at[("start", stage.name)]
@@ -185,6 +225,33 @@ def test_the_same_command_writes_the_same_results_byte_for_byte(tiny, tmp_path):
     run = run_tiny(fresh)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert (fresh / "results.md").read_text() == (out / "results.md").read_text()
+
+
+def intel_x86():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "GenuineIntel" in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not intel_x86(), reason="MKL honours MKL_CBWR (its strict mode included) on Intel CPUs only")
+def test_pretraining_and_sft_on_two_threads_write_the_one_thread_checkpoints_bit_for_bit(tiny, tmp_path):
+    """Why pipeline.py may give the stages that run alone every core: under MKL's strict mode
+    pretrain.py and sft.py on 2 threads write the same bytes as the fixture's 1-thread run."""
+    out, _ = tiny
+    fresh = tmp_path / "two_threads"
+    for name in ("corpus", "tokenizer.tiktoken", "tokenizer.tiktoken.json"):
+        (shutil.copytree if (out / name).is_dir() else shutil.copy2)(out / name, fresh / name)
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "OMP_NUM_THREADS": "2",
+           "MKL_NUM_THREADS": "2"}
+    for script in ("pretrain.py", "sft.py"):
+        run = subprocess.run([sys.executable, script, "configs/classroom.py", f"--out_dir={fresh}", *TINY], cwd=ROOT,
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+    for stage in ("pretrain", "sft"):
+        two, one = (folder / stage / "ckpt" / "model.safetensors" for folder in (fresh, out))
+        assert two.read_bytes() == one.read_bytes(), stage
 
 
 def test_chains_run_the_whole_recipe_again_and_pool_its_checkpoints(tiny):
