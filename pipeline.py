@@ -200,6 +200,11 @@ def settings_change(output, wanted):
 MKL_PATH = {"default": "COMPATIBLE", "avx2": "AVX2,STRICT", "avx512": "AVX512,STRICT"}
 
 
+def strict_mkl(mode):
+    """Whether an MKL_CBWR value is a strict mode, where the thread count changes no bit."""
+    return mode.upper().endswith(",STRICT")
+
+
 def same_numbers_env(cfg, alone=False):
     """What makes x86 machines agree: torch picks its CPU kernels (AVX2, AVX-512) and MKL its
     matmul code path by the CPU, and both round differently; outside MKL's strict mode the thread
@@ -212,7 +217,7 @@ def same_numbers_env(cfg, alone=False):
     if not cfg.cpu_kernels or platform.machine().lower() not in ("x86_64", "amd64"):
         return {}
     mkl = os.environ.get("MKL_CBWR", MKL_PATH[cfg.cpu_kernels])
-    threads = cfg.cpu_threads * (cfg.pipeline_jobs if alone and mkl.upper().endswith(",STRICT") else 1)
+    threads = cfg.cpu_threads * (cfg.pipeline_jobs if alone and strict_mkl(mkl) else 1)
     wanted = {"ATEN_CPU_CAPABILITY": cfg.cpu_kernels, "MKL_CBWR": mkl,
               "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     return {key: os.environ.get(key, value) for key, value in wanted.items()}
@@ -228,7 +233,7 @@ def numerics(env):
     the kernels, and the thread count unless MKL's strict mode makes it change no bit."""
     env = {**os.environ, **env}
     shaping = ["ATEN_CPU_CAPABILITY", "MKL_CBWR"]
-    if not env.get("MKL_CBWR", "").upper().endswith(",STRICT"):
+    if not strict_mkl(env.get("MKL_CBWR", "")):
         shaping.append("OMP_NUM_THREADS")
     return {key: env.get(key, "") for key in shaping}
 

@@ -39,10 +39,10 @@ What is the same on both sides (issue 17, item 2):
 
 --compile=true times ours as `grpo.py --compile=true` runs: every model through torch.compile
 (dynamic shapes), and the rollouts' decode step (model.generate(compile=True)); the compilation
-falls in the warm-up step. TRL
-stays eager, as it is fastest here: with GRPOConfig(torch_compile=True) its policy is compiled
-for training and recompiled as the completions' lengths change, and its steps took 6-35 s
-against ~3.4 s eager (an Intel Xeon, 1 thread, torch 2.13).
+falls in the warm-up step. TRL stays eager, as it is fastest here: with
+GRPOConfig(torch_compile=True) its policy is compiled for training and recompiled as the
+completions' lengths change, and its steps took 6-35 s against ~3.4 s eager (an Intel Xeon,
+1 thread, torch 2.13).
 
 Each side runs in its own subprocess (so its peak RSS is its own), --rounds times, alternating
 ours / TRL so both see the same machine load; each round takes one warm-up step and --steps
