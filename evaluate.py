@@ -227,7 +227,13 @@ def majority_answer(answers, equal):
 # al., 2022) as `Problem:\n...\n\nSolution:\n...`, and classroom problems with solved problems
 # of the classroom TRAIN split (disjoint from the test split by construction). Tuned models get
 # the chat template with the format's instruction. A few-shot model goes on to invent the next
-# problem after its answer: generation stops at the next `Q:` / `Problem:`, and the text is cut.
+# problem after its answer, and the response is cut where that begins: in the `Q: / A:` prompts
+# at the first blank line, the prompt's own separator (no exemplar answer holds one); in MATH's,
+# whose solutions may hold blank lines, at the next `Problem:`. Not at the next `Q:` (lm-eval's
+# stop for GSM8K): the classroom's base model, raised on its corpus's pages, follows its answer
+# with "Example 3. ..." as often as with "Q:", and the grader, which reads a response's last
+# stated answer, then graded the invented problem's answer (19 of 1,000 greedy answers changed
+# when the default run's were cut at the blank line).
 
 GSM8K_EXEMPLARS = [
     ("There are 15 trees in the grove. Grove workers will plant trees in the grove today. After they are done, there will be 21 trees. How many trees did the grove workers plant today?",
@@ -261,7 +267,7 @@ MATH_EXEMPLARS = [
 
 SUFFIXES = {"cot": COT_SUFFIX, "pot": POT_SUFFIX, "tool": TOOL_SUFFIX}
 DEFAULT_SHOTS = {"gsm8k": 8, "math": 4, "classroom": 3}  # classroom: its model has 512 positions
-FEWSHOT_STOP = {"gsm8k": "Q:", "math": "Problem:", "classroom": "Q:"}  # where an invented next problem begins
+FEWSHOT_STOP = {"gsm8k": "\n\n", "math": "Problem:", "classroom": "\n\n"}  # where an invented next problem begins
 
 
 def task_style(task, problems):
@@ -347,6 +353,12 @@ def _tool_output(result):
     return lines[-1] if lines else f"the program ended with status {result.returncode}"
 
 
+def stop_sequences(tokenizer, text):
+    """Token-id sequences that end a row at `text`: its own ids, and each token whose bytes hold it."""
+    needle = text.encode()
+    return [tokenizer.encode(text)] + [[i] for piece, i in tokenizer.mergeable_ranks.items() if needle in piece]
+
+
 def respond(model, tokenizer, contexts, decoding, temperature, generator, progress):
     """One response per prompt: {"text", "truncated"}. Tool-integrated responses pause after a
     code block's "```output" line, run the block in the sandbox, read its output back and go on,
@@ -356,9 +368,11 @@ def respond(model, tokenizer, contexts, decoding, temperature, generator, progre
     if longest >= model.args.max_seq_len:
         raise BadInput(f"a prompt of {longest} tokens leaves no room in the model's {model.args.max_seq_len} "
                        "positions: use fewer few-shot examples (eval_shots) or eval_mode=chat")
-    # stop sequences as token ids: a few-shot model's next "Q:", and the marker after which a
-    # tool-integrated model waits for its program's output
-    stops = [tokenizer.encode(decoding.stop_text)] if decoding.stop_text else []
+    # stop sequences as token ids: where a few-shot model's next problem begins (its text's ids,
+    # and every single token holding that text, as ".\n\n" holds "\n\n"), and the marker after
+    # which a tool-integrated model waits for its program's output. They only end generation
+    # early: the text is cut at the stop text below, however its tokens fell.
+    stops = stop_sequences(tokenizer, decoding.stop_text) if decoding.stop_text else []
     if decoding.fmt == "tool":
         stops.append(tokenizer.encode(OUTPUT_MARKER))
     responses = [[] for _ in contexts]  # generated ids (and tool outputs) per context
@@ -389,7 +403,7 @@ def respond(model, tokenizer, contexts, decoding, temperature, generator, progre
             break
     texts = [tokenizer.decode(ids) for ids in responses]
     if decoding.stop_text:
-        texts = [text.split("\n" + decoding.stop_text)[0] for text in texts]  # drop the invented next problem
+        texts = [text.split(decoding.stop_text)[0] for text in texts]  # drop the invented next problem
     return [{"text": text.strip(), "truncated": cut} for text, cut in zip(texts, truncated)]
 
 

@@ -25,7 +25,8 @@ naming the field (`ModelArgs.from_hf`).
     model.save_pretrained("out/my-model")
 
 Generation (`generate`) runs batched prompts of different lengths (left-padded) through a
-preallocated KV cache, each decode step eager or, with compile=True, through torch.compile.
+preallocated KV cache, each decode step eager or, with compile=True, through torch.compile;
+rows that finish leave the batch, so a batch costs about the sum of its rows' lengths.
 `sequence_logprobs` recomputes log-probs of given completions in
 chunks, never holding a whole (B, T, V) float32 logits tensor (V is 102,400 for the 7B).
 
@@ -257,6 +258,12 @@ class KVCache:
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layer)]
         self.length = 0  # positions filled so far (the same for every row: prompts are left-padded)
+
+    def keep_rows(self, keep):
+        """Drop the rows of finished sequences, keep (B,) bool: a copy of the rows kept, so every
+        later step reads and computes only the rows still generating."""
+        self.k = [k[keep] for k in self.k]
+        self.v = [v[keep] for v in self.v]
 
     def update(self, layer, k, v):
         """Store this forward's keys/values (B, K, T, d); return those to attend over (B, K, S, d)."""
@@ -755,9 +762,11 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
 
     eos_id: one id or a list (any of them ends a row; Llama 3 instruct ends turns with <|eot_id|>
     but may end with <|end_of_text|>); None = the model's own (args.eos_id).
+    stop_sequences: token-id lists; a row also ends after any of them (kept in its output).
     Prompts are left-padded to the longest, so every row's next token sits at the same cache
     index; positions count only real tokens, so a row's result does not depend on its padding.
-    One prefill pass fills the KV cache; each decode step then costs one token per row.
+    One prefill pass fills the KV cache; each decode step then costs one token per row still
+    generating (finished rows leave the batch).
 
     compile=True runs the decode steps through torch.compile: the first call compiles (tens of
     seconds on a CPU; a batch of 1 compiles once more), later calls of any batch size and
@@ -771,7 +780,10 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
     args = model.args
     device = model.embed_tokens.weight.device
     eos = id_list(args.eos_id if eos_id is None else eos_id)
-    eos_ids = torch.tensor(eos, dtype=torch.long, device=device)  # (E,) any of them ends a row
+    # any of them ends a row: the EOS ids and each one-token stop sequence, checked in one isin
+    end_ids = torch.tensor(eos + [seq[0] for seq in stop_sequences if len(seq) == 1], dtype=torch.long,
+                           device=device)
+    stop_sequences = [seq for seq in stop_sequences if len(seq) > 1]
     B, P = len(prompts), max(len(p) for p in prompts)
     max_new_tokens = min(max_new_tokens, args.max_seq_len - P)  # the RoPE tables end at max_seq_len
     if max_new_tokens <= 0:
@@ -795,30 +807,47 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
     out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)  # (B, N)
     done = torch.zeros(B, dtype=torch.bool, device=device)  # (B,)
     lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)  # (B,) tokens kept per row
+    rows = torch.arange(B, device=device)  # (A,) the rows the model still runs, in the cache's order
     for t in range(max_new_tokens):
-        # A finished row still goes through every step (the batch stays rectangular), fed filler.
+        # Sampling draws from all B rows' logits (a finished row's are stale, its token is filler):
+        # the random stream each row gets then does not depend on which rows have finished.
         token = sample_next(logits, temperature, generator).masked_fill(done, pad_id)  # (B,)
         out[:, t] = token
-        stopped = ~done & torch.isin(token, eos_ids)  # (B,) rows that end at this token
+        stopped = ~done & torch.isin(token, end_ids)  # (B,) rows that end at this token
         for seq in stop_sequences:
             if t + 1 >= len(seq):
                 tail = out[:, t + 1 - len(seq):t + 1]  # (B, len(seq)), generated tokens only
                 stopped |= ~done & (tail == torch.tensor(seq, device=device)).all(-1)
         lengths = torch.where(stopped, t + 1, lengths)  # the EOS or stop sequence stays in the output
         done |= stopped
-        # one host sync per token; after the last token no forward is needed
-        if bool(done.all()) or t == max_new_tokens - 1:
+        n_done = int(done.sum())  # one host sync per token; after the last token no forward is needed
+        if n_done == B or t == max_new_tokens - 1:
             break
+        # A batch runs until its longest row ends. Once a quarter of the rows it runs have
+        # finished, they leave it (their cache rows are dropped): an evaluation batch whose
+        # answers end anywhere from 30 to 160 tokens then costs about the sum of its rows'
+        # lengths, not B times the longest. Each drop copies the cache once; waiting for a quarter
+        # bounds the copies to ~log(B) / log(4/3). The rows kept compute what they would have
+        # beside the others, to the bit where the matmuls round a row alike at any batch size
+        # (MKL_CBWR=...,STRICT, pipeline.py's default: the default run's 5,000 answers of each
+        # chat evaluation came out byte for byte as before); in MKL's other modes a row may round
+        # by its batch's size, as it does under padding (tests/test_model.py checks the tokens).
+        finished = n_done - (B - len(rows))  # rows in the batch that have finished
+        if finished and 4 * finished >= len(rows):
+            keep = ~done[rows]  # (A,)
+            rows, key_mask, next_pos = rows[keep], key_mask[keep], next_pos[keep]
+            cache.keep_rows(keep)
         # the next query sees every real prompt key and every generated key so far
         if step:
             try:
-                logits = step(model, token, next_pos, key_mask, cache)
+                row_logits = step(model, token[rows], next_pos, key_mask, cache)  # (A, V)
             except Exception as e:  # compilation failed (no C++ compiler, an op it cannot trace...)
                 _give_up_compiling(device, e)
                 step = None  # eager rewrites the same cache slot, with the same values
-                logits = _decode_step(model, token, next_pos, key_mask, cache)
+                row_logits = _decode_step(model, token[rows], next_pos, key_mask, cache)
         else:
-            logits = _decode_step(model, token, next_pos, key_mask, cache)
+            row_logits = _decode_step(model, token[rows], next_pos, key_mask, cache)
+        logits = row_logits if len(rows) == B else logits.index_put_((rows,), row_logits)  # (B, V)
         cache.length += 1
         next_pos = next_pos + 1
     n = int(lengths.max())  # drop the columns no row reached

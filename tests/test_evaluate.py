@@ -381,13 +381,25 @@ def test_program_of_thought_grades_what_the_program_prints(scripted):
     assert "KeyError" in result.records[1]["greedy"]["program_output"] and result.records[1]["greedy"]["answer"] is None
 
 
+def test_few_shot_stops_on_any_token_holding_a_blank_line():
+    """A BPE trained on few-shot text merges the blank line with what precedes it (".\n\n"):
+    that token must end a row too, or a row runs on to max_new_tokens."""
+    tokenizer = train_bpe(["Q: One?\nA: The answer is 1.\n\nQ: Two?\nA: 2.\n\n"] * 50, 270)
+    stops = evaluate.stop_sequences(tokenizer, "\n\n")
+    assert stops[0] == tokenizer.encode("\n\n")
+    assert all(len(seq) == 1 and "\n\n" in tokenizer.decode(seq) for seq in stops[1:])
+    merged = tokenizer.encode("The answer is 1.\n\nQ:")
+    assert "\n\n" in tokenizer.decode(merged[-3:-2]) and merged[-3:-2] in stops  # the ".\n\n" token
+
+
 def test_few_shot_responses_are_cut_and_samples_voted_by_equivalence(scripted):
     votes = itertools.cycle(["\\frac{1}{2}", "0.5", "3", "1/2", "3"])
 
     def script(context, temperature):
         assert context.count("\nA: ") == 2 and context.endswith("Q: Halve one.\nA:")
         answer = next(votes) if temperature > 0 else "0.5"
-        return f" Half of 1 is {answer}. The answer is {answer}.\n\nQ: Something made up?\nA: The answer is 9."
+        # the base model goes on with a problem of its own, not always after a "Q:"
+        return f" Half of 1 is {answer}. The answer is {answer}.\n\nExample 3. Something made up?\nThe answer is 9."
 
     result = scripted(script, [tasks.Problem("a", "Halve one.", "0.5")], eval_mode="fewshot", eval_shots=2, eval_k=5)
     record = result.records[0]

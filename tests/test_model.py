@@ -82,6 +82,35 @@ def test_batch_padding_does_not_change_a_row(model):
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
 
 
+def test_finished_rows_leave_the_batch_and_the_others_sample_as_before(model):
+    """Rows that stop early are dropped from the batch (the model runs fewer rows per step), and
+    the rows still going get the same random stream, so the same samples, as with none stopped."""
+    ps = [p for p in prompts() for _ in range(3)]  # 12 rows
+
+    def sample(eos_id):
+        rows_run = []  # rows the first block saw at each decode step
+        hook = model.layers[0].register_forward_pre_hook(lambda _, args: rows_run.append(args[0].shape[0]))
+        try:
+            out = generate(model, ps, max_new_tokens=24, temperature=1.0, eos_id=eos_id,
+                           generator=torch.Generator().manual_seed(5))
+        finally:
+            hook.remove()
+        return out, rows_run[1:]  # [0] is the prefill
+
+    free, free_rows = sample(-1)
+    assert set(free_rows) == {len(ps)}
+    # stop token: the 2nd token of the first 9 rows when it never occurs in the last three
+    last3 = set(free.tokens[9:].flatten().tolist())
+    stops = sorted({t for t in free.tokens[:9, 1].tolist() if t not in last3})
+    assert stops, "the fixture's samples left no token to stop on"
+    stopped, stopped_rows = sample(stops)
+    assert min(stopped_rows) < len(ps)  # the batch shrank once rows finished
+    for row in range(len(ps)):
+        n = int(stopped.mask[row].sum())
+        assert stopped.tokens[row, :n].tolist() == free.tokens[row, :n].tolist()
+    assert torch.equal(stopped.tokens[9:], free.tokens[9:, :stopped.tokens.shape[1]])  # never stopped: unchanged
+
+
 def test_stop_at_eos_and_truncation_flag(model):
     out = generate(model, prompts(), max_new_tokens=6, temperature=0, eos_id=-1)
     assert out.truncated.all() and out.mask.all() and out.tokens.shape == (4, 6)
@@ -123,6 +152,9 @@ def test_compiled_decoding_equals_eager_and_naive(model, monkeypatch):
         compiled = generate(model, batch, max_new_tokens=20, temperature=0, eos_id=-1, compile=True)
         assert torch.equal(compiled.tokens, eager.tokens[[ps.index(p) for p in batch]])
     assert compiled.tokens[0].tolist() == naive_greedy(model, ps[1], 20)  # the last batch: ps[1] alone
+    stops = eager.tokens[:2, 3].tolist()  # rows end at different steps: the compiled batch shrinks too
+    assert torch.equal(generate(model, ps, 20, temperature=0, eos_id=stops, compile=True).tokens,
+                       generate(model, ps, 20, temperature=0, eos_id=stops).tokens)
     assert model_module._compiled_steps["cpu"]  # nothing fell back
 
 
