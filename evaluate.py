@@ -232,8 +232,7 @@ def majority_answer(answers, equal):
 # whose solutions may hold blank lines, at the next `Problem:`. Not at the next `Q:` (lm-eval's
 # stop for GSM8K): the classroom's base model, raised on its corpus's pages, follows its answer
 # with "Example 3. ..." as often as with "Q:", and the grader, which reads a response's last
-# stated answer, then graded the invented problem's answer (19 of 1,000 greedy answers changed
-# when the default run's were cut at the blank line).
+# stated answer, then graded the invented problem's answer.
 
 GSM8K_EXEMPLARS = [
     ("There are 15 trees in the grove. Grove workers will plant trees in the grove today. After they are done, there will be 21 trees. How many trees did the grove workers plant today?",
