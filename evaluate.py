@@ -231,7 +231,7 @@ def majority_answer(answers, equal):
 # at the first blank line, the prompt's own separator (no exemplar answer holds one); in MATH's,
 # whose solutions may hold blank lines, at the next `Problem:`. Not at the next `Q:` (lm-eval's
 # stop for GSM8K): the classroom's base model, raised on its corpus's pages, follows its answer
-# with "Example 3. ..." as often as with "Q:", and the grader, which reads a response's last
+# with "Example 3. ..." far more often than with "Q:", and the grader, which reads a response's last
 # stated answer, then graded the invented problem's answer.
 
 GSM8K_EXEMPLARS = [
