@@ -783,7 +783,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
     # any of them ends a row: the EOS ids and each one-token stop sequence, checked in one isin
     end_ids = torch.tensor(eos + [seq[0] for seq in stop_sequences if len(seq) == 1], dtype=torch.long,
                            device=device)
-    stop_sequences = [seq for seq in stop_sequences if len(seq) > 1]
+    # longer ones are matched against each row's last tokens; as tensors once, not at every step
+    stop_sequences = [torch.tensor(seq, dtype=torch.long, device=device) for seq in stop_sequences if len(seq) > 1]
     B, P = len(prompts), max(len(p) for p in prompts)
     max_new_tokens = min(max_new_tokens, args.max_seq_len - P)  # the RoPE tables end at max_seq_len
     if max_new_tokens <= 0:
@@ -817,7 +818,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
         for seq in stop_sequences:
             if t + 1 >= len(seq):
                 tail = out[:, t + 1 - len(seq):t + 1]  # (B, len(seq)), generated tokens only
-                stopped |= ~done & (tail == torch.tensor(seq, device=device)).all(-1)
+                stopped |= ~done & (tail == seq).all(-1)
         lengths = torch.where(stopped, t + 1, lengths)  # the EOS or stop sequence stays in the output
         done |= stopped
         n_done = int(done.sum())  # one host sync per token; after the last token no forward is needed
