@@ -315,10 +315,11 @@ def one_query_attention(q, k, v, key_mask):
     softmax, which inductor turns into two fused loops. Against the fused SDPA kernel (built for
     many queries) it made the compiled step ~10% faster at batch 128, the classroom evaluation's
     shape (1.79x -> 1.98x transformers' generate), and 3-4% at batch 16 and 1, where attention
-    still takes ~40% of the step: the loop inductor writes recomputes q's rotary embedding for
-    every key it scores (TORCH_LOGS=output_code shows it). bench/bench_generate.py, an Intel
-    Xeon, 1 thread. Eager decoding keeps SDPA: the classroom's committed results were made with
-    its rounding."""
+    takes ~40% of the step (bench/bench_generate.py, an Intel Xeon, 1 thread). Each key's score
+    is a 32-number dot product, summed across one vector register: at batch 16 and 160 cached
+    keys the loop reads the keys at ~2/3 of a core's memory bandwidth (TORCH_LOGS=output_code
+    shows the loop). Eager decoding keeps SDPA: the classroom's committed results were made
+    with its rounding."""
     B, H, _, d = q.shape
     K = k.shape[1]
     q = q.reshape(B, K, H // K, d)  # the H/K query heads that share a kv head, as rows (GQA without a copy)
@@ -715,8 +716,8 @@ class Generation:
 
 def sample_next(logits, temperature, generator=None):
     """One token per row (B,) from softmax(logits / temperature); temperature 0 is greedy."""
-    if temperature == 0:
-        return logits.argmax(-1)
+    if temperature == 0:  # greedy: the first of equal maxima, as argmax picks, at half argmax's cost on a CPU
+        return logits.max(-1).indices
     probs = F.softmax(logits.float() / temperature, -1)  # (B, V)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # generator: the caller's seeded stream
 
@@ -742,8 +743,14 @@ def _compiled_decode_step(device):
         # model is dozens of kernel calls of microseconds each, and the Python between them cost
         # about a sixth of the step (bench/bench_generate.py); the compilation takes ~2x longer.
         # (Not on a GPU, where it is untested here.)
-        _compiled_steps[device.type] = torch.compile(_decode_step, dynamic=True,
-                                                      options={"cpp_wrapper": device.type == "cpu"})
+        # realize_opcount_threshold: inductor computes an intermediate inside each loop that reads
+        # it unless its formula has more than this many ops (default 30). The query's rotary
+        # embedding has fewer, so the attention loop recomputed it for every cached key it scored;
+        # at 4 it is computed once per step: 5% faster at batch 16, 9% at 128, 2% at 1
+        # (bench/bench_generate.py's shapes, an Intel Xeon, 1 thread).
+        on_cpu = device.type == "cpu"
+        _compiled_steps[device.type] = torch.compile(_decode_step, dynamic=True, options={
+            "cpp_wrapper": on_cpu, **({"realize_opcount_threshold": 4} if on_cpu else {})})
     return _compiled_steps[device.type] or None  # False (failed before) -> None: decode eagerly
 
 
