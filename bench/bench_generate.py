@@ -12,7 +12,10 @@ full recomputation, and, on a GPU, the 7B's decode throughput against the memory
    rounds, the ratio of the medians with the min-max of the per-round ratios, and whether the
    greedy tokens of the two agree; then the floor: the seconds our eager decoding spends in the
    matmuls and the attention, kernels transformers runs on the same shapes, and so the most our
-   speed-up could be if every other op were free. The CPU model, thread count, torch version and
+   speed-up could be if every other op were free; and, compiled, where a decode step's time goes:
+   the step alone with the run's mean number of cached keys and with one, the time one core
+   needs to read those keys and values, and generate()'s own time around the step, against the
+   time per token that 3x transformers would allow. The CPU model, thread count, torch version and
    the 1-minute load average (before and after) are printed beside them: on a shared machine a
    load above the core count makes every figure noise.
 2. The same model, once: the KV cache against naive recomputation (the whole sequence re-run for
@@ -43,7 +46,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from model import ModelArgs, Transformer, generate  # noqa: E402
+from model import KVCache, ModelArgs, Transformer, _compiled_decode_step, generate  # noqa: E402
 from support import config, report  # noqa: E402
 from bench_grpo_vs_trl import top_ops  # noqa: E402  the same kernel accounting as the GRPO bench
 
@@ -153,8 +156,49 @@ def ours_vs_transformers(model, hf, batch_size, new_tokens, prompt_len, rounds, 
     floor, wall = kernel_floor(contestants["ours"])
     print(f"  floor: matmuls and attention take {floor:.2f} s of our eager {wall:.2f} s (profiled); with every "
           f"other op free ours would be at most {statistics.median(seconds['transformers']) / floor:.2f}x transformers")
+    if use_compile and batch_size > 1:  # one row's keys and values fit in the L2 cache: nothing to see
+        compiled_step_budget(model, batch_size, prompt_len, new_tokens,
+                             statistics.median(seconds["ours compiled"]) / new_tokens,
+                             statistics.median(seconds["transformers"]) / new_tokens)
     return {name: statistics.median(seconds["transformers"]) / statistics.median(s)
             for name, s in seconds.items() if name != "transformers"}
+
+
+def read_bandwidth(n_bytes, repeats=50):
+    """Bytes per second one thread reads from a float32 tensor of n_bytes (summing it)."""
+    x = torch.ones(n_bytes // 4)
+    x.sum()
+    return n_bytes * repeats / timed(lambda: [x.sum() for _ in range(repeats)], torch.device("cpu"))[1]
+
+
+@torch.no_grad()
+def compiled_step_budget(model, batch_size, prompt_len, new_tokens, ours_per_token, theirs_per_token, calls=200):
+    """Where a compiled decode step's time goes: the step alone (its call into the compiled graph
+    included) at the run's mean cache length and at 1 cached key, whose difference is what the
+    attention's reading of the cache costs, against the time one core needs to read those keys
+    and values; the rest of generate()'s time per token is its loop (sampling, stop checks) and
+    the prefill."""
+    args = model.args
+    step = _compiled_decode_step(torch.device("cpu"))
+    mean_keys = prompt_len + new_tokens // 2
+    cache = KVCache(args, batch_size, prompt_len + new_tokens, "cpu", torch.float32)
+    key_mask = torch.ones(batch_size, prompt_len + new_tokens, dtype=torch.bool)
+    token = torch.zeros(batch_size, dtype=torch.long)
+    ms = {}
+    for keys in (mean_keys, 1):
+        cache.length = keys - 1  # the step writes its own key at `length` and attends over length + 1
+        position = torch.full((batch_size,), keys - 1)
+        step(model, token, position, key_mask, cache)
+        ms[keys] = timed(lambda: [step(model, token, position, key_mask, cache) for _ in range(calls)],
+                         torch.device("cpu"))[1] / calls * 1e3
+    kv_bytes = batch_size * mean_keys * args.n_layer * 2 * args.n_kv_head * args.head_dim * 4  # fp32
+    gb_s = read_bandwidth(kv_bytes) / 1e9
+    print(f"  compiled step at batch {batch_size}: {ms[mean_keys]:.2f} ms at {mean_keys} cached keys (the run's "
+          f"mean), {ms[1]:.2f} ms at 1; the attention's reading of the cache costs the difference, "
+          f"{ms[mean_keys] - ms[1]:.2f} ms, for {kv_bytes / 2**20:.1f} MB of keys and values that one core "
+          f"reads in {kv_bytes / gb_s / 1e6:.2f} ms ({gb_s:.0f} GB/s); generate() around the step "
+          f"{ours_per_token * 1e3 - ms[mean_keys]:.2f} ms a token; 3x transformers would be "
+          f"{theirs_per_token / 3 * 1e3:.2f} ms a token, ours is {ours_per_token * 1e3:.2f}")
 
 
 def cache_vs_naive(model, batch_size, new_tokens, prompt_len):

@@ -81,3 +81,18 @@ def test_generation_bench_runs_at_a_tiny_size_with_identical_tokens_and_a_floor(
     assert "greedy tokens identical" in result.stdout
     floor = [line for line in result.stdout.splitlines() if "floor:" in line]
     assert len(floor) == 1 and float(floor[0].split("at most ")[1].split("x")[0]) >= 1.0, floor
+
+
+@pytest.mark.skipif(not os.environ.get("TEST_COMPILE"), reason="compiling takes ~1 min on a CPU; TEST_COMPILE=1 runs it")
+def test_generation_bench_accounts_for_a_compiled_token():
+    """Compiled, the bench splits a token's time: the decode step alone (at the run's mean cache
+    length) is part of what generate() takes per token, so it must come out smaller."""
+    pytest.importorskip("transformers")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench_generate.py"), "--cases=4x8",
+                             "--rounds=1", "--naive=false", "--compile=true"], cwd=ROOT, env=ENV,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(line for line in result.stdout.splitlines() if "compiled step at batch 4:" in line)
+    step_ms = float(line.split(": ")[1].split(" ms")[0])
+    per_token_ms = float(line.split("ours is ")[1])
+    assert 0 < step_ms < per_token_ms, line
