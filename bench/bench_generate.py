@@ -13,8 +13,8 @@ full recomputation, and, on a GPU, the 7B's decode throughput against the memory
    greedy tokens of the two agree; then the floor: the seconds our eager decoding spends in the
    matmuls and the attention, kernels transformers runs on the same shapes, and so the most our
    speed-up could be if every other op were free; and, compiled, where a decode step's time goes:
-   the step alone with the run's mean number of cached keys and with one, the time one core
-   needs to read those keys and values, and generate()'s own time around the step, against the
+   the step alone with the run's mean number of cached keys and with one, the time the threads
+   need to read those keys and values, and generate()'s own time around the step, against the
    time per token that 3x transformers would allow. The CPU model, thread count, torch version and
    the 1-minute load average (before and after) are printed beside them: on a shared machine a
    load above the core count makes every figure noise.
@@ -165,7 +165,7 @@ def ours_vs_transformers(model, hf, batch_size, new_tokens, prompt_len, rounds, 
 
 
 def read_bandwidth(n_bytes, repeats=50):
-    """Bytes per second one thread reads from a float32 tensor of n_bytes (summing it)."""
+    """Bytes per second torch's threads read from a float32 tensor of n_bytes (summing it)."""
     x = torch.ones(n_bytes // 4)
     x.sum()
     return n_bytes * repeats / timed(lambda: [x.sum() for _ in range(repeats)], torch.device("cpu"))[1]
@@ -175,8 +175,8 @@ def read_bandwidth(n_bytes, repeats=50):
 def compiled_step_budget(model, batch_size, prompt_len, new_tokens, ours_per_token, theirs_per_token, calls=200):
     """Where a compiled decode step's time goes: the step alone (its call into the compiled graph
     included) at the run's mean cache length and at 1 cached key, whose difference is what the
-    attention's reading of the cache costs, against the time one core needs to read those keys
-    and values; the rest of generate()'s time per token is its loop (sampling, stop checks) and
+    attention's reading of the cache costs, against the time torch's threads need to read those
+    keys and values; the rest of generate()'s time per token is its loop (sampling, stop checks) and
     the prefill."""
     args = model.args
     step = _compiled_decode_step(torch.device("cpu"))
@@ -195,8 +195,9 @@ def compiled_step_budget(model, batch_size, prompt_len, new_tokens, ours_per_tok
     gb_s = read_bandwidth(kv_bytes) / 1e9
     print(f"  compiled step at batch {batch_size}: {ms[mean_keys]:.2f} ms at {mean_keys} cached keys (the run's "
           f"mean), {ms[1]:.2f} ms at 1; the attention's reading of the cache costs the difference, "
-          f"{ms[mean_keys] - ms[1]:.2f} ms, for {kv_bytes / 2**20:.1f} MB of keys and values that one core "
-          f"reads in {kv_bytes / gb_s / 1e6:.2f} ms ({gb_s:.0f} GB/s); generate() around the step "
+          f"{ms[mean_keys] - ms[1]:.2f} ms, for {kv_bytes / 2**20:.1f} MB of keys and values that "
+          f"{torch.get_num_threads()} thread(s) read in {kv_bytes / gb_s / 1e6:.2f} ms ({gb_s:.0f} GB/s); "
+          f"generate() around the step "
           f"{ours_per_token * 1e3 - ms[mean_keys]:.2f} ms a token; 3x transformers would be "
           f"{theirs_per_token / 3 * 1e3:.2f} ms a token, ours is {ours_per_token * 1e3:.2f}")
 
