@@ -316,10 +316,10 @@ def one_query_attention(q, k, v, key_mask):
     many queries) it made the compiled step ~10% faster at batch 128, the classroom evaluation's
     shape (1.79x -> 1.98x transformers' generate), and 3-4% at batch 16 and 1, where attention
     takes ~40% of the step (bench/bench_generate.py, an Intel Xeon, 1 thread). Each key's score
-    is a 32-number dot product, summed across one vector register: at batch 16 and 160 cached
-    keys the loop reads the keys at ~2/3 of a core's memory bandwidth (TORCH_LOGS=output_code
-    shows the loop). Eager decoding keeps SDPA: the classroom's committed results were made
-    with its rounding."""
+    is a 32-number dot product, two vector multiplies and a sum across the lanes
+    (TORCH_LOGS=output_code shows the loop); at batch 16 and 160 cached keys the step spends
+    0.47 ms on its keys and values, which one core can read in 0.39 ms (the bench prints both).
+    Eager decoding keeps SDPA: the classroom's committed results were made with its rounding."""
     B, H, _, d = q.shape
     K = k.shape[1]
     q = q.reshape(B, K, H // K, d)  # the H/K query heads that share a kv head, as rows (GQA without a copy)
