@@ -21,7 +21,7 @@ pipeline_jobs = 2
 # The default run keeps to the rule-based rewards (RFT, online RFT, PPO, GRPO outcome and
 # process): the three learned-reward runs, their evaluations and their reward models' own SFT
 # run add ~21 minutes of one core's work, ~10 on two (the seeds study's timings.md). The
-# findings' study turns them on: python pipeline.py configs/classroom.py --chains=7 --seeds=3 --learned_rewards=true ...
+# findings' study turns them on: python pipeline.py configs/classroom.py --chains=9 --seeds=3 --learned_rewards=true ...
 learned_rewards = False
 
 # ---- model: 4 layers x 128 wide, 4 heads of 32 (the 7B: 30 x 4096, 32 heads of 128)
