@@ -6,7 +6,7 @@ the plots, as in the paper's Tables 5-6 and Figures 5-7.
     python pipeline.py configs/classroom.py             # the same, in an environment you made
     python pipeline.py configs/classroom.py --seeds=3 --learned_rewards=true   # three RL seeds from one SFT checkpoint
     MKL_CBWR=AVX2 OMP_NUM_THREADS=1 python pipeline.py configs/classroom.py --chains=9 --seeds=3 \
-        --learned_rewards=true --results_file=results/classroom.md   # the README's findings: seven SFT
+        --learned_rewards=true --results_file=results/classroom.md   # the README's findings: nine SFT
                                                         # checkpoints too, in the MKL mode they were made in
     python pipeline.py configs/classroom.py --out_dir=out/try2 --sft_steps=100   # overrides reach every stage
 

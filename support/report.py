@@ -4,7 +4,7 @@ paper's claims as a checklist of verdicts (pipeline.py writes them; see README "
     python pipeline.py configs/classroom.py                 # one RL seed: out/classroom/results.md
     python pipeline.py configs/classroom.py --seeds=3 --results_file=out/seeds.md   # RL seeds from one SFT checkpoint
     python pipeline.py configs/classroom.py --chains=9 --seeds=3 --results_file=out/chains.md
-                                                            # seven SFT checkpoints, intervals over them
+                                                            # nine SFT checkpoints, intervals over them
     python -m support.report results/classroom.md results/classroom-amd.md   # the claims, run by run, and whether
                                                                              # the other runs land where the first predicts
 
