@@ -748,9 +748,9 @@ def _compiled_decode_step(device):
         # embedding has fewer, so the attention loop recomputed it for every cached key it scored;
         # at 4 it is computed once per step: 5% faster at batch 16, 9% at 128, 2% at 1
         # (bench/bench_generate.py's shapes, an Intel Xeon, 1 thread).
-        on_cpu = device.type == "cpu"
-        _compiled_steps[device.type] = torch.compile(_decode_step, dynamic=True, options={
-            "cpp_wrapper": on_cpu, **({"realize_opcount_threshold": 4} if on_cpu else {})})
+        cpu_options = {"cpp_wrapper": True, "realize_opcount_threshold": 4}
+        _compiled_steps[device.type] = torch.compile(_decode_step, dynamic=True,
+                                                      options=cpu_options if device.type == "cpu" else {})
     return _compiled_steps[device.type] or None  # False (failed before) -> None: decode eagerly
 
 
