@@ -46,7 +46,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from model import KVCache, ModelArgs, Transformer, _compiled_decode_step, generate  # noqa: E402
+from model import (KVCache, ModelArgs, Transformer, _compiled_decode_step, column_major_linear_weights,  # noqa: E402
+                   generate)
 from support import config, report  # noqa: E402
 from bench_grpo_vs_trl import top_ops  # noqa: E402  the same kernel accounting as the GRPO bench
 
@@ -185,12 +186,13 @@ def compiled_step_budget(model, batch_size, prompt_len, new_tokens, ours_per_tok
     key_mask = torch.ones(batch_size, prompt_len + new_tokens, dtype=torch.bool)
     token = torch.zeros(batch_size, dtype=torch.long)
     ms = {}
-    for keys in (mean_keys, 1):
-        cache.length = keys - 1  # the step writes its own key at `length` and attends over length + 1
-        position = torch.full((batch_size,), keys - 1)
-        step(model, token, position, key_mask, cache)
-        ms[keys] = timed(lambda: [step(model, token, position, key_mask, cache) for _ in range(calls)],
-                         torch.device("cpu"))[1] / calls * 1e3
+    with column_major_linear_weights(model):  # as generate(compile=True) runs it on a CPU
+        for keys in (mean_keys, 1):
+            cache.length = keys - 1  # the step writes its own key at `length` and attends over length + 1
+            position = torch.full((batch_size,), keys - 1)
+            step(model, token, position, key_mask, cache)
+            ms[keys] = timed(lambda: [step(model, token, position, key_mask, cache) for _ in range(calls)],
+                             torch.device("cpu"))[1] / calls * 1e3
     kv_bytes = batch_size * mean_keys * args.n_layer * 2 * args.n_kv_head * args.head_dim * 4  # fp32
     gb_s = read_bandwidth(kv_bytes) / 1e9
     print(f"  compiled step at batch {batch_size}: {ms[mean_keys]:.2f} ms at {mean_keys} cached keys (the run's "

@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from model import ModelArgs, Transformer, generate, one_query_attention, padding_positions_and_mask, sequence_logprobs
+from model import (ModelArgs, Transformer, column_major_linear_weights, generate, one_query_attention,
+                   padding_positions_and_mask, sequence_logprobs)
 
 ARGS = ModelArgs(vocab_size=97, dim=64, n_layer=2, n_head=4, n_kv_head=2, intermediate_size=96,
                  max_seq_len=128, bos_id=1, eos_id=2)
@@ -130,6 +131,25 @@ def test_compile_falls_back_to_eager_with_a_warning(model, monkeypatch):
         fallback = generate(model, prompts(), max_new_tokens=10, temperature=0, eos_id=-1, compile=True)
     assert torch.equal(fallback.tokens, eager.tokens) and model_module._compiled_steps["cpu"] is False
     assert torch.equal(generate(model, prompts(), 10, temperature=0, eos_id=-1, compile=True).tokens, eager.tokens)
+
+
+def test_column_major_weights_hold_the_same_numbers_and_are_given_back_row_major(model):
+    """generate(compile=True) decodes on a CPU with the linear weights stored column by column:
+    every number as it was, the model's outputs the same up to rounding, and on leaving, even
+    through an exception, each weight row-major again and equal to the bit."""
+    tied = Transformer(ModelArgs(**{**ARGS.__dict__, "tie_embeddings": True}))
+    for m in (model, tied):
+        before = {name: w.detach().clone() for name, w in m.named_parameters()}
+        tokens = torch.tensor([prompts()[1]])
+        expected = m(tokens)
+        with pytest.raises(KeyboardInterrupt), column_major_linear_weights(m):
+            for name, w in m.named_parameters():
+                relaid = w.dim() == 2 and w is not m.embed_tokens.weight
+                assert w.stride() == ((1, w.shape[0]) if relaid else w.contiguous().stride()), name
+                assert torch.equal(w, before[name]), name
+            torch.testing.assert_close(m(tokens), expected, atol=1e-5, rtol=1e-5)
+            raise KeyboardInterrupt  # a Ctrl-C in the middle of decoding
+        assert all(w.is_contiguous() and torch.equal(w, before[name]) for name, w in m.named_parameters())
 
 
 def test_one_query_attention_equals_sdpa_with_gqa_and_padding():
