@@ -315,10 +315,12 @@ def one_query_attention(q, k, v, key_mask):
     softmax, which inductor turns into two fused loops. Against the fused SDPA kernel (built for
     many queries) it made the compiled step ~10% faster at batch 128, the classroom evaluation's
     shape (1.79x -> 1.98x transformers' generate), and 3-4% at batch 16 and 1, where attention
-    takes ~40% of the step (bench/bench_generate.py, an Intel Xeon, 1 thread). Each key's score
+    takes ~45% of the step (bench/bench_generate.py, an Intel Xeon, 1 thread). Each key's score
     is a 32-number dot product, two vector multiplies and a sum across the lanes
     (TORCH_LOGS=output_code shows the loop); at batch 16 and 160 cached keys the step spends
-    0.47 ms on its keys and values, which one core can read in 0.39 ms (the bench prints both).
+    0.51 ms on its keys and values, which one core can read in 0.38 ms (the bench prints both):
+    the loops are bound by that reading, and normalizing by a reciprocal instead of softmax's
+    division changed nothing measurable.
     Eager decoding keeps SDPA: the classroom's committed results were made with its rounding."""
     B, H, _, d = q.shape
     K = k.shape[1]
@@ -722,10 +724,13 @@ def sample_next(logits, temperature, generator=None):
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # generator: the caller's seeded stream
 
 
-def _decode_step(model, token, position, key_mask, cache):
-    """Logits (B, V) after one more token per row (B,), at RoPE positions (B,), attending over
-    every real key so far (key_mask (B, S_max), True = a real token, not left padding)."""
+def _decode_step(model, token, left_pad, key_mask, cache):
+    """Logits (B, V) after one more token per row (B,), written at cache index cache.length,
+    attending over every real key so far (key_mask (B, S_max), True = a real token, not left
+    padding). A row's RoPE position counts its real tokens only: the cache index less the row's
+    left padding (B,), so a prompt's positions do not depend on the longer prompts beside it."""
     mask = key_mask[:, None, None, :cache.length + 1]  # (B, 1, 1, S)
+    position = cache.length - left_pad  # (B,); computed inside the compiled step, not as one more eager op a token
     return model(token[:, None], position[:, None], mask, cache, last_only=True)
 
 
@@ -836,7 +841,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
     if not torch.isfinite(logits).all():  # checked once per call: a per-step check would sync the GPU each token
         raise FloatingPointError("the model's logits hold NaN/inf: its weights have diverged")
     cache.length = P  # the model writes into the cache; advancing it is ours
-    next_pos = positions[:, -1] + 1  # (B,) each row's next RoPE position: its own prompt length
+    left_pad = P - (positions[:, -1] + 1)  # (B,) P less each row's prompt length
 
     out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)  # (B, N)
     done = torch.zeros(B, dtype=torch.bool, device=device)  # (B,)
@@ -859,7 +864,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
                 if t + 1 >= len(seq):
                     stopped |= (out[:, t + 1 - len(seq):t + 1] == seq).all(-1)  # generated tokens only
             if n_done:
-                stopped &= ~done  # a finished row's filler is the EOS: it does not end the row again
+                stopped &= ~done  # a finished row's filler (the model's EOS) does not end it again
             n_stopped = int(stopped.sum())  # one host sync per token; after the last token no forward is needed
             if n_stopped:
                 lengths = torch.where(stopped, t + 1, lengths)  # the EOS or stop sequence stays in the output
@@ -879,24 +884,23 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
             finished = n_done - (B - len(rows))  # rows in the batch that have finished
             if finished and 4 * finished >= len(rows):
                 keep = ~done[rows]  # (A,)
-                rows, key_mask, next_pos = rows[keep], key_mask[keep], next_pos[keep]
+                rows, key_mask, left_pad = rows[keep], key_mask[keep], left_pad[keep]
                 cache.keep_rows(keep)
             # the next query sees every real prompt key and every generated key so far
             if len(rows) < B:
                 token = token[rows]  # (A,)
             if step:
                 try:
-                    row_logits = step(model, token, next_pos, key_mask, cache)  # (A, V)
+                    row_logits = step(model, token, left_pad, key_mask, cache)  # (A, V)
                 except Exception as e:  # compilation failed (no C++ compiler, an op it cannot trace...)
                     _give_up_compiling(device, e)
                     step = None  # eager rewrites the same cache slot, with the same values
                     layout.close()  # and reads the weights in their own layout, as compile=False does
-                    row_logits = _decode_step(model, token, next_pos, key_mask, cache)
+                    row_logits = _decode_step(model, token, left_pad, key_mask, cache)
             else:
-                row_logits = _decode_step(model, token, next_pos, key_mask, cache)
+                row_logits = _decode_step(model, token, left_pad, key_mask, cache)
             logits = row_logits if len(rows) == B else logits.index_put_((rows,), row_logits)  # (B, V)
             cache.length += 1
-            next_pos = next_pos + 1
     n = int(lengths.max())  # drop the columns no row reached
     mask = torch.arange(n, device=device)[None, :] < lengths[:, None]  # (B, n)
     return Generation(out[:, :n], mask, ~done)

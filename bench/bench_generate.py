@@ -185,13 +185,13 @@ def compiled_step_budget(model, batch_size, prompt_len, new_tokens, ours_per_tok
     cache = KVCache(args, batch_size, prompt_len + new_tokens, "cpu", torch.float32)
     key_mask = torch.ones(batch_size, prompt_len + new_tokens, dtype=torch.bool)
     token = torch.zeros(batch_size, dtype=torch.long)
+    no_padding = torch.zeros(batch_size, dtype=torch.long)  # every row's left padding
     ms = {}
     with column_major_linear_weights(model):  # as generate(compile=True) runs it on a CPU
         for keys in (mean_keys, 1):
             cache.length = keys - 1  # the step writes its own key at `length` and attends over length + 1
-            position = torch.full((batch_size,), keys - 1)
-            step(model, token, position, key_mask, cache)
-            ms[keys] = timed(lambda: [step(model, token, position, key_mask, cache) for _ in range(calls)],
+            step(model, token, no_padding, key_mask, cache)
+            ms[keys] = timed(lambda: [step(model, token, no_padding, key_mask, cache) for _ in range(calls)],
                              torch.device("cpu"))[1] / calls * 1e3
     kv_bytes = batch_size * mean_keys * args.n_layer * 2 * args.n_kv_head * args.head_dim * 4  # fp32
     gb_s = read_bandwidth(kv_bytes) / 1e9
