@@ -318,7 +318,7 @@ def one_query_attention(q, k, v, key_mask):
     takes ~45% of the step (bench/bench_generate.py, an Intel Xeon, 1 thread). Each key's score
     is a 32-number dot product, two vector multiplies and a sum across the lanes
     (TORCH_LOGS=output_code shows the loop); at batch 16 and 160 cached keys the step spends
-    0.51 ms on its keys and values, which one core can read in 0.38 ms (the bench prints both):
+    0.53 ms on its keys and values, which one core can read in 0.39 ms (the bench prints both):
     the loops are bound by that reading, and normalizing by a reciprocal instead of softmax's
     division changed nothing measurable.
     Eager decoding keeps SDPA: the classroom's committed results were made with its rounding."""
@@ -808,8 +808,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
 
     compile=True runs the decode steps through torch.compile: the first call compiles (tens of
     seconds on a CPU; a batch of 1 compiles once more), later calls of any batch size and
-    length reuse it. On the classroom model it made decoding 1.8x faster at batch 16 and 1, and
-    1.4x at batch 128 (bench/bench_generate.py, an Intel Xeon, 1 thread). The
+    length reuse it. On the classroom model it made decoding 1.8x faster at batch 16, 1.7x at
+    batch 1 and 1.4x at batch 128 (bench/bench_generate.py, an Intel Xeon, 1 thread). The
     classroom run decodes eagerly: one of its evaluations (evaluate.py, 5,000 answers at batch
     128) took 52 s compiled against 36 s eager, the compilation counted, and compiled kernels
     round differently from the eager ones its committed results were made with. Where
