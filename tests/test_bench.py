@@ -83,6 +83,22 @@ def test_generation_bench_runs_at_a_tiny_size_with_identical_tokens_and_a_floor(
     assert len(floor) == 1 and float(floor[0].split("at most ")[1].split("x")[0]) >= 1.0, floor
 
 
+def test_generation_bench_says_whether_issue_17s_goal_is_met():
+    """At a shape issue 17 sets a goal for (batch 1 x 256 new tokens: >= 2x transformers), the
+    bench ends with that goal, the ratio it measured and a verdict that agrees with the two."""
+    pytest.importorskip("transformers")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench_generate.py"), "--cases=1x256",
+                             "--rounds=1", "--naive=false", "--compile=false"], cwd=ROOT, env=ENV,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("goal 1x256:"))
+    ratio = float(line.split("transformers: ")[1].split("x,")[0])
+    summary = next(line for line in result.stdout.splitlines() if line.startswith("summary, ours /"))
+    assert ratio == float(summary.split("1x256: ")[1].split("x")[0])
+    assert line.endswith(", met" if ratio >= 2.0 else ", not met"), line
+    assert not any(line.startswith("goal 16x256") for line in result.stdout.splitlines())  # a case not run
+
+
 @pytest.mark.skipif(not os.environ.get("TEST_COMPILE"), reason="compiling takes ~1 min on a CPU; TEST_COMPILE=1 runs it")
 def test_generation_bench_accounts_for_a_compiled_token():
     """Compiled, the bench splits a token's time: the decode step alone (at the run's mean cache
