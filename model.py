@@ -780,7 +780,8 @@ def _compiled_decode_step(device):
         cpu_options = {"cpp_wrapper": True, "realize_opcount_threshold": 4}
         # specialize_float: under dynamic=True each float attribute of the model (every RMSNorm's
         # eps) would be a graph input as well, made into a tensor at every call; as constants they
-        # cost nothing: the step 2.5% faster at batch 16, 7% at batch 1.
+        # cost nothing: the step 2.5% faster at batch 16, 7% at batch 1. The patch wraps every call,
+        # not the first alone: dynamo reads it whenever it traces, and a batch of 1 traces again.
         compiled = torch.compile(_decode_step, dynamic=True, options=cpu_options if device.type == "cpu" else {})
         _compiled_steps[device.type] = torch._dynamo.config.patch(specialize_float=True)(compiled)
     return _compiled_steps[device.type] or None  # False (failed before) -> None: decode eagerly
@@ -842,7 +843,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
     if not torch.isfinite(logits).all():  # checked once per call: a per-step check would sync the GPU each token
         raise FloatingPointError("the model's logits hold NaN/inf: its weights have diverged")
     cache.length = P  # the model writes into the cache; advancing it is ours
-    left_pad = P - (positions[:, -1] + 1)  # (B,) P less each row's prompt length
+    left_pad = P - (positions[:, -1] + 1)  # (B,) each row's left padding: RoPE position = cache index - this
 
     out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)  # (B, N)
     done = torch.zeros(B, dtype=torch.bool, device=device)  # (B,)

@@ -167,6 +167,11 @@ def ours_vs_transformers(model, hf, batch_size, new_tokens, prompt_len, rounds, 
             for name, s in seconds.items() if name != "transformers"}
 
 
+def kv_bytes_per_position(args, bytes_per_number):
+    """Bytes one row caches per position: n_layer x 2 (k and v) x n_kv_head x head_dim numbers."""
+    return args.n_layer * 2 * args.n_kv_head * args.head_dim * bytes_per_number
+
+
 def read_bandwidth(n_bytes, repeats=50):
     """Bytes per second torch's threads read from a float32 tensor of n_bytes (summing it)."""
     x = torch.ones(n_bytes // 4)
@@ -195,7 +200,7 @@ def compiled_step_budget(model, batch_size, prompt_len, new_tokens, ours_per_tok
             step(model, token, no_padding, key_mask, cache)
             ms[keys] = timed(lambda: [step(model, token, no_padding, key_mask, cache) for _ in range(calls)],
                              torch.device("cpu"))[1] / calls * 1e3
-    kv_bytes = batch_size * mean_keys * args.n_layer * 2 * args.n_kv_head * args.head_dim * 4  # fp32
+    kv_bytes = batch_size * mean_keys * kv_bytes_per_position(args, 4)  # fp32
     gb_s = read_bandwidth(kv_bytes) / 1e9
     print(f"  compiled step at batch {batch_size}: {ms[mean_keys]:.2f} ms at {mean_keys} cached keys (the run's "
           f"mean), {ms[1]:.2f} ms at 1; the attention's reading of the cache costs the difference, "
@@ -239,7 +244,7 @@ def generation_bytes(model, batch_size, prompt_len, new_tokens):
     B x (prompt_len + t) x n_layer x 2 (k and v) x n_kv_head x head_dim."""
     args = model.args
     n_weights = model.num_params() - args.vocab_size * args.dim
-    kv_per_position = args.n_layer * 2 * args.n_kv_head * args.head_dim * 2
+    kv_per_position = kv_bytes_per_position(args, 2)
     kv_positions = sum(prompt_len + t for t in range(1, new_tokens))
     return new_tokens * n_weights * 2 + batch_size * kv_positions * kv_per_position
 
