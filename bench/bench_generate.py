@@ -250,6 +250,8 @@ def generation_bytes(model, batch_size, prompt_len, new_tokens):
 
 
 def gpu_7b(new_tokens, prompt_len, batch_sizes=(1, 64)):
+    """Decoding a 7B-shaped model in bf16 at each batch size, eager then compiled, against the
+    time the bytes it must read take at the measured copy bandwidth."""
     device = torch.device("cuda")
     cfg = config.load_config([os.path.join(ROOT, "configs", "7b.py")])
     args = ModelArgs.from_config(cfg)
@@ -261,15 +263,21 @@ def gpu_7b(new_tokens, prompt_len, batch_sizes=(1, 64)):
     bandwidth = copy_bandwidth(device)
     print(f"\n7B ({model.num_params() / 1e9:.2f}B params, bf16, random weights) on "
           f"{torch.cuda.get_device_name(device)}; copy bandwidth {bandwidth / 1e9:.0f} GB/s")
-    generate(model, [[1] * prompt_len], 8, temperature=0, eos_id=NO_EOS)  # warm-up (kernels, allocator)
-    for batch_size in batch_sizes:
-        prompts = torch.randint(0, args.vocab_size, (batch_size, prompt_len)).tolist()
-        _, seconds = timed(lambda: generate(model, prompts, new_tokens, temperature=0, eos_id=NO_EOS), device)
-        bound = generation_bytes(model, batch_size, prompt_len, new_tokens) / bandwidth
-        print(f"  batch {batch_size:3d}: {batch_size * new_tokens / seconds:8.0f} tokens/s, "
-              f"{seconds / new_tokens * 1e3:6.2f} ms/step; bandwidth limit {bound / new_tokens * 1e3:6.2f} "
-              f"ms/step; fraction of the limit {bound / seconds:.2f}; peak memory "
-              f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
+    prompts = {b: torch.randint(0, args.vocab_size, (b, prompt_len)).tolist() for b in batch_sizes}
+    for compile in (False, True):
+        for batch_size in batch_sizes:
+            # warm-up: kernels and allocator; compiled, the compilation (a batch of 1 compiles apart)
+            _, warm_seconds = timed(lambda: generate(model, prompts[batch_size][:1] * batch_size, 8,
+                                                     temperature=0, eos_id=NO_EOS, compile=compile), device)
+            torch.cuda.reset_peak_memory_stats(device)
+            _, seconds = timed(lambda: generate(model, prompts[batch_size], new_tokens, temperature=0,
+                                                eos_id=NO_EOS, compile=compile), device)
+            bound = generation_bytes(model, batch_size, prompt_len, new_tokens) / bandwidth
+            print(f"  {'compiled' if compile else 'eager':8s} batch {batch_size:3d}: "
+                  f"{batch_size * new_tokens / seconds:8.0f} tokens/s, {seconds / new_tokens * 1e3:6.2f} ms/step; "
+                  f"bandwidth limit {bound / new_tokens * 1e3:6.2f} ms/step; fraction of the limit "
+                  f"{bound / seconds:.2f}; peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB "
+                  f"(warm-up {warm_seconds:.0f} s)")
 
 
 def main():

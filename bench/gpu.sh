@@ -4,8 +4,9 @@
 #   1. pretraining MFU in bf16 of a 373.9M-parameter shape (24 layers x 1024, vocabulary 32,000,
 #      context 2,048), ours and transformers', eager then compiled: bench/bench_pretrain.py
 #      (issue 4's goal: >= 45% on one H100)
-#   2. decoding a 7B-shaped model (configs/7b.py, random bf16 weights) at batch 1 and 64 against
-#      the memory bandwidth a device copy measures: bench/bench_generate.py's gpu_7b
+#   2. decoding a 7B-shaped model (configs/7b.py, random bf16 weights) at batch 1 and 64, eager
+#      then compiled (generate(compile=True)), against the memory bandwidth a device copy
+#      measures: bench/bench_generate.py's gpu_7b
 #      (issue 9's goal: >= 0.6 of the bandwidth limit at batch 1)
 #   3. GRPO vs PPO at 1.3B (configs/1.3b.py shapes, random weights, classroom questions):
 #      seconds per step and peak GPU memory over 3 steps each, through grpo.rl_step as grpo.py
@@ -16,16 +17,20 @@
 #     bash bench/gpu.sh --dry_run            # no GPU needed: each part's commands, shapes and memory
 #     bash bench/gpu.sh --out=FILE           # another summary file (each part's full log beside it)
 #
-# Each part runs under its own time limit (60 + 190 + 80 + 140 s = 7.8 minutes at most); a part
-# that fails or runs out of time is marked so in the summary and the next one still runs. On a
-# machine without CUDA the script says so, runs every part's dry run (which builds nothing big:
-# models on the meta device, support/memory_plan.py, the commands) and exits 0.
+# Each part runs under its own time limit (40 + 150 + 170 + 120 s = 8 minutes at most). On an
+# H100 parts 1a, 1b and 3 took 26, 124 and 101 s (results/gpu-h100.txt); part 2 ran past its
+# then limit of 120 s while compiling for batch 64, and alone, with batch 1's kernels already
+# compiled, took 113 s (results/gpu-h100-decode-7b.txt), of which batch 1's compilation was
+# 8 s against 33 s cold. A part that fails or runs out of time is marked so in the summary and
+# the next one still runs. On a machine without CUDA the script says so, runs every part's dry
+# run (which builds nothing big: models on the meta device, support/memory_plan.py, the
+# commands) and exits 0.
 # PYTHON=/path/to/python picks the interpreter (default: .venv/bin/python, else python).
 
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-[ -x "$PY" ] || PY=python
+command -v "$PY" > /dev/null || PY=python
 DRY=0
 OUT=out/gpu/summary.txt
 for arg in "$@"; do
@@ -39,6 +44,7 @@ WORK=$(dirname "$OUT")/work
 mkdir -p "$WORK"
 : > "$OUT"
 export TOKENIZERS_PARALLELISM=false
+export PYTHONUNBUFFERED=1  # a part stopped at its time limit still shows what it printed
 
 # The 373.9M pretraining shape of the README (bench/bench_pretrain.py's docstring).
 MFU_ARGS="configs/1.3b.py --n_layer=24 --dim=1024 --n_head=16 --n_kv_head=16 --intermediate_size=2816
@@ -219,10 +225,10 @@ if [ "$DRY" = 1 ] || ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_
 fi
 
 say "GPU: $("$PY" -c 'import torch; print(torch.cuda.get_device_name(0), torch.__version__, "CUDA", torch.version.cuda)')"
-run "1a-pretrain-mfu-eager" 60 "$PY" bench/bench_pretrain.py $MFU_ARGS --steps=10
-run "1b-pretrain-mfu-compiled" 190 "$PY" bench/bench_pretrain.py $MFU_ARGS --steps=10 --compile=true
-run "2-decode-7b" 80 "$PY" -c "import sys; sys.path[:0] = ['.', 'bench']; import bench_generate; bench_generate.gpu_7b(512, 32)"
-run "3-grpo-vs-ppo-1.3b" 140 bash -c "
+run "1a-pretrain-mfu-eager" 40 "$PY" bench/bench_pretrain.py $MFU_ARGS --steps=10
+run "1b-pretrain-mfu-compiled" 150 "$PY" bench/bench_pretrain.py $MFU_ARGS --steps=10 --compile=true
+run "2-decode-7b" 170 "$PY" -c "import sys; sys.path[:0] = ['.', 'bench']; import bench_generate; bench_generate.gpu_7b(512, 32)"
+run "3-grpo-vs-ppo-1.3b" 120 bash -c "
     set -e
     [ -f '$WORK/ckpt-1.3b/config.json' ] || '$PY' '$RL13' build '$WORK' $(echo $RL_ARGS)
     '$PY' '$RL13' grpo '$WORK' $(echo $RL_ARGS)

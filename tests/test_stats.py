@@ -157,13 +157,16 @@ def test_maj_minus_pass_outcomes_by_hand():
 
 
 def test_readme_findings_are_the_committed_results_files():
-    """The README's findings are the committed results files (results/*.md), as the seeds study
-    wrote them, verbatim."""
+    """The README's findings are the committed results files, verbatim: results/*.md as the
+    seeds study wrote them, results/*.txt (bench/gpu.sh's summaries) in a text block."""
     readme = open(os.path.join(ROOT, "README.md")).read()
-    blocks = re.findall(r"<!-- (results/[\w.-]+\.md) -->\n(.*?)<!-- end of \1 -->", readme, re.S)
-    assert blocks, "README.md shows no results/*.md block"
+    blocks = re.findall(r"<!-- (results/[\w.-]+\.(?:md|txt)) -->\n(.*?)<!-- end of \1 -->", readme, re.S)
+    assert {path for path, _ in blocks} >= {"results/classroom.md", "results/gpu-h100.txt"}, \
+        "README.md lacks a results block"
     for path, shown in blocks:
-        assert shown == open(os.path.join(ROOT, path)).read(), f"README.md's {path} block differs from the file"
+        text = open(os.path.join(ROOT, path)).read()
+        assert shown == (text if path.endswith(".md") else f"```text\n{text}```\n"), \
+            f"README.md's {path} block differs from the file"
 
 
 def test_readme_machines_table_is_the_results_files_side_by_side(monkeypatch):
