@@ -47,7 +47,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from model import (KVCache, ModelArgs, Transformer, _compiled_decode_step, column_major_linear_weights,  # noqa: E402
+from model import (KVCache, ModelArgs, Transformer, _compiled_decode_step, decode_weight_layout,  # noqa: E402
                    generate)
 from support import config, report  # noqa: E402
 from bench_grpo_vs_trl import top_ops  # noqa: E402  the same kernel accounting as the GRPO bench
@@ -194,7 +194,7 @@ def compiled_step_budget(model, batch_size, prompt_len, new_tokens, ours_per_tok
     token = torch.zeros(batch_size, dtype=torch.long)
     no_padding = torch.zeros(batch_size, dtype=torch.long)  # every row's left padding
     ms = {}
-    with column_major_linear_weights(model):  # as generate(compile=True) runs it on a CPU
+    with decode_weight_layout(model):  # as generate(compile=True) runs it on a CPU
         for keys in (mean_keys, 1):
             cache.length = keys - 1  # the step writes its own key at `length` and attends over length + 1
             step(model, token, no_padding, key_mask, cache)

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from model import (ModelArgs, Transformer, column_major_linear_weights, generate, one_query_attention,
+from model import (ModelArgs, Transformer, decode_weight_layout, generate, one_query_attention,
                    padding_positions_and_mask, sequence_logprobs)
 
 ARGS = ModelArgs(vocab_size=97, dim=64, n_layer=2, n_head=4, n_kv_head=2, intermediate_size=96,
@@ -133,23 +133,32 @@ def test_compile_falls_back_to_eager_with_a_warning(model, monkeypatch):
     assert torch.equal(generate(model, prompts(), 10, temperature=0, eos_id=-1, compile=True).tokens, eager.tokens)
 
 
-def test_column_major_weights_hold_the_same_numbers_and_are_given_back_row_major(model):
-    """generate(compile=True) decodes on a CPU with the linear weights stored column by column:
-    every number as it was, the model's outputs the same up to rounding, and on leaving, even
-    through an exception, each weight row-major again and equal to the bit."""
-    tied = Transformer(ModelArgs(**{**ARGS.__dict__, "tie_embeddings": True}))
+def test_decode_weight_layout_holds_the_same_numbers_and_gives_them_back_row_major(model):
+    """generate(compile=True) decodes on a CPU with every linear weight stored column by column,
+    q/k/v and gate/up as views into one matrix each: every number as it was, the grouped
+    forwards' outputs the same up to rounding (Qwen2's q/k/v biases and a tied head included),
+    and on leaving, even through an exception, each weight row-major, its own and equal to the bit."""
+    tied = Transformer(ModelArgs(**{**ARGS.__dict__, "tie_embeddings": True, "qkv_bias": True}))
     for m in (model, tied):
+        for name, w in m.named_parameters():
+            if name.endswith("bias"):
+                torch.nn.init.normal_(w)  # not the zeros they start at: a bias left out would show
         before = {name: w.detach().clone() for name, w in m.named_parameters()}
         tokens = torch.tensor([prompts()[1]])
         expected = m(tokens)
-        with pytest.raises(KeyboardInterrupt), column_major_linear_weights(m):
+        with pytest.raises(KeyboardInterrupt), decode_weight_layout(m):
             for name, w in m.named_parameters():
                 relaid = w.dim() == 2 and name != "embed_tokens.weight"  # tied: lm_head is this one tensor
-                assert w.stride() == ((1, w.shape[0]) if relaid else w.contiguous().stride()), name
-                assert torch.equal(w, before[name]), name
+                assert (w.dim() == 2 and w.stride(0) == 1) == relaid and torch.equal(w, before[name]), name
+            attn, mlp = m.layers[0].self_attn, m.layers[0].mlp
+            assert attn.q_proj.weight.untyped_storage().data_ptr() == attn.qkv_t.untyped_storage().data_ptr()
+            assert torch.equal(attn.qkv_t, torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).t())
+            assert torch.equal(mlp.gate_up_t, torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).t())
             torch.testing.assert_close(m(tokens), expected, atol=1e-5, rtol=1e-5)
             raise KeyboardInterrupt  # a Ctrl-C in the middle of decoding
         assert all(w.is_contiguous() and torch.equal(w, before[name]) for name, w in m.named_parameters())
+        assert all(block.self_attn.qkv_t is None and block.mlp.gate_up_t is None for block in m.layers)
+        assert len({w.untyped_storage().data_ptr() for w in m.parameters()}) == len(list(m.parameters()))
 
 
 def test_one_query_attention_equals_sdpa_with_gqa_and_padding():
