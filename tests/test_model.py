@@ -112,6 +112,27 @@ def test_finished_rows_leave_the_batch_and_the_others_sample_as_before(model):
     assert torch.equal(stopped.tokens[9:], free.tokens[9:, :stopped.tokens.shape[1]])  # never stopped: unchanged
 
 
+def test_the_kv_cache_is_never_read_where_nothing_was_written(model, monkeypatch):
+    """KVCache leaves its memory unzeroed: with every slot NaN before it is written, a padded
+    batch whose finished rows leave it generates the same tokens."""
+    import model as model_module
+    ps = [p for p in prompts() for _ in range(2)]  # lengths 5, 11, 8 and 1: left padding
+    clean = generate(model, ps, max_new_tokens=16, temperature=0, eos_id=-1)
+    stop = clean.tokens[0, 3].item()  # some rows finish early and leave the batch
+    expected = generate(model, ps, max_new_tokens=16, temperature=0, eos_id=stop)
+    plain_init = model_module.KVCache.__init__
+
+    def nan_filled(self, *args):
+        plain_init(self, *args)
+        for t in self.k + self.v:
+            t.fill_(float("nan"))
+    monkeypatch.setattr(model_module.KVCache, "__init__", nan_filled)
+    assert torch.equal(generate(model, ps, max_new_tokens=16, temperature=0, eos_id=-1).tokens, clean.tokens)
+    got = generate(model, ps, max_new_tokens=16, temperature=0, eos_id=stop)
+    assert torch.equal(got.tokens, expected.tokens) and torch.equal(got.mask, expected.mask)
+    assert not expected.mask.all()  # a row did stop
+
+
 def test_stop_at_eos_and_truncation_flag(model):
     out = generate(model, prompts(), max_new_tokens=6, temperature=0, eos_id=-1)
     assert out.truncated.all() and out.mask.all() and out.tokens.shape == (4, 6)
