@@ -113,8 +113,9 @@ def test_finished_rows_leave_the_batch_and_the_others_sample_as_before(model):
 
 
 def test_the_kv_cache_is_never_read_where_nothing_was_written(model, monkeypatch):
-    """KVCache leaves its memory unzeroed: with every slot NaN before it is written, a padded
-    batch whose finished rows leave it generates the same tokens."""
+    """No slot of the KV cache is read before it is written (the prefill writes every prompt
+    position, padding too, and each decode step its own): with every slot NaN to begin with, a
+    padded batch whose finished rows leave it generates the same tokens."""
     import model as model_module
     ps = [p for p in prompts() for _ in range(2)]  # lengths 5, 11, 8 and 1: left padding
     clean = generate(model, ps, max_new_tokens=16, temperature=0, eos_id=-1)
