@@ -22,7 +22,7 @@ full recomputation, and, on a GPU, the 7B's decode throughput against the memory
 2. The same model, once: the KV cache against naive recomputation (the whole sequence re-run for
    every new token, O(T^2) positions), batch 16 x 256; the tokens must be identical.
 3. CUDA only: the full-size 7B (configs/7b.py, random bf16 weights), batch 1 and 64, 512 new
-   tokens. A decode step must read every weight once and every cached key/value once, so
+   tokens, eager then compiled (bench/gpu.sh's part 2). A decode step must read every weight once and every cached key/value once, so
        time >= (weight bytes + KV bytes) / memory bandwidth,
    with the bandwidth measured here by a device-to-device copy. The fraction printed is that
    lower bound over the measured time (1.0 = at the bandwidth limit; issue 9 asks >= 0.6 at
