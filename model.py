@@ -295,7 +295,7 @@ class Attention(nn.Module):
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, H d), (B, T, K d), (B, T, K d)
         else:  # generate(compile=True)'s decode step on a CPU: the three in one matmul, the same numbers
             qkv = x @ self.qkv_t
-            if self.q_proj.bias is not None:  # Qwen2
+            if self.q_proj.bias is not None:  # Qwen2; added apart from the matmul, it may round apart from F.linear's
                 qkv = qkv + torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
             q, k, v = qkv.split([self.q_proj.out_features, self.k_proj.out_features, self.v_proj.out_features], -1)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, d)
@@ -762,8 +762,9 @@ def decode_weight_layout(model):
     on the classroom model's shapes (an Intel Xeon, 1 thread; the same numbers at 16 and 128
     rows): at batch 16 with 160 cached keys the compiled step took 1.13 ms instead of 1.31.
     Side by side: one matmul by the (D, q+k+v) matrix gives each of q, k and v to the bit (each
-    number is the same dot product) in one call instead of three, and torch.compile checks fewer
-    tensors before each step: 1.12 -> 1.08 ms at batch 16 and 160 keys.
+    number is the same dot product; Qwen2's biases, added after it, may round a last bit apart
+    from F.linear's) in one call instead of three, and torch.compile checks fewer tensors before
+    each step: 1.12 -> 1.08 ms at batch 16 and 160 keys.
     generate(compile=True) runs its decode steps on a CPU inside this block; re-laying every
     weight twice per generate() call takes ~2 ms for the classroom model. The embedding table
     (and an LM head tied to it) stays as it is: a lookup reads its rows. Eager decoding keeps
