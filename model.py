@@ -772,9 +772,10 @@ def decode_weight_layout(model):
     groups = [(block.self_attn, "qkv_t", (block.self_attn.q_proj, block.self_attn.k_proj, block.self_attn.v_proj))
               for block in model.layers]
     groups += [(block.mlp, "gate_up_t", (block.mlp.gate_proj, block.mlp.up_proj)) for block in model.layers]
-    grouped = {id(linear.weight) for _, _, linears in groups for linear in linears}
+    grouped = [linear.weight for _, _, linears in groups for linear in linears]
+    grouped_ids = {id(w) for w in grouped}
     alone = [w for w in model.parameters()
-             if w.dim() == 2 and w is not model.embed_tokens.weight and id(w) not in grouped]
+             if w.dim() == 2 and w is not model.embed_tokens.weight and id(w) not in grouped_ids]
     try:
         for module, name, linears in groups:
             matrix = torch.cat([linear.weight.data.t() for linear in linears], dim=1)  # (D, sum of outs)
@@ -787,9 +788,8 @@ def decode_weight_layout(model):
     finally:
         for module, name, _ in groups:
             setattr(module, name, None)
-        for w in model.parameters():
-            if w.dim() == 2 and not w.is_contiguous():
-                w.data = w.data.contiguous()
+        for w in grouped + alone:  # only the weights this block re-laid (a no-op where it had not yet)
+            w.data = w.data.contiguous()
 
 
 _compiled_steps = {}  # device type -> torch.compile'd decode step, made once per process; False once it failed

@@ -22,7 +22,8 @@ full recomputation, and, on a GPU, the 7B's decode throughput against the memory
 2. The same model, once: the KV cache against naive recomputation (the whole sequence re-run for
    every new token, O(T^2) positions), batch 16 x 256; the tokens must be identical.
 3. CUDA only: the full-size 7B (configs/7b.py, random bf16 weights), batch 1 and 64, 512 new
-   tokens, eager then compiled (bench/gpu.sh's part 2). A decode step must read every weight once and every cached key/value once, so
+   tokens, eager then compiled (bench/gpu.sh's part 2). A decode step must read every weight
+   once and every cached key/value once, so
        time >= (weight bytes + KV bytes) / memory bandwidth,
    with the bandwidth measured here by a device-to-device copy. The fraction printed is that
    lower bound over the measured time (1.0 = at the bandwidth limit; issue 9 asks >= 0.6 at
@@ -264,16 +265,16 @@ def gpu_7b(new_tokens, prompt_len, batch_sizes=(1, 64)):
     print(f"\n7B ({model.num_params() / 1e9:.2f}B params, bf16, random weights) on "
           f"{torch.cuda.get_device_name(device)}; copy bandwidth {bandwidth / 1e9:.0f} GB/s")
     prompts = {b: torch.randint(0, args.vocab_size, (b, prompt_len)).tolist() for b in batch_sizes}
-    for compile in (False, True):
+    for compiled in (False, True):
         for batch_size in batch_sizes:
             # warm-up: kernels and allocator; compiled, the compilation (a batch of 1 compiles apart)
             _, warm_seconds = timed(lambda: generate(model, prompts[batch_size][:1] * batch_size, 8,
-                                                     temperature=0, eos_id=NO_EOS, compile=compile), device)
+                                                     temperature=0, eos_id=NO_EOS, compile=compiled), device)
             torch.cuda.reset_peak_memory_stats(device)
             _, seconds = timed(lambda: generate(model, prompts[batch_size], new_tokens, temperature=0,
-                                                eos_id=NO_EOS, compile=compile), device)
+                                                eos_id=NO_EOS, compile=compiled), device)
             bound = generation_bytes(model, batch_size, prompt_len, new_tokens) / bandwidth
-            print(f"  {'compiled' if compile else 'eager':8s} batch {batch_size:3d}: "
+            print(f"  {'compiled' if compiled else 'eager':8s} batch {batch_size:3d}: "
                   f"{batch_size * new_tokens / seconds:8.0f} tokens/s, {seconds / new_tokens * 1e3:6.2f} ms/step; "
                   f"bandwidth limit {bound / new_tokens * 1e3:6.2f} ms/step; fraction of the limit "
                   f"{bound / seconds:.2f}; peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB "
