@@ -848,7 +848,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
 
     compile=True runs the decode steps through torch.compile: the first call compiles (tens of
     seconds on a CPU; a batch of 1 compiles once more), later calls of any batch size and
-    length reuse it. On the classroom model it made decoding 1.9x faster at batch 16 and at
+    length reuse it. On the classroom model it made decoding 1.8-1.9x faster at batch 16 and at
     batch 1 and 1.3-1.4x at batch 128 (bench/bench_generate.py, an Intel Xeon, 1 thread). The
     classroom run decodes eagerly: one of its evaluations (evaluate.py, 5,000 answers at batch
     128) took 52 s compiled against 36 s eager, the compilation counted, and compiled kernels

@@ -15,8 +15,9 @@ full recomputation, and, on a GPU, the 7B's decode throughput against the memory
    greedy tokens of the two agree; then the floor: the seconds our eager decoding spends in the
    matmuls and the attention, kernels transformers runs on the same shapes, and so the most our
    speed-up could be if every other op were free; and, compiled, where a decode step's time goes:
-   the step alone with the run's mean number of cached keys and with one, the time the threads
-   need to read those keys and values, and generate()'s own time around the step, against the
+   the step alone with the run's mean number of cached keys and with one (and how much of the
+   latter is torch.compile's own work around the compiled code), the time the threads need to
+   read those keys and values, and generate()'s own time around the step, against the
    time per token that 3x transformers would allow. The CPU model, thread count, torch version and
    the 1-minute load average (before and after) are printed beside them: on a shared machine a
    load above the core count makes every figure noise.
@@ -183,13 +184,30 @@ def read_bandwidth(n_bytes, repeats=50):
     return n_bytes * repeats / timed(lambda: [x.sum() for _ in range(repeats)], torch.device("cpu"))[1]
 
 
+def torch_compile_overhead_ms(call, calls=100):
+    """Milliseconds each call of a compiled function spends in torch.compile's own work around the
+    compiled code: dynamo's cache lookup (its guards over the model and the inputs) and the Python
+    wrappers between the call and the compiled graph, from the records torch.profiler makes of
+    both (the names torch 2.13 gives them; None where a version records them otherwise)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            call()
+    events = prof.key_averages()
+    region, graph, lookup = (next((e.cpu_time_total for e in events if e.key.startswith(name)), None)
+                             for name in ("Torch-Compiled Region", "## Call CompiledFxGraph", "TorchDynamo Cache Lookup"))
+    if None in (region, graph, lookup):
+        return None
+    return (region - graph + lookup) / calls / 1e3  # us -> ms
+
+
 @torch.no_grad()
 def compiled_step_budget(model, batch_size, prompt_len, new_tokens, ours_per_token, theirs_per_token, calls=200):
     """Where a compiled decode step's time goes: the step alone (its call into the compiled graph
     included) at the run's mean cache length and at 1 cached key, whose difference is what the
     attention's reading of the cache costs, against the time torch's threads need to read those
-    keys and values; the rest of generate()'s time per token is its loop (sampling, stop checks) and
-    the prefill."""
+    keys and values, and, of the step at 1 key, torch.compile's own work around the compiled code;
+    the rest of generate()'s time per token is its loop (sampling, stop checks) and the prefill."""
     args = model.args
     step = _compiled_decode_step(torch.device("cpu"))
     mean_keys = prompt_len + new_tokens // 2
@@ -204,10 +222,14 @@ def compiled_step_budget(model, batch_size, prompt_len, new_tokens, ours_per_tok
             step(model, token, no_padding, key_mask, cache)
             ms[keys] = timed(lambda: [step(model, token, no_padding, key_mask, cache) for _ in range(calls)],
                              torch.device("cpu"))[1] / calls * 1e3
+        compile_work_ms = torch_compile_overhead_ms(lambda: step(model, token, no_padding, key_mask, cache))  # at 1 key
     kv_bytes = batch_size * mean_keys * kv_bytes_per_position(args, 4)  # fp32
     gb_s = read_bandwidth(kv_bytes) / 1e9
     print(f"  compiled step at batch {batch_size}: {ms[mean_keys]:.2f} ms at {mean_keys} cached keys (the run's "
-          f"mean), {ms[1]:.2f} ms at 1; the attention's reading of the cache costs the difference, "
+          f"mean), {ms[1]:.2f} ms at 1"
+          + ("" if compile_work_ms is None else f", of which {compile_work_ms:.2f} ms is torch.compile's own work around the compiled "
+             f"code (dynamo's cache lookup and guards, its wrappers; torch.profiler)")
+          + f"; the attention's reading of the cache costs the difference, "
           f"{ms[mean_keys] - ms[1]:.2f} ms, for {kv_bytes / 2**20:.1f} MB of keys and values that "
           f"{torch.get_num_threads()} thread(s) read in {kv_bytes / gb_s / 1e6:.2f} ms ({gb_s:.0f} GB/s); "
           f"generate() around the step "
