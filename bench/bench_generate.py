@@ -9,18 +9,18 @@ full recomputation, and, on a GPU, the 7B's decode throughput against the memory
        batch   1 x 256 new tokens   one request           (goal: ours >= 2x theirs)
        batch 128 x 160 new tokens   the classroom evaluation (eval_batch_size, eval_max_new_tokens)
    each with a 32-token prompt (the goal lines at the end say whether ours, compiled where it ran,
-   meets the first two, round by round: met in every round, in none, or at its line, where
-   the rounds fall on both sides of it and the difference from the goal is noise). Printed: the median tokens/s of each and its min-max over the
-   rounds, the ratio of the medians with the min-max of the per-round ratios, and whether the
-   greedy tokens of the two agree; then the floor: the seconds our eager decoding spends in the
-   matmuls and the attention, kernels transformers runs on the same shapes, and so the most our
-   speed-up could be if every other op were free; and, compiled, where a decode step's time goes:
-   the step alone with the run's mean number of cached keys and with one (and how much of the
-   latter is torch.compile's own work around the compiled code), the time the threads need to
-   read those keys and values, and generate()'s own time around the step, against the
-   time per token that 3x transformers would allow. The CPU model, thread count, torch version and
-   the 1-minute load average (before and after) are printed beside them: on a shared machine a
-   load above the core count makes every figure noise.
+   meets the first two, round by round: met in every round, in none, or at its line, where the
+   rounds fall on both sides of it and the difference from the goal is noise). Printed: the median
+   tokens/s of each and its min-max over the rounds, the ratio of the medians with the min-max of
+   the per-round ratios, and whether the greedy tokens of the two agree; then the floor: the
+   seconds our eager decoding spends in the matmuls and the attention, kernels transformers runs on
+   the same shapes, and so the most our speed-up could be if every other op were free; and,
+   compiled, where a decode step's time goes: the step alone with the run's mean number of cached
+   keys and with one (and how much of the latter is torch.compile's own work around the compiled
+   code), the time the threads need to read those keys and values, and generate()'s own time around
+   the step, against the time per token that 3x transformers would allow. The CPU model, thread
+   count, torch version and the 1-minute load average (before and after) are printed beside them:
+   on a shared machine a load above the core count makes every figure noise.
 2. The same model, once: the KV cache against naive recomputation (the whole sequence re-run for
    every new token, O(T^2) positions), batch 16 x 256; the tokens must be identical.
 3. CUDA only: the full-size 7B (configs/7b.py, random bf16 weights), batch 1 and 64, 512 new
@@ -194,8 +194,9 @@ def torch_compile_overhead_ms(call, calls=100):
         for _ in range(calls):
             call()
     events = prof.key_averages()
+    names = ("Torch-Compiled Region", "## Call CompiledFxGraph", "TorchDynamo Cache Lookup")
     region, graph, lookup = (next((e.cpu_time_total for e in events if e.key.startswith(name)), None)
-                             for name in ("Torch-Compiled Region", "## Call CompiledFxGraph", "TorchDynamo Cache Lookup"))
+                             for name in names)
     if None in (region, graph, lookup):
         return None
     return (region - graph + lookup) / calls / 1e3  # us -> ms
@@ -222,13 +223,14 @@ def compiled_step_budget(model, batch_size, prompt_len, new_tokens, ours_per_tok
             step(model, token, no_padding, key_mask, cache)
             ms[keys] = timed(lambda: [step(model, token, no_padding, key_mask, cache) for _ in range(calls)],
                              torch.device("cpu"))[1] / calls * 1e3
-        compile_work_ms = torch_compile_overhead_ms(lambda: step(model, token, no_padding, key_mask, cache))  # at 1 key
+        # at 1 key, where the compiled code is shortest
+        compile_work_ms = torch_compile_overhead_ms(lambda: step(model, token, no_padding, key_mask, cache))
     kv_bytes = batch_size * mean_keys * kv_bytes_per_position(args, 4)  # fp32
     gb_s = read_bandwidth(kv_bytes) / 1e9
     print(f"  compiled step at batch {batch_size}: {ms[mean_keys]:.2f} ms at {mean_keys} cached keys (the run's "
           f"mean), {ms[1]:.2f} ms at 1"
-          + ("" if compile_work_ms is None else f", of which {compile_work_ms:.2f} ms is torch.compile's own work around the compiled "
-             f"code (dynamo's cache lookup and guards, its wrappers; torch.profiler)")
+          + ("" if compile_work_ms is None else f", of which {compile_work_ms:.2f} ms is torch.compile's own work "
+             f"around the compiled code (dynamo's cache lookup and guards, its wrappers; torch.profiler)")
           + f"; the attention's reading of the cache costs the difference, "
           f"{ms[mean_keys] - ms[1]:.2f} ms, for {kv_bytes / 2**20:.1f} MB of keys and values that "
           f"{torch.get_num_threads()} thread(s) read in {kv_bytes / gb_s / 1e6:.2f} ms ({gb_s:.0f} GB/s); "
