@@ -211,6 +211,9 @@ EOF
 }
 
 say "bench/gpu.sh $(date -u '+%Y-%m-%d %H:%M UTC') on $(hostname)"
+# the host's CPU as well: the figures that run on it (data loading, Python between kernels) move
+# with it, and an AMD host would also serve the classroom run's other-CPU check (issue 15)
+say "host CPU: $("$PY" -c 'import os; from support import report; print(report.cpu_name() + ",", os.cpu_count(), "cores")')"
 if [ "$DRY" = 1 ] || ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
     if [ "$DRY" = 1 ]; then
         say "dry run: commands, shapes and memory only; nothing is measured"

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from support import tasks
+from support import report, tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
@@ -31,6 +31,7 @@ def test_gpu_script_without_cuda_runs_every_dry_run_and_exits_0(tmp_path):
     if not flags:
         assert "no CUDA device here" in text and "BLOCKED" in text
     assert "FAILED" not in text and "TIMED OUT" not in text, text
+    assert f"host CPU: {report.cpu_name()}, {os.cpu_count()} cores" in text
     assert "373.9M parameters" in text  # the README's pretraining shape
     assert "6.91B parameters" in text and "batch  64" in text  # 7B decode, batch 1 and 64
     assert "1.3B: 24 layers x 2048" in text and "1.35B parameters" in text  # configs/1.3b.py
