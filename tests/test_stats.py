@@ -158,7 +158,8 @@ def test_maj_minus_pass_outcomes_by_hand():
 
 def test_readme_findings_are_the_committed_results_files():
     """The README's findings are the committed results files, verbatim: results/*.md as the
-    seeds study wrote them, results/*.txt (bench/gpu.sh's summaries) in a text block."""
+    seeds study wrote them, results/*.txt (what a bench printed: bench/gpu.sh's summaries,
+    bench/bench_generate.py's run) in a text block."""
     readme = open(os.path.join(ROOT, "README.md")).read()
     blocks = re.findall(r"<!-- (results/[\w.-]+\.(?:md|txt)) -->\n(.*?)<!-- end of \1 -->", readme, re.S)
     assert {path for path, _ in blocks} >= {"results/classroom.md", "results/gpu-h100.txt"}, \
