@@ -212,6 +212,7 @@ def test_the_whole_recipe_runs_end_to_end_at_a_tiny_size(tiny):
     steps = len(pipeline.stages(cfg)) + evaluations
     assert again.returncode == 0 and again.stdout.count("done before, skipped") == steps
     assert f"{steps} of {steps} stages done before and skipped (corpus, pretrain, sft" in (out / "study.md").read_text()
+    assert (out / "study-timings.md").read_text() == (out / "timings.md").read_text()  # the run's timings beside it
 
 
 def test_the_same_command_writes_the_same_results_byte_for_byte(tiny, tmp_path):
