@@ -367,7 +367,7 @@ def trl_args(a, output_dir, max_steps):
 def run_trl(a, folder):
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
+    from transformers import PrinterCallback, TrainerCallback
     from trl import GRPOTrainer
 
     import evaluate
@@ -429,6 +429,7 @@ def run_trl(a, folder):
     with tempfile.TemporaryDirectory() as out:
         trainer = Timed(model=folder, reward_funcs=correctness, args=trl_args(a, out, total_steps),
                         train_dataset=dataset, processing_class=hf, callbacks=[StepClock()])
+        trainer.remove_callback(PrinterCallback)  # its log dicts (StepClock reads them) would fill our stdout
         started_rss = rss_mb()
         trainer.train()
     grader.close()
