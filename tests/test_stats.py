@@ -1,6 +1,6 @@
 """support/stats.py and support/report.py: the Wilson interval against its definition, the paired
-bootstrap on cases whose answer is known, the verdicts, and the README's findings against the
-results file."""
+bootstrap on cases whose answer is known, the verdicts, and the README's findings and performance
+figures against the results files."""
 
 import math
 import os
@@ -168,6 +168,27 @@ def test_readme_findings_are_the_committed_results_files():
         text = open(os.path.join(ROOT, path)).read()
         assert shown == (text if path.endswith(".md") else f"```text\n{text}```\n"), \
             f"README.md's {path} block differs from the file"
+
+
+def test_readme_performance_figures_are_in_the_files_their_rows_name():
+    """Each row of the README's performance table names the committed files its command wrote
+    (results/...), and every figure in its last column ("measured") is printed in one of them,
+    as a whole number: none is typed by hand, and a rerun that changes a file fails here until
+    the row says what the file now says."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    table = readme.split("\n## Performance\n")[1].split("\n\n| ")[1].split("\n\n")[0]
+    rows = table.splitlines()[2:]  # the header and the |---| line left out
+    assert len(rows) >= 8, "README.md's performance table lost its rows"
+    for row in rows:
+        cells = row.strip("| ").split(" | ")
+        name, measured = cells[0][:60], cells[-1]
+        files = list(dict.fromkeys(re.findall(r"results/[\w.-]+\.(?:md|txt)", row)))
+        assert files, f"README.md's performance row {name!r} names no results file"
+        printed = "\n".join(open(os.path.join(ROOT, path)).read() for path in files)
+        for figure in re.findall(r"\d+(?:,\d{3})*(?:\.\d+)?", measured):
+            # whole: not the end of 12,255 or 2.875, nor the start of 2.87 or 1,311
+            assert re.search(rf"(?<!\d)(?<!\d[.,]){re.escape(figure)}(?![.,]?\d)", printed), \
+                f"README.md's performance row {name!r} says {figure}, which none of {files} prints"
 
 
 def test_readme_machines_table_is_the_results_files_side_by_side(monkeypatch):
