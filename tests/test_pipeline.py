@@ -255,6 +255,24 @@ def test_pretraining_and_sft_on_two_threads_write_the_one_thread_checkpoints_bit
         assert two.read_bytes() == one.read_bytes(), stage
 
 
+def test_rounding_study_runs_sft_under_each_kernel_setting_from_the_runs_checkpoint(tiny):
+    """bench/rounding.sh at the tiny size: one SFT run per kernel setting from the fixture's
+    pretrained checkpoint, a table row each, and (MKL's strict mode, Intel CPUs) the 2-thread run
+    writing the 1-thread run's checkpoint, as the README's committed table says at full size."""
+    out, _ = tiny
+    run = subprocess.run(["bash", "bench/rounding.sh", str(out), *TINY], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [line.split(" | ") for line in run.stdout.splitlines() if line.startswith("| `")]
+    assert len(rows) == 6 and rows[0][-1] == "yes |" and all(row[2] == "8" for row in rows)  # sft_eval_problems
+    if intel_x86():
+        assert rows[1][0] == "| `ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2,STRICT OMP_NUM_THREADS=2`" \
+            and rows[1][-1] == "yes |"
+    failing = subprocess.run(["bash", "bench/rounding.sh", str(out / "missing")], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+    assert failing.returncode == 2 and "usage: bash bench/rounding.sh OUT_DIR" in failing.stderr
+
+
 def test_chains_run_the_whole_recipe_again_and_pool_its_checkpoints(tiny):
     """--chains=2: the first chain is the run already in out_dir (every stage skipped), the second
     runs every stage with seed + 1 into out_dir/chain-seed1338; results.md then pools both SFT
