@@ -15,9 +15,10 @@ cd "$(dirname "$0")/.."
 out=$1
 shift
 [ -d .venv/bin ] && PATH="$PWD/.venv/bin:$PATH"
+python=$(command -v python || command -v python3)
 new=$(mktemp)
 trap 'rm -f "$new"' EXIT
-cpu=$(python -c "from support import report; print(report.cpu_name())")
+cpu=$("$python" -c "from support import report; print(report.cpu_name())")
 {
     echo "$*"
     echo "($(date -u '+%Y-%m-%d %H:%M') UTC, $cpu, $(nproc) cores, 1-minute load $(cut -d' ' -f1 /proc/loadavg) at the start; stdout)"

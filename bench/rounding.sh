@@ -21,6 +21,7 @@ cd "$(dirname "$0")/.."
 source_dir=$1
 shift
 [ -d .venv/bin ] && PATH="$PWD/.venv/bin:$PATH"
+python=$(command -v python || command -v python3)
 settings=(
     "ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2,STRICT OMP_NUM_THREADS=1"  # pipeline.py's kernels, 1 thread
     "ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2,STRICT OMP_NUM_THREADS=2"  # ... and 2 (its SFT stage)
@@ -37,10 +38,10 @@ for i in "${!settings[@]}"; do
     rm -rf "$dir" && mkdir -p "$dir"
     cp -r "$source_dir/corpus" "$source_dir/pretrain" "$source_dir"/tokenizer.tiktoken* "$dir/"
     # shellcheck disable=SC2086  # the setting is a list of NAME=value words
-    env ${settings[$i]} python sft.py configs/classroom.py --out_dir="$dir" "$@" > "$dir.log" 2>&1 ||
+    env ${settings[$i]} "$python" sft.py configs/classroom.py --out_dir="$dir" "$@" > "$dir.log" 2>&1 ||
         { echo "sft.py failed under ${settings[$i]}: see $dir.log" >&2; exit 1; }
     same=$(cmp -s "$source_dir/rounding/0/sft/ckpt/model.safetensors" "$dir/sft/ckpt/model.safetensors" && echo yes || echo no)
-    python - "$dir/sft/summary.json" "${settings[$i]}" "$same" <<'EOF'
+    "$python" - "$dir/sft/summary.json" "${settings[$i]}" "$same" <<'EOF'
 import json, sys
 summary = json.load(open(sys.argv[1]))
 print(f"| `{sys.argv[2]}` | {100 * summary['accuracy']:.1f}% | {summary['eval_problems']} | {summary['seconds']:.0f} | "

@@ -45,12 +45,12 @@ def test_record_keeps_what_a_bench_printed_under_its_command_and_keeps_the_old_f
     (not its stderr); a failing command leaves the previous file and passes its status on."""
     out = tmp_path / "bench.txt"
     record = ["bash", os.path.join(ROOT, "bench", "record.sh"), str(out)]
-    printing = ["python", "-c", "import sys; print('1.23x transformers'); print('progress', file=sys.stderr)"]
+    printing = [sys.executable, "-c", "import sys; print('1.23x transformers'); print('progress', file=sys.stderr)"]
     result = subprocess.run(record + printing, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     lines = out.read_text().splitlines()
     assert lines[0] == " ".join(printing) and report.cpu_name() in lines[1] and lines[3:] == ["1.23x transformers"]
-    failing = subprocess.run(record + ["python", "-c", "print('half'); raise SystemExit(3)"], cwd=ROOT,
+    failing = subprocess.run(record + [sys.executable, "-c", "print('half'); raise SystemExit(3)"], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
     assert failing.returncode == 3 and out.read_text().splitlines()[3:] == ["1.23x transformers"]
 
