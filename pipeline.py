@@ -472,11 +472,6 @@ def draw_plots(cfg, task):
     return paths
 
 
-def timings_file(results_file):
-    """Where --results_file's run also writes its timings.md: results/x.md -> results/x-timings.md."""
-    return os.path.splitext(results_file)[0] + "-timings.md"
-
-
 def wall_time_line(seconds, wall):
     """The results file's wall time, naming the stages this run found done and skipped: with any,
     the figure is not the time from an empty out_dir."""
@@ -511,7 +506,7 @@ def main():
     write(os.path.join(cfg.out_dir, "timings.md"), timings)
     if cfg.results_file:  # the study's copies (results/*.md, the README's): results with its wall time, timings
         write(cfg.results_file, results.replace("\n", f"\n\n{wall_time_line(seconds, time.time() - start)}\n", 1))
-        write(timings_file(cfg.results_file), timings)
+        write(os.path.splitext(cfg.results_file)[0] + "-timings.md", timings)  # results/x.md -> x-timings.md
     plots = draw_plots(cfg, task_name(cfg)) + [viewer.write_page(cfg.out_dir)]  # the rollouts, token by token
     print("\n" + results + "\n" + timings)
     print(f"pipeline: {(time.time() - start) / 60:.1f} min; results {path}; plots {', '.join(plots)}")

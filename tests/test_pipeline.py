@@ -264,7 +264,7 @@ def test_rounding_study_runs_sft_under_each_kernel_setting_from_the_runs_checkpo
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = [line.split(" | ") for line in run.stdout.splitlines() if line.startswith("| `")]
-    assert len(rows) == 6 and rows[0][-1] == "yes |" and all(row[2] == "8" for row in rows)  # sft_eval_problems
+    assert len(rows) == 7 and rows[0][-1] == "yes |" and all(row[2] == "8" for row in rows)  # sft_eval_problems
     if intel_x86():
         assert rows[1][0] == "| `ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2,STRICT OMP_NUM_THREADS=2`" \
             and rows[1][-1] == "yes |"
