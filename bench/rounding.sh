@@ -6,6 +6,8 @@
 #     bash bench/record.sh results/rounding-xeon.txt bash bench/rounding.sh out/classroom
 #     bash bench/rounding.sh OUT_DIR --sft_steps=6 ...   # further arguments go to sft.py (the tests' tiny run)
 #
+# PYTHON=/path/to/python picks the interpreter (default: .venv/bin/python, else python3).
+#
 # Each row runs `python sft.py configs/classroom.py --out_dir=DIR` under its environment, one row
 # after another, in a folder of its own holding a copy of the run's corpus, tokenizer and
 # pretrained checkpoint (OUT_DIR/rounding/N; pipeline.py is not involved, so nothing else sets the
@@ -20,8 +22,8 @@ cd "$(dirname "$0")/.."
     exit 2; }
 source_dir=$1
 shift
-[ -d .venv/bin ] && PATH="$PWD/.venv/bin:$PATH"
-python=$(command -v python || command -v python3)
+PY=${PYTHON:-.venv/bin/python}  # as bench/gpu.sh picks it
+command -v "$PY" > /dev/null || PY=python3
 settings=(
     "ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2,STRICT OMP_NUM_THREADS=1"  # pipeline.py's kernels, 1 thread
     "ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2,STRICT OMP_NUM_THREADS=2"  # ... and 2 (its SFT stage)
@@ -39,10 +41,10 @@ for i in "${!settings[@]}"; do
     rm -rf "$dir" && mkdir -p "$dir"
     cp -r "$source_dir/corpus" "$source_dir/pretrain" "$source_dir"/tokenizer.tiktoken* "$dir/"
     # shellcheck disable=SC2086  # the setting is a list of NAME=value words
-    env ${settings[$i]} "$python" sft.py configs/classroom.py --out_dir="$dir" "$@" > "$dir.log" 2>&1 ||
+    env ${settings[$i]} "$PY" sft.py configs/classroom.py --out_dir="$dir" "$@" > "$dir.log" 2>&1 ||
         { echo "sft.py failed under ${settings[$i]}: see $dir.log" >&2; exit 1; }
     same=$(cmp -s "$source_dir/rounding/0/sft/ckpt/model.safetensors" "$dir/sft/ckpt/model.safetensors" && echo yes || echo no)
-    "$python" - "$dir/sft/summary.json" "${settings[$i]}" "$same" <<'EOF'
+    "$PY" - "$dir/sft/summary.json" "${settings[$i]}" "$same" <<'EOF'
 import json, sys
 summary = json.load(open(sys.argv[1]))
 print(f"| `{sys.argv[2]}` | {100 * summary['accuracy']:.1f}% | {summary['eval_problems']} | {summary['seconds']:.0f} | "
