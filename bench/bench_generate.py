@@ -220,11 +220,11 @@ def compiled_step_budget(model, batch_size, prompt_len, new_tokens, ours_per_tok
     with decode_weight_layout(model):  # as generate(compile=True) runs it on a CPU
         for keys in (mean_keys, 1):
             cache.length = keys - 1  # the step writes its own key at `length` and attends over length + 1
-            step(model, token, no_padding, key_mask, cache)
-            ms[keys] = timed(lambda: [step(model, token, no_padding, key_mask, cache) for _ in range(calls)],
+            step(model, token, no_padding, key_mask, cache, True)
+            ms[keys] = timed(lambda: [step(model, token, no_padding, key_mask, cache, True) for _ in range(calls)],
                              torch.device("cpu"))[1] / calls * 1e3
         # at 1 key, where the compiled code is shortest
-        compile_work_ms = torch_compile_overhead_ms(lambda: step(model, token, no_padding, key_mask, cache))
+        compile_work_ms = torch_compile_overhead_ms(lambda: step(model, token, no_padding, key_mask, cache, True))
     kv_bytes = batch_size * mean_keys * kv_bytes_per_position(args, 4)  # fp32
     gb_s = read_bandwidth(kv_bytes) / 1e9
     print(f"  compiled step at batch {batch_size}: {ms[mean_keys]:.2f} ms at {mean_keys} cached keys (the run's "
