@@ -238,31 +238,41 @@ def numerics(env):
     return {key: env.get(key, "") for key in shaping}
 
 
-def run_command(name, command, argv, env, log=None):
-    """Run one stage exactly as a user would (into `log`, a file, when stages run side by side);
-    a failing stage ends the pipeline with its command. The stage's own overrides come last, so
-    they win over the user's (sft_rm's --sft_steps over a --sft_steps meant for SFT)."""
+def run_command(name, command, argv, env, log, echo):
+    """Run one stage exactly as a user would, its output into `log` (logs/NAME.log). With `echo`
+    (no stage beside it) its stdout is printed as it comes too and its progress bars (stderr) go
+    to the terminal only; side by side, the log's last lines are printed after a failure. A
+    failing stage ends the pipeline with its command. The stage's own overrides come last, so they win over the user's
+    (sft_rm's --sft_steps over a --sft_steps meant for SFT)."""
     full = [sys.executable, command[0], *argv, *command[1:]]
-    print(f"\n=== {name}: {' '.join(full[1:])}" + (f"  (output: {log})" if log else ""), flush=True)
+    print(f"\n=== {name}: {' '.join(full[1:])}" + ("" if echo else f"  (output: {log})"), flush=True)
     start = time.time()
-    env = {**os.environ, **env}
-    with open(log, "w") if log else contextlib.nullcontext() as out:
-        status = subprocess.run(full, env=env, stdout=out, stderr=subprocess.STDOUT if log else None).returncode
+    env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}  # lines reach the log as the stage prints them
+    with open(log, "w") as out:
+        if echo:
+            stage = subprocess.Popen(full, env=env, stdout=subprocess.PIPE, text=True)
+            for line in stage.stdout:  # tee
+                print(line, end="", flush=True)
+                out.write(line)
+            status = stage.wait()
+        else:
+            status = subprocess.run(full, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
     if status != 0:
-        if log:
+        if not echo:
             print(open(log).read()[-3000:], file=sys.stderr)
         sys.exit(f"pipeline.py: stage {name} failed (its output is above); fix it and run pipeline.py again: "
                  "finished stages are skipped")
-    if log:
+    if not echo:
         print(f"=== {name}: done in {time.time() - start:.0f} s", flush=True)
     return time.time() - start
 
 
-def run_step(name, command, output, checkpoint, inputs, argv, log=None, alone=False):
+def run_step(name, command, output, checkpoint, inputs, argv, log=None, alone=False, echo=False):
     """Run one stage or evaluation unless its output is there, loads, is newer than its inputs
     and was made with these settings (config keys and numerics); returns its seconds (0 =
     skipped). A missing or broken output is a run to resume; a stale one is run again from the
-    start. `alone`: nothing runs beside it (same_numbers_env)."""
+    start. `alone`: it gets every core (same_numbers_env); `echo`: nothing runs beside it, so its
+    output is printed as well as logged."""
     env = same_numbers_env(config.load_config(argv), alone)
     wanted = {**settings(command, argv), **numerics(env)}
     start_over = []
@@ -274,7 +284,7 @@ def run_step(name, command, output, checkpoint, inputs, argv, log=None, alone=Fa
             return 0.0
         print(f"=== {name}: done before, but {why}; running it again from the start")
         start_over = START_OVER.get(command[0], [])
-    seconds = run_command(name, command, [*argv, *start_over], env, log)
+    seconds = run_command(name, command, [*argv, *start_over], env, log, echo)
     write_json(record_path(output), wanted)
     return seconds
 
@@ -289,26 +299,28 @@ class Step:
     needs: list  # the steps whose outputs (summary.json) it reads: newer ones make it stale
 
 
-def run_step_of(cfg, step, argv, log=None, alone=False):
+def log_path(cfg, name):
+    return os.path.join(cfg.out_dir, "logs", name.replace("/", "_").replace(" ", "_") + ".log")
+
+
+def run_step_of(cfg, step, argv, alone=False, echo=False):
     """run_step for a Step: its inputs are the summaries of the steps it needs."""
+    os.makedirs(os.path.dirname(log_path(cfg, step.name)), exist_ok=True)
     return run_step(step.name, step.command, step.output, step.checkpoint,
-                    [summary_path(cfg, need) for need in step.needs], argv, log, alone)
+                    [summary_path(cfg, need) for need in step.needs], argv, log_path(cfg, step.name), alone, echo)
 
 
 def run_when_ready(cfg, steps, argv):
     """Each step as soon as the steps it needs are done, up to cfg.pipeline_jobs at once (each a
     process of cpu_threads threads), the ready ones in list order; with more than one worker each
-    writes to logs/NAME.log. So a core never waits for a phase to end: a finished RL run is
+    writes to logs/NAME.log only. So a core never waits for a phase to end: a finished RL run is
     evaluated while the others still train.
     Which step runs beside which changes no result: each is its own process with its own seeds.
     Returns {name: seconds}; after a failure nothing more starts."""
     jobs = cfg.pipeline_jobs
-    logs = os.path.join(cfg.out_dir, "logs")
-    os.makedirs(logs, exist_ok=True)
 
     def run(step):
-        log = os.path.join(logs, step.name.replace("/", "_").replace(" ", "_") + ".log") if jobs > 1 else None
-        return run_step_of(cfg, step, argv, log)
+        return run_step_of(cfg, step, argv, echo=jobs == 1)
 
     waiting, running, seconds = list(steps), {}, {}
     later = {step.name for step in steps}  # a need outside these ran before
@@ -351,7 +363,7 @@ def run_stages(cfg, argv):
             command = ["evaluate.py", f"--eval_checkpoint={os.path.join(cfg.out_dir, stage, 'ckpt')}",
                        f"--eval_mode={mode}"]
             steps.append(Step(f"eval {os.path.basename(stage)}", command, eval_metrics_path(cfg, stage), None, [stage]))
-    seconds = {step.name: run_step_of(cfg, step, argv, alone=True) for step in steps[:3]}
+    seconds = {step.name: run_step_of(cfg, step, argv, alone=True, echo=True) for step in steps[:3]}
     return {**seconds, **run_when_ready(cfg, steps[3:], argv)}
 
 
@@ -383,6 +395,17 @@ Pages: {corpus['pool_pages']} in the pool, {corpus['url_duplicates']} URL and {c
 duplicates removed, {corpus['selected']} selected; decontamination removed {corpus['decontaminated']}.
 Tokens: {corpus['tokens']['train']:,} train, {corpus['tokens']['val']:,} validation.
 """
+
+
+def run_log(cfg, names):
+    """What the first chain's stages printed, from their logs, stage after stage: each line as it
+    last stood (a progress bar redraws its line after a carriage return), the bars left out."""
+    parts = []
+    for name in names:
+        if os.path.exists(log_path(cfg, name)):
+            lines = [line.split("\r")[-1] for line in open(log_path(cfg, name), errors="replace").read().splitlines()]
+            parts.append("\n".join([f"=== {name}", *[line for line in lines if line.strip() and "%|" not in line]]))
+    return "\n\n".join(parts) + "\n"
 
 
 def timings_markdown(cfg, chain_cfgs, seconds, total):
@@ -507,6 +530,7 @@ def main():
     if cfg.results_file:  # the study's copies (results/*.md, the README's): results with its wall time, timings
         write(cfg.results_file, results.replace("\n", f"\n\n{wall_time_line(seconds, time.time() - start)}\n", 1))
         write(os.path.splitext(cfg.results_file)[0] + "-timings.md", timings)  # results/x.md -> x-timings.md
+        write(os.path.splitext(cfg.results_file)[0] + "-log.txt", run_log(cfg, seconds))  # and x-log.txt
     plots = draw_plots(cfg, task_name(cfg)) + [viewer.write_page(cfg.out_dir)]  # the rollouts, token by token
     print("\n" + results + "\n" + timings)
     print(f"pipeline: {(time.time() - start) / 60:.1f} min; results {path}; plots {', '.join(plots)}")

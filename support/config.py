@@ -182,7 +182,7 @@ DEFAULTS = dict(
     pipeline_rm_sft_steps=0,  # pipeline.py with learned_rewards: > 0 = the reward models start from a longer SFT run of this many steps ({out_dir}/sft_rm, rl_rm_init) than the policy's
     seeds=1,  # RL runs per method, from the same SFT checkpoint with rl_seed 2..N beside the first; the table pairs them
     chains=1,  # whole runs of the recipe (corpus to RL), with seed, seed+1, ...: intervals over their SFT checkpoints ({out_dir}/chain-seed{S})
-    results_file="",  # also write results.md there, with the run's wall time, and timings.md beside it as X-timings.md (results/classroom.md: the README's findings)
+    results_file="",  # also write results.md there, with the run's wall time, timings.md beside it as X-timings.md and the stages' output as X-log.txt (results/classroom.md: the README's findings)
     # ---------------------------------------------------------------- memory_plan.py
     plan_prompt_len=512,  # longest RL prompt (tokens) the memory plan assumes: rows are this + rl_max_new_tokens long
 )

@@ -77,7 +77,7 @@ def test_a_stage_done_with_other_settings_is_named_and_run_again_from_the_start(
     assert changed == "settings changed: sft_lr 0.001 -> 0.01"
 
     ran = []
-    monkeypatch.setattr(pipeline, "run_command", lambda name, command, argv, env, log=None: ran.append(argv) or 1.0)
+    monkeypatch.setattr(pipeline, "run_command", lambda name, command, argv, env, log, echo: ran.append(argv) or 1.0)
     monkeypatch.setattr(pipeline, "loads", lambda output, checkpoint: True)
     numbers = pipeline.numerics(pipeline.same_numbers_env(config.load_config(argv)))  # as run_step records them
     write_json(pipeline.record_path(str(out / "summary.json")), {**pipeline.settings(command, argv), **numbers})
@@ -111,7 +111,7 @@ def test_a_stage_made_with_other_kernels_is_run_again(tmp_path, monkeypatch, cap
     out.mkdir()
     (out / "summary.json").write_text("{}")
     argv = ["configs/classroom.py", f"--out_dir={tmp_path}"]
-    monkeypatch.setattr(pipeline, "run_command", lambda name, command, argv, env, log=None: 1.0)
+    monkeypatch.setattr(pipeline, "run_command", lambda name, command, argv, env, log, echo: 1.0)
     monkeypatch.setattr(pipeline, "loads", lambda output, checkpoint: True)
     monkeypatch.setattr(pipeline.platform, "machine", lambda: "x86_64")
     monkeypatch.setenv("MKL_CBWR", "AVX2")
@@ -128,7 +128,7 @@ def test_every_step_starts_when_what_it_reads_is_done_never_before(tmp_path, mon
     at once, and the timings come back in table order."""
     events, alone = [], []
 
-    def fake_step(name, command, output, checkpoint, inputs, argv, log=None, runs_alone=False):
+    def fake_step(name, command, output, checkpoint, inputs, argv, log, runs_alone, echo):
         if runs_alone:
             alone.append(name)
         events.append(("start", name, time.monotonic()))
@@ -213,6 +213,10 @@ def test_the_whole_recipe_runs_end_to_end_at_a_tiny_size(tiny):
     assert again.returncode == 0 and again.stdout.count("done before, skipped") == steps
     assert f"{steps} of {steps} stages done before and skipped (corpus, pretrain, sft" in (out / "study.md").read_text()
     assert (out / "study-timings.md").read_text() == (out / "timings.md").read_text()  # the run's timings beside it
+    log = (out / "study-log.txt").read_text()  # what each stage printed (the first run's logs/), bars left out
+    assert log.count("=== ") == steps and "%|" not in log and "\r" not in log
+    for summary in (r"^corpus: \d+ pages", r"^pretrain: \d+ steps", r"^sft: \d+ steps", r"^grpo_outcome: held-out greedy"):
+        assert re.search(summary, log, re.M), summary
 
 
 def test_the_same_command_writes_the_same_results_byte_for_byte(tiny, tmp_path):
