@@ -2,6 +2,7 @@
 bootstrap on cases whose answer is known, the verdicts, and the README's findings and performance
 figures against the results files."""
 
+import glob
 import math
 import os
 import re
@@ -189,6 +190,47 @@ def test_readme_performance_figures_are_in_the_files_their_rows_name():
             # whole: not the end of 12,255 or 2.875, nor the start of 2.87 or 1,311
             assert re.search(rf"(?<!\d)(?<!\d[.,]){re.escape(figure)}(?![.,]?\d)", printed), \
                 f"README.md's performance row {name!r} says {figure}, which none of {files} prints"
+
+
+# The decimal figures the README's prose quotes that no committed results file prints, each with
+# where it comes from. A figure typed from a scratch run has no place here: record the run
+# (bench/record.sh, pipeline.py --results_file) and quote its file.
+FIGURES_FROM_ELSEWHERE = {
+    "2402.03300": "the paper's arXiv number",
+    "3.11": "the Python version",
+    "1.16": "TRL's version (requirements-bench.txt)",
+    "5.13": "the Linux version that brought Landlock",
+    "0.0001": "a config value as a stage prints it (sft_lr)",
+    "31.6": "the paper's learning-rate schedule (section 2.3)",
+    "0.95": "AdamW's beta2 (section 2.3) and PPO's GAE lambda (configs)",
+    "42.1": "the header of git show 71679e1:results/classroom.md",
+    "48.8": "git show 3d4445f:results/classroom-amd.md",
+    "18.8": "git diff 5816d84 -- results/",
+    "11.1": "the header of git show 5816d84:results/classroom-seed2.md",
+    "0.517": "git show 8cccae9:results/classroom.md (scalar-head reward models)",
+    "0.655": "git show 8cccae9:results/classroom.md (scalar-head reward models)",
+    "8.3": "git show ca50cad:results/classroom.md (seven chains' prediction interval)",
+    "9.5": "git log -p -- results/classroom-default.md (an earlier run's wall-time line)",
+    "10.6": "git log -p -- results/classroom-default.md (an earlier run's wall-time line)",
+    "2.87": "git log -p -- results/generate-xeon.txt (the day before's run)",
+}
+T_QUANTILES = {"4.30": 2, "2.78": 4, "2.45": 6, "2.31": 8}  # the study's t at 3, 5, 7, 9 chains (K - 1 df)
+
+
+def test_readme_prose_figures_are_in_the_results_files():
+    """Outside the results blocks, every decimal figure of the README is printed by a committed
+    results file, or is one of the t quantiles it explains (computed here), or is listed above
+    with where it comes from."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    prose = re.sub(r"<!-- ((?:results/|python -m )[^>]*?) -->\n.*?<!-- end of [^>]*-->", "", readme, flags=re.S)
+    printed = "\n".join(open(path).read() for path in glob.glob(os.path.join(ROOT, "results", "*")))
+    assert {figure: f"{stats.t_975(df):.2f}" for figure, df in T_QUANTILES.items()} == \
+        {figure: figure for figure in T_QUANTILES}
+    for figure in set(re.findall(r"(?<![\w.,])\d+(?:,\d{3})*\.\d+(?![\w]|\.\d)", prose)):
+        if figure in FIGURES_FROM_ELSEWHERE or figure in T_QUANTILES:
+            continue
+        assert re.search(rf"(?<!\d)(?<!\d[.,]){re.escape(figure)}(?![.,]?\d)", printed), \
+            f"README.md says {figure}, which no results/ file prints (record it, or say where it comes from)"
 
 
 def test_readme_machines_table_is_the_results_files_side_by_side(monkeypatch):
