@@ -366,9 +366,9 @@ def run_stages(cfg, argv):
     seconds = {step.name: run_step_of(cfg, step, argv, alone=True, echo=True) for step in steps[:3]}
     # Ready steps start in list order; those that nothing waits for and that could start at once
     # (the base and SFT models' evaluations) go last, to fill the gap left while the last RL
-    # checkpoints are evaluated. With the default run's stage times (results/classroom-default-timings.md)
-    # the steps after SFT then take 496 s instead of 524, against 495 were their 989 s of one-core
-    # work perfectly shared by two cores.
+    # checkpoints are evaluated. In list order one core sat idle through the default run's last
+    # evaluation, about 5% of the time after SFT; in this order that part took 489 s for 964 s of
+    # one-core work (results/classroom-default-timings.md), against 482 s perfectly shared.
     needed = {need for step in steps for need in step.needs}
     fillers = [step for step in steps[3:] if step.name not in needed and set(step.needs) <= set(seconds)]
     ran = run_when_ready(cfg, [step for step in steps[3:] if step not in fillers] + fillers, argv)
