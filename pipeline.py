@@ -250,7 +250,7 @@ def run_command(name, command, argv, env, log, echo):
     env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}  # lines reach the log as the stage prints them
     with open(log, "w") as out:
         if echo:
-            stage = subprocess.Popen(full, env=env, stdout=subprocess.PIPE, text=True)
+            stage = subprocess.Popen(full, env=env, stdout=subprocess.PIPE, text=True, errors="replace")
             for line in stage.stdout:  # tee
                 print(line, end="", flush=True)
                 out.write(line)
