@@ -182,6 +182,9 @@ def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline") / "run"
     run = run_tiny(out)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for stage in ("corpus", "pretrain", "sft"):  # run alone, a stage's output is printed and kept in logs/
+        summary = re.search(rf"^{stage}: .*$", run.stdout, re.M)
+        assert summary and summary.group() in (out / "logs" / f"{stage}.log").read_text(), stage
     return out, config.load_config(["configs/classroom.py", f"--out_dir={out}", *TINY, "--seeds=2",
                                     "--learned_rewards=true"])
 
