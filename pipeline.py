@@ -36,7 +36,6 @@ command runs again on the same machine), timings.md (each stage's wall time), pl
 rollouts.html (support/viewer.py's page of the RL runs' rollouts, token by token).
 """
 
-import contextlib
 import fnmatch
 import json
 import os
@@ -242,8 +241,8 @@ def run_command(name, command, argv, env, log, echo):
     """Run one stage exactly as a user would, its output into `log` (logs/NAME.log). With `echo`
     (no stage beside it) its stdout is printed as it comes too and its progress bars (stderr) go
     to the terminal only; side by side, the log's last lines are printed after a failure. A
-    failing stage ends the pipeline with its command. The stage's own overrides come last, so they win over the user's
-    (sft_rm's --sft_steps over a --sft_steps meant for SFT)."""
+    failing stage ends the pipeline with its command. The stage's own overrides come last, so
+    they win over the user's (sft_rm's --sft_steps over a --sft_steps meant for SFT)."""
     full = [sys.executable, command[0], *argv, *command[1:]]
     print(f"\n=== {name}: {' '.join(full[1:])}" + ("" if echo else f"  (output: {log})"), flush=True)
     start = time.time()
@@ -267,12 +266,12 @@ def run_command(name, command, argv, env, log, echo):
     return time.time() - start
 
 
-def run_step(name, command, output, checkpoint, inputs, argv, log=None, alone=False, echo=False):
+def run_step(name, command, output, checkpoint, inputs, argv, log, alone=False, echo=False):
     """Run one stage or evaluation unless its output is there, loads, is newer than its inputs
     and was made with these settings (config keys and numerics); returns its seconds (0 =
     skipped). A missing or broken output is a run to resume; a stale one is run again from the
-    start. `alone`: it gets every core (same_numbers_env); `echo`: nothing runs beside it, so its
-    output is printed as well as logged."""
+    start. Its output goes to `log`; `alone`: it gets every core (same_numbers_env); `echo`:
+    nothing runs beside it, so its output is printed as well."""
     env = same_numbers_env(config.load_config(argv), alone)
     wanted = {**settings(command, argv), **numerics(env)}
     start_over = []

@@ -76,13 +76,13 @@ def test_a_stage_done_with_other_settings_is_named_and_run_again_from_the_start(
     changed = pipeline.settings_change(str(out / "summary.json"), pipeline.settings(command, argv + ["--sft_lr=0.01"]))
     assert changed == "settings changed: sft_lr 0.001 -> 0.01"
 
-    ran = []
+    ran, log = [], str(out / "sft.log")
     monkeypatch.setattr(pipeline, "run_command", lambda name, command, argv, env, log, echo: ran.append(argv) or 1.0)
     monkeypatch.setattr(pipeline, "loads", lambda output, checkpoint: True)
     numbers = pipeline.numerics(pipeline.same_numbers_env(config.load_config(argv)))  # as run_step records them
     write_json(pipeline.record_path(str(out / "summary.json")), {**pipeline.settings(command, argv), **numbers})
-    assert pipeline.run_step("sft", command, str(out / "summary.json"), None, [], argv) == 0.0  # same settings
-    assert pipeline.run_step("sft", command, str(out / "summary.json"), None, [], [*argv, "--sft_lr=0.01"]) == 1.0
+    assert pipeline.run_step("sft", command, str(out / "summary.json"), None, [], argv, log) == 0.0  # same settings
+    assert pipeline.run_step("sft", command, str(out / "summary.json"), None, [], [*argv, "--sft_lr=0.01"], log) == 1.0
     assert ran[-1][-1] == "--sft_resume=false"  # a finished checkpoint is not resumed
     assert "sft_lr 0.001 -> 0.01; running it again from the start" in capsys.readouterr().out
     assert pipeline.settings_change(str(out / "summary.json"), pipeline.settings(command, [*argv, "--sft_lr=0.01"])) == ""
@@ -111,14 +111,15 @@ def test_a_stage_made_with_other_kernels_is_run_again(tmp_path, monkeypatch, cap
     out.mkdir()
     (out / "summary.json").write_text("{}")
     argv = ["configs/classroom.py", f"--out_dir={tmp_path}"]
+    log = str(out / "sft.log")
     monkeypatch.setattr(pipeline, "run_command", lambda name, command, argv, env, log, echo: 1.0)
     monkeypatch.setattr(pipeline, "loads", lambda output, checkpoint: True)
     monkeypatch.setattr(pipeline.platform, "machine", lambda: "x86_64")
     monkeypatch.setenv("MKL_CBWR", "AVX2")
-    assert pipeline.run_step("sft", ["sft.py"], str(out / "summary.json"), None, [], argv) == 1.0
-    assert pipeline.run_step("sft", ["sft.py"], str(out / "summary.json"), None, [], argv) == 0.0
+    assert pipeline.run_step("sft", ["sft.py"], str(out / "summary.json"), None, [], argv, log) == 1.0
+    assert pipeline.run_step("sft", ["sft.py"], str(out / "summary.json"), None, [], argv, log) == 0.0
     monkeypatch.delenv("MKL_CBWR")
-    assert pipeline.run_step("sft", ["sft.py"], str(out / "summary.json"), None, [], argv) == 1.0
+    assert pipeline.run_step("sft", ["sft.py"], str(out / "summary.json"), None, [], argv, log) == 1.0
     assert "MKL_CBWR 'AVX2' -> 'AVX2,STRICT'" in capsys.readouterr().out
 
 
