@@ -248,12 +248,12 @@ def run_command(name, command, argv, env, log, echo):
     start = time.time()
     env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}  # lines reach the log as the stage prints them
     with open(log, "w") as out:
-        if echo:
-            stage = subprocess.Popen(full, env=env, stdout=subprocess.PIPE, text=True, errors="replace")
-            for line in stage.stdout:  # tee
-                print(line, end="", flush=True)
-                out.write(line)
-            status = stage.wait()
+        if echo:  # `with` waits for the stage to end, on Ctrl-C too (the stage gets the SIGINT as well)
+            with subprocess.Popen(full, env=env, stdout=subprocess.PIPE, text=True, errors="replace") as stage:
+                for line in stage.stdout:  # tee
+                    print(line, end="", flush=True)
+                    out.write(line)
+            status = stage.returncode
         else:
             status = subprocess.run(full, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
     if status != 0:
@@ -304,9 +304,10 @@ def log_path(cfg, name):
 
 def run_step_of(cfg, step, argv, alone=False, echo=False):
     """run_step for a Step: its inputs are the summaries of the steps it needs."""
-    os.makedirs(os.path.dirname(log_path(cfg, step.name)), exist_ok=True)
+    log = log_path(cfg, step.name)
+    os.makedirs(os.path.dirname(log), exist_ok=True)
     return run_step(step.name, step.command, step.output, step.checkpoint,
-                    [summary_path(cfg, need) for need in step.needs], argv, log_path(cfg, step.name), alone, echo)
+                    [summary_path(cfg, need) for need in step.needs], argv, log, alone, echo)
 
 
 def run_when_ready(cfg, steps, argv):

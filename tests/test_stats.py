@@ -171,6 +171,12 @@ def test_readme_findings_are_the_committed_results_files():
             f"README.md's {path} block differs from the file"
 
 
+def prints_whole(text, figure):
+    """Whether `text` holds `figure` as a whole number: not the end of 12,255 or 2.875, nor the
+    start of 2.87 or 1,311."""
+    return re.search(rf"(?<!\d)(?<!\d[.,]){re.escape(figure)}(?![.,]?\d)", text) is not None
+
+
 def test_readme_performance_figures_are_in_the_files_their_rows_name():
     """Each row of the README's performance table names the committed files its command wrote
     (results/...), and every figure in its last column ("measured") is printed in one of them,
@@ -187,8 +193,7 @@ def test_readme_performance_figures_are_in_the_files_their_rows_name():
         assert files, f"README.md's performance row {name!r} names no results file"
         printed = "\n".join(open(os.path.join(ROOT, path)).read() for path in files)
         for figure in re.findall(r"\d+(?:,\d{3})*(?:\.\d+)?", measured):
-            # whole: not the end of 12,255 or 2.875, nor the start of 2.87 or 1,311
-            assert re.search(rf"(?<!\d)(?<!\d[.,]){re.escape(figure)}(?![.,]?\d)", printed), \
+            assert prints_whole(printed, figure), \
                 f"README.md's performance row {name!r} says {figure}, which none of {files} prints"
 
 
@@ -230,7 +235,7 @@ def test_readme_prose_figures_are_in_the_results_files():
     for figure in set(re.findall(r"(?<![\w.,])\d+(?:,\d{3})*\.\d+(?![\w]|\.\d)", prose)):
         if figure in FIGURES_FROM_ELSEWHERE or figure in T_QUANTILES:
             continue
-        assert re.search(rf"(?<!\d)(?<!\d[.,]){re.escape(figure)}(?![.,]?\d)", printed), \
+        assert prints_whole(printed, figure), \
             f"README.md says {figure}, which no results/ file prints (record it, or say where it comes from)"
 
 
