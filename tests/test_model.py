@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model import (ModelArgs, Transformer, decode_weight_layout, generate, one_query_attention,
-                   padding_positions_and_mask, sequence_logprobs)
+                   padding_positions_and_mask, sample_next, sequence_logprobs)
 
 ARGS = ModelArgs(vocab_size=97, dim=64, n_layer=2, n_head=4, n_kv_head=2, intermediate_size=96,
                  max_seq_len=128, bos_id=1, eos_id=2)
@@ -110,6 +110,30 @@ def test_finished_rows_leave_the_batch_and_the_others_sample_as_before(model):
         n = int(stopped.mask[row].sum())
         assert stopped.tokens[row, :n].tolist() == free.tokens[row, :n].tolist()
     assert torch.equal(stopped.tokens[9:], free.tokens[9:, :stopped.tokens.shape[1]])  # never stopped: unchanged
+
+
+def test_repeated_prompts_share_one_prefill_and_sample_as_naive_recomputation(model):
+    """Copies of a prompt (k samples of one question) are prefilled once, and each copy then
+    samples as if it had its own prefill: the same tokens as recomputing every row's whole
+    sequence at each step and sampling from the same random stream."""
+    g = torch.Generator().manual_seed(7)
+    a, b = (torch.randint(3, 97, (9,), generator=g).tolist() for _ in range(2))  # one length: no padding
+    ps = [a, a, b, a, b]
+    prefill_rows = []
+    hook = model.layers[0].register_forward_pre_hook(lambda _, args: prefill_rows.append(args[0].shape))
+    try:
+        out = generate(model, ps, max_new_tokens=10, temperature=1.0, eos_id=-1,
+                       generator=torch.Generator().manual_seed(3))
+    finally:
+        hook.remove()
+    assert prefill_rows[0][:2] == (2, 9)  # two distinct prompts prefilled
+    seqs, stream = [list(p) for p in ps], torch.Generator().manual_seed(3)
+    for _ in range(10):
+        logits = model(torch.tensor(seqs))[:, -1]  # (5, V), every row recomputed from its start
+        for seq, token in zip(seqs, sample_next(logits, 1.0, stream).tolist()):
+            seq.append(token)
+    assert out.tokens.tolist() == [seq[9:] for seq in seqs]
+    assert out.tokens[0].tolist() != out.tokens[1].tolist()  # copies sample on their own
 
 
 def test_the_kv_cache_is_never_read_where_nothing_was_written(model, monkeypatch):
