@@ -213,6 +213,8 @@ def compiled_step_budget(model, batch_size, prompt_len, new_tokens, ours_per_tok
     step = _compiled_decode_step(torch.device("cpu"))
     mean_keys = prompt_len + new_tokens // 2
     cache = KVCache(args, batch_size, prompt_len + new_tokens, "cpu", torch.float32)
+    for t in cache.k + cache.v:  # KVCache leaves its memory unset; whatever it held (denormals, NaN) must not time the step
+        t.zero_()
     key_mask = torch.ones(batch_size, prompt_len + new_tokens, dtype=torch.bool)
     token = torch.zeros(batch_size, dtype=torch.long)
     no_padding = torch.zeros(batch_size, dtype=torch.long)  # every row's left padding
