@@ -260,7 +260,8 @@ def explore(model, tokenizer, problems, cfg, seed, device):
     rl_rollout_questions questions (x G rows) share one KV cache, which bounds its memory (the
     7B's cache is ~0.5 MB per token and row). Each such chunk draws from its own generator,
     seeded by `seed` + its first question's index, so a question's samples depend neither on
-    the number of ranks nor on which rank drew them."""
+    the number of ranks nor on which rank drew them. The G copies of a question's prompt are
+    prefilled once (model.generate shares the prefill of identical prompts)."""
     G, per_chunk = cfg.rl_group_size, cfg.rl_rollout_questions
     prompts = [tokenizer.encode_prompt(p.question, COT_SUFFIX) for p in problems for _ in range(G)]
     responses, truncated = [], []
