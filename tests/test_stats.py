@@ -217,6 +217,7 @@ FIGURES_FROM_ELSEWHERE = {
     "8.3": "git show ca50cad:results/classroom.md (seven chains' prediction interval)",
     "9.5": "git log -p -- results/classroom-default.md (an earlier run's wall-time line)",
     "10.6": "git log -p -- results/classroom-default.md (an earlier run's wall-time line)",
+    "11.9": "git log -p -- results/classroom-default.md (an earlier run's wall-time line)",
     "2.87": "git log -p -- results/generate-xeon.txt (the day before's run)",
     "12.4": "git log -p -- results/classroom-default.md (the run before the fillers moved last)",
 }
