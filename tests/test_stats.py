@@ -202,7 +202,7 @@ def test_readme_performance_figures_are_in_the_files_their_rows_name():
 # (bench/record.sh, pipeline.py --results_file) and quote its file.
 FIGURES_FROM_ELSEWHERE = {
     "2402.03300": "the paper's arXiv number",
-    "3.11": "the Python version",
+    "3.11": "the Python version; and git log -p -- results/generate-xeon.txt (an earlier run of the day)",
     "1.16": "TRL's version (requirements-bench.txt)",
     "5.13": "the Linux version that brought Landlock",
     "0.0001": "a config value as a stage prints it (sft_lr)",
