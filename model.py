@@ -256,7 +256,7 @@ class KVCache:
         # one (B, K, S_max, d) tensor per layer: 2 x n_layer x B x K x S_max x d numbers in all,
         # for the 7B at bf16 0.5 MB per token of a row. Left unset (empty, not zeros): a forward
         # reads only the positions written before it (the prefill writes 0..P-1, each decode step
-        # its own), and zeroing 128 MB per batch took 1.4 s of a 60 s classroom evaluation.
+        # its own), and zeroing ~90 MB per batch took 1.4 s of a 65 s classroom evaluation (cProfile).
         self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(args.n_layer)]
         self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(args.n_layer)]
         self.length = 0  # positions filled so far (the same for every row: prompts are left-padded)
@@ -899,8 +899,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
     # and last logits. To the bit what prefilling every copy gives, where a row's numbers do not
     # depend on the rows beside it (see the finished rows' drop below). The classroom evaluation's
     # 4,000 samples have 500 distinct prompts: with one prefill each (and the cache left unzeroed),
-    # the SFT model's evaluation answered 23.1 problems/s instead of 17.5, the same 5,000 answers
-    # byte for byte (evaluate.py's metrics.json and classroom.jsonl, one thread, an Intel Xeon).
+    # the default run's chat evaluations took 37-39 s instead of 47-50 s, the same answers byte for
+    # byte (results/classroom-default-timings.md against classroom-default-before-timings.md).
     distinct = {}  # prompt -> (its number among the distinct prompts, its first row)
     for i, p in enumerate(prompts):
         distinct.setdefault(tuple(p), (len(distinct), i))
