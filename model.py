@@ -859,8 +859,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
     stop_sequences: token-id lists; a row also ends after any of them (kept in its output).
     Prompts are left-padded to the longest, so every row's next token sits at the same cache
     index; positions count only real tokens, so a row's result does not depend on its padding.
-    One prefill pass fills the KV cache; each decode step then costs one token per row still
-    generating (finished rows leave the batch).
+    One prefill pass fills the KV cache (once per distinct prompt: copies of a prompt share it);
+    each decode step then costs one token per row still generating (finished rows leave the batch).
 
     compile=True runs the decode steps through torch.compile: the first call compiles (tens of
     seconds on a CPU; a batch of 1 compiles once more), later calls of any batch size and
