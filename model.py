@@ -901,9 +901,9 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
     # 4,000 samples have 500 distinct prompts: with one prefill each (and the cache left unzeroed),
     # the default run's chat evaluations took 37-39 s instead of 47-50 s, the same answers byte for
     # byte (results/classroom-default-timings.md against classroom-default-before-timings.md).
-    distinct = {}  # prompt -> (its number among the distinct prompts, its first row)
+    distinct, copy_of = {}, []  # prompt -> (its number among the distinct prompts, its first row); (B,) numbers
     for i, p in enumerate(prompts):
-        distinct.setdefault(tuple(p), (len(distinct), i))
+        copy_of.append(distinct.setdefault(tuple(p), (len(distinct), i))[0])
     firsts = [row for _, row in distinct.values()]  # (U,)
     cache = KVCache(args, len(firsts), P + max_new_tokens, device, model.embed_tokens.weight.dtype)
     logits = model(tokens[firsts], positions[firsts], attn[firsts], cache, last_only=True)  # (U, V) prefill
@@ -911,7 +911,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
         raise FloatingPointError("the model's logits hold NaN/inf: its weights have diverged")
     cache.length = P  # the model writes into the cache; advancing it is ours
     if len(firsts) < B:
-        copy_of = torch.tensor([distinct[tuple(p)][0] for p in prompts], device=device)  # (B,) each row's prompt
+        copy_of = torch.tensor(copy_of, device=device)  # (B,) each row's distinct prompt
         cache.take_rows(copy_of)
         logits = logits[copy_of]  # (B, V)
     left_pad = P - (positions[:, -1] + 1)  # (B,) each row's left padding: RoPE position = cache index - this

@@ -368,7 +368,8 @@ def run_stages(cfg, argv):
     # (the base and SFT models' evaluations) go last, to fill the gap left while the last RL
     # checkpoints are evaluated. In list order one core sat idle through the default run's last
     # evaluation, about 5% of the time after SFT; in this order that part took 489 s for 964 s of
-    # one-core work (results/classroom-default-timings.md), against 482 s perfectly shared.
+    # one-core work, against 482 s perfectly shared (the 11.9-minute run: git log -p --
+    # results/classroom-default-timings.md).
     needed = {need for step in steps for need in step.needs}
     fillers = [step for step in steps[3:] if step.name not in needed and set(step.needs) <= set(seconds)]
     ran = run_when_ready(cfg, [step for step in steps[3:] if step not in fillers] + fillers, argv)
@@ -410,8 +411,9 @@ def run_log(cfg, names):
     last stood (a progress bar redraws its line after a carriage return), the bars left out."""
     parts = []
     for name in names:
-        if os.path.exists(log_path(cfg, name)):
-            lines = [line.split("\r")[-1] for line in open(log_path(cfg, name), errors="replace").read().splitlines()]
+        if os.path.exists(log := log_path(cfg, name)):
+            with open(log, errors="replace") as f:
+                lines = [line.split("\r")[-1] for line in f.read().splitlines()]
             parts.append("\n".join([f"=== {name}", *[line for line in lines if line.strip() and "%|" not in line]]))
     return "\n\n".join(parts) + "\n"
 

@@ -16,6 +16,7 @@ import re
 from fractions import Fraction
 
 import numpy as np
+from math_verify import parse, verify
 
 # No gold answer of GSM8K, MATH or ours is near this long; a longer "answer" is not one, and
 # parsing it (sympy, or Python's int(), which refuses over 4,300 digits) is what we must avoid.
@@ -164,9 +165,6 @@ def answers_equal(answer, gold, timeout=3):
     answer_value, gold_value = _rational(answer), _rational(gold)
     if answer_value is not None and gold_value is not None:
         return answer_value == gold_value
-    # imported here: only answers that are not plain numbers need it, and importing it (sympy, a
-    # LaTeX parser) costs ~0.4 s, which every stage of a classroom run would pay at its start
-    from math_verify import parse, verify
     try:
         parsed_gold = parse(f"${gold}$", parsing_timeout=timeout)
         parsed_answer = parse(f"${answer}$", parsing_timeout=timeout)
