@@ -87,7 +87,8 @@ from support import config, distributed, tasks, training, viewer
 from support.fileio import BadInput, write_json
 from support.rewards import correctness, outcome_labels, process_labels, result_columns, samples_of, split_by_question
 from support.rl_support import (Job, Run, check_rl_config, copy_weights, finish, heldout_accuracy, iteration_summary,
-                                iterative, logprobs_of, memory_metrics, method_name, micro_batches, print_reward_model,
+                                iterative, length_grouped_micro_batches, logprobs_of, memory_metrics, method_name,
+                                print_reward_model,
                                 print_summary, recorded_steps, report_comparison, reset_peak_memory, right_padded,
                                 rows_question_ids, save, scalar_outputs, stop_if_rewards_broken, values_of,
                                 watch_signal, whole_model)
@@ -352,22 +353,24 @@ def advantages(run, rollouts, scored, cfg):
     return targets
 
 
-def micro_batch_loss(run, rollouts, scored, targets, rows, cfg):
-    """The loss of one micro-batch of rows (its share of the step's objective), and the per-token
-    quantities it computed: ratio, clipped, kl, entropy; PPO adds its value loss."""
-    N, mb = len(rollouts.texts), rollouts.response_mask[rows]
-    logp, entropy = sequence_logprobs(run.policy, rollouts.tokens[rows], rollouts.mask[rows],
-                                      cfg.rl_temperature, with_entropy=True)  # (n, T)
-    old = targets.old_logp[rows] if targets.old_logp is not None else logp.detach()  # log pi_old
+def micro_batch_loss(run, rollouts, scored, targets, rows, width, cfg):
+    """The loss of one micro-batch of rows, cut to its first `width` tokens (its share of the
+    step's objective), and the per-token quantities it computed: ratio, clipped, kl, entropy;
+    PPO adds its value loss."""
+    N, cols = len(rollouts.texts), slice(0, width - 1)  # cols: the log-prob columns of tokens 0..width-1
+    tokens, mask, mb = rollouts.tokens[rows, :width], rollouts.mask[rows, :width], rollouts.response_mask[rows, cols]
+    logp, entropy = sequence_logprobs(run.policy, tokens, mask, cfg.rl_temperature, with_entropy=True)  # (n, width-1)
+    old = targets.old_logp[rows, cols] if targets.old_logp is not None else logp.detach()  # log pi_old
     info = {"entropy": entropy}
     if cfg.rl_algo == "grpo":
-        loss, more = grpo_loss(logp, old, targets.ref_logp[rows], targets.advantages[rows], mb,
+        loss, more = grpo_loss(logp, old, targets.ref_logp[rows, cols], targets.advantages[rows, cols], mb,
                                cfg.rl_clip_eps, cfg.rl_kl_coef, N)
     elif cfg.rl_algo == "ppo":
-        values = scalar_outputs(run.value, rollouts.tokens[rows], rollouts.mask[rows])
-        loss, value_loss, more = ppo_losses(logp, old, targets.advantages[rows], values, targets.old_values[rows],
-                                            targets.returns[rows], mb, cfg.rl_clip_eps, cfg.ppo_value_clip, N)
-        more.update(kl=k3_kl(logp, targets.ref_logp[rows]), value_loss=value_loss)
+        values = scalar_outputs(run.value, tokens, mask)
+        loss, value_loss, more = ppo_losses(logp, old, targets.advantages[rows, cols], values,
+                                            targets.old_values[rows, cols], targets.returns[rows, cols], mb,
+                                            cfg.rl_clip_eps, cfg.ppo_value_clip, N)
+        more.update(kl=k3_kl(logp, targets.ref_logp[rows, cols]), value_loss=value_loss)
         loss = loss + value_loss  # V_psi's loss reaches only V_psi's weights, and its own optimizer
     else:
         loss, more = rft_loss(logp, scored.correct[rows], mb, N), {}
@@ -381,11 +384,11 @@ def update(run, rollouts, scored, targets, cfg, step):
     m = rollouts.response_mask
     sums = dict.fromkeys(("loss", "value_loss", "kl", "clip_frac", "entropy", "grad_norm"), 0.0)
     for _ in range(cfg.rl_mu):
-        for rows in micro_batches(len(rollouts.texts), cfg.rl_micro_batch):
+        for rows, width in length_grouped_micro_batches(rollouts.mask, cfg.rl_micro_batch):
             with training.autocast(run.device, cfg.dtype):
-                loss, info = micro_batch_loss(run, rollouts, scored, targets, rows, cfg)
+                loss, info = micro_batch_loss(run, rollouts, scored, targets, rows, width, cfg)
             loss.backward()  # a NaN loss makes a NaN gradient norm, which optimizer_step stops at
-            mb = m[rows]
+            mb = m[rows, :width - 1]
             sums["loss"] += float(loss.detach())
             sums["value_loss"] += float(info.get("value_loss", torch.zeros(())).detach())
             sums["entropy"] += float((info["entropy"].detach() * mb).sum())

@@ -27,8 +27,15 @@ What is the same on both sides (issue 17, item 2):
     the batch, see grpo.py's docstring). Two known differences: TRL normalises advantages by the
     sample std (n - 1), we by the population std (a scale of 0.94 at G = 8, no cost), and TRL
     does not clamp the log-ratios (two elementwise ops);
-  - one forward/backward over the 64 rows (our rl_micro_batch 64, TRL per_device_train_batch_size
-    64, gradient_accumulation_steps 1); AdamW lr 5e-5, betas (0.9, 0.95), no weight decay,
+  - the 64 rows generated at once, then forward/backward passes over micro-batches of
+    --micro_batch rows (default 16, the 7B config's rl_micro_batch), their gradients accumulated
+    into one AdamW step (our rl_micro_batch; TRL per_device_train_batch_size = --micro_batch,
+    gradient_accumulation_steps = 64 / --micro_batch, so its generation batch is the 64 rows).
+    How the rows are grouped is each side's own: ours puts rows of similar length together and
+    cuts each micro-batch to its longest row (rl_support.length_grouped_micro_batches); TRL
+    shuffles the 64 rows and pads each to the longest of them (GRPOTrainer._prepare_inputs).
+    --micro_batch=64 is one pass over all rows on both sides, the same work on each side.
+    AdamW lr 5e-5, betas (0.9, 0.95), no weight decay,
     gradient clip 1.0; float32 on the CPU. (TRL's AdamW is torch's fused one, transformers'
     default; ours is torch's plain loop on a CPU: at 1M parameters, milliseconds.)
   - activation checkpointing (each block's activations recomputed in backward): on for both by
@@ -82,6 +89,8 @@ def parse_args(argv=None):
     parser.add_argument("--questions", type=int, default=8)
     parser.add_argument("--group_size", type=int, default=8)
     parser.add_argument("--max_new_tokens", type=int, default=100)
+    parser.add_argument("--micro_batch", type=int, default=16,
+                        help="rows per forward/backward on both sides (gradient accumulation over the step's rows)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round (after one warm-up step)")
     parser.add_argument("--rounds", type=int, default=2, help="subprocess runs per side, alternating")
     parser.add_argument("--threads", type=int, default=1)
@@ -107,7 +116,7 @@ def classroom_config(a):
     from support import config
     return config.load_config([os.path.join(ROOT, "configs", "classroom.py"), "--device=cpu",
                                f"--rl_group_size={a.group_size}", f"--rl_questions_per_step={a.questions}",
-                               f"--rl_rollout_questions={a.questions}", f"--rl_micro_batch={a.questions * a.group_size}",
+                               f"--rl_rollout_questions={a.questions}", f"--rl_micro_batch={a.micro_batch}",
                                f"--rl_max_new_tokens={a.max_new_tokens}", "--rl_mu=1", "--rl_kl_coef=0.04",
                                "--rl_clip_eps=0.2", f"--rl_lr={a.lr}", "--rl_weight_decay=0", "--rl_grad_clip=1.0",
                                "--rl_temperature=1.0", "--grader_workers=1", f"--seed={SEED}",
@@ -309,7 +318,7 @@ def run_ours(a, folder):
 
     import evaluate
     import grpo
-    from support import distributed
+    from support import distributed, rl_support
     from support.tokenizer import load_tokenizer
 
     torch.set_num_threads(a.threads)
@@ -322,6 +331,14 @@ def run_ours(a, folder):
     for part, name in (("generation", "explore"), ("reward", "reward"), ("log-probs", "advantages"),
                        ("update", "update")):
         setattr(grpo, name, timer.wrap(part, getattr(grpo, name)))
+    positions = {"read": 0, "padded": 0}  # the update's passes: positions read, and at the batch's full width
+
+    def counted_micro_batches(mask, size):
+        batches = rl_support.length_grouped_micro_batches(mask, size)
+        positions["read"] += sum(len(rows) * width for rows, width in batches)
+        positions["padded"] += mask.numel()
+        return batches
+    grpo.length_grouped_micro_batches = counted_micro_batches
     steps, lengths, profile = [], [], None
     with evaluate.Grader(cfg.grader_workers, cfg.grader_timeout) as grader:
         run = grpo.Run(cfg, d, tokenizer, grader, folder, folder)
@@ -340,7 +357,7 @@ def run_ours(a, folder):
                 steps.append({"total": total, **parts})
                 lengths.append(metrics["response_len"])
     finish({"side": "ours", "steps": steps, "completion_len": statistics.mean(lengths) if lengths else None,
-            "profile": profile,
+            "profile": profile, "positions_read": positions["read"] / positions["padded"],
             "threads": torch.get_num_threads()}, a, started_rss)
 
 
@@ -353,9 +370,11 @@ def trl_args(a, output_dir, max_steps):
     """GRPOConfig for the same step as ours (see the module docstring)."""
     from trl import GRPOConfig
     rows = a.questions * a.group_size
+    # generation_batch_size = per_device_train_batch_size x steps_per_generation (its default:
+    # gradient_accumulation_steps) = all the step's rows, generated at once as ours are
     return GRPOConfig(
-        output_dir=output_dir, use_cpu=True, bf16=False, fp16=False, seed=SEED,
-        max_steps=max_steps, per_device_train_batch_size=rows, gradient_accumulation_steps=1,
+        output_dir=output_dir, use_cpu=True, bf16=False, fp16=False, seed=SEED, max_steps=max_steps,
+        per_device_train_batch_size=a.micro_batch, gradient_accumulation_steps=rows // a.micro_batch,
         num_generations=a.group_size, max_completion_length=a.max_new_tokens, temperature=1.0, top_p=1.0,
         top_k=0, num_iterations=1, beta=0.04, epsilon=0.2, loss_type="grpo", scale_rewards="group",
         use_vllm=False, learning_rate=a.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
@@ -456,7 +475,8 @@ def summarise(runs):
             "all_steps": [round(s["total"], 3) for r in runs for s in r["steps"]],
             "round_medians": [statistics.median(s["total"] for s in r["steps"]) for r in runs],
             "completion_len": best["completion_len"], "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-            "rss_after_setup_mb": best["rss_after_setup_mb"], "threads": best["threads"]}
+            "rss_after_setup_mb": best["rss_after_setup_mb"], "threads": best["threads"],
+            "positions_read": best.get("positions_read")}
 
 
 def machine():
@@ -468,7 +488,8 @@ def print_report(a, results):
     ours, trl = results["ours"], results["trl"]
     rows = a.questions * a.group_size
     print(f"\nGRPO step: {a.questions} questions x {a.group_size} outputs = {rows} rows, <= {a.max_new_tokens} new "
-          f"tokens, mu 1, beta 0.04, clip 0.2, float32, {ours['threads']} thread(s), activation checkpointing "
+          f"tokens, micro-batches of {a.micro_batch} rows, mu 1, beta 0.04, clip 0.2, float32, {ours['threads']} thread(s), "
+          f"activation checkpointing "
           f"{a.activation_checkpointing} on both sides, grpo.py --compile={a.compile} (TRL eager); {machine()}")
     print(f"{'':12s}{'s/step':>8s}" + "".join(f"{p:>12s}" for p in PARTS) + f"{'len':>7s}{'peak RSS MB':>13s}"
           f"{'RSS at start':>14s}")
@@ -477,6 +498,9 @@ def print_report(a, results):
               + f"{r['completion_len'] or 0:7.1f}{r['peak_rss_mb']:13.0f}{r['rss_after_setup_mb']:14.0f}")
     ratio = ours["step_s"] / trl["step_s"]
     print(f"every timed step, s: grpo.py {ours['all_steps']}; TRL {trl['all_steps']}")
+    print(f"the update's passes: ours read {100 * ours['positions_read']:.0f}% of the positions of the rows padded to "
+          f"the step's longest (rows of similar length share a micro-batch, cut to its longest row); TRL pads every "
+          f"row to the step's longest prompt and longest completion")
     per_round = [o / t for o, t in zip(ours["round_medians"], trl["round_medians"])]  # each round's pair ran back to back
     print(f"ours / TRL: step {ratio:.2f}x (rounds {min(per_round):.2f}-{max(per_round):.2f}x; goal <= 0.70x: "
           f"{goal_verdict(per_round, lambda r: r <= 0.7)}); "
@@ -508,6 +532,9 @@ def main(argv=None):
         os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
         (run_ours if a.side == "ours" else run_trl)(a, a.checkpoint)
         return
+    if (a.questions * a.group_size) % a.micro_batch:
+        sys.exit(f"--micro_batch={a.micro_batch} must divide the step's {a.questions * a.group_size} rows "
+                 "(TRL accumulates whole micro-batches)")
     try:
         import trl  # noqa: F401
     except ImportError:
@@ -531,6 +558,7 @@ def main(argv=None):
         out = os.path.join(workdir, f"{side}-{round_}.json")
         cmd = [sys.executable, os.path.abspath(__file__), f"--side={side}", f"--checkpoint={folder}", f"--out={out}",
                f"--questions={a.questions}", f"--group_size={a.group_size}", f"--max_new_tokens={a.max_new_tokens}",
+               f"--micro_batch={a.micro_batch}",
                f"--steps={0 if profiled else a.steps}", f"--threads={a.threads}", f"--lr={a.lr}",
                f"--profile={'true' if profiled else 'false'}", f"--activation_checkpointing={a.activation_checkpointing}",
                f"--compile={a.compile}"]

@@ -212,6 +212,52 @@ def rollouts_of(tokenizer, problems, responses):
     return grpo.Rollouts(problems, texts, tokens, mask, response, torch.zeros(len(prompts), dtype=torch.bool))
 
 
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_length_grouped_micro_batches_give_the_whole_batch_gradient_on_fewer_positions(tokenizer, algo):
+    """Micro-batches of 2 rows of similar length, each cut to its longest row, accumulate the
+    gradient (policy, and PPO's value model) of one pass over the whole padded batch, and read
+    fewer positions; with one micro-batch the rows keep their order and the batch its width."""
+    from types import SimpleNamespace
+    torch.manual_seed(0)
+    args = ModelArgs(vocab_size=tokenizer.n_vocab, dim=32, n_layer=2, n_head=4, n_kv_head=2,
+                     intermediate_size=64, max_seq_len=256)
+    policy, ref, value = Transformer(args), Transformer(args), Transformer(args, head="scalar")
+    problems = tasks.classroom_problems("train", 1, 5) * 6  # one question's group of 6 outputs
+    responses = [(problems[0].solution * 4)[:n] for n in (5, 150, 12, 120, 30, 70)]
+    rollouts = rollouts_of(tokenizer, problems, responses)
+    N, L = rollouts.tokens.shape
+    m = rollouts.response_mask
+    run = SimpleNamespace(policy=policy, value=value, ref=ref)
+    scored = SimpleNamespace(correct=torch.ones(N))
+
+    def gradients(micro_batch):
+        cfg = config.load_config(["configs/classroom.py", f"--rl_micro_batch={micro_batch}", f"--rl_algo={algo}"])
+        torch.manual_seed(1)  # the same targets at every micro-batch size
+        ref_logp = rl_support.logprobs_of(ref, rollouts, cfg)
+        targets = grpo.Targets(torch.randn(N, L - 1) * m, None if algo == "grpo" else ref_logp + 0.1 * m, ref_logp,
+                               None, None, 0, rl_support.values_of(value, rollouts, cfg), torch.randn(N, L - 1) * m)
+        policy.zero_grad(), value.zero_grad()
+        batches = rl_support.length_grouped_micro_batches(rollouts.mask, micro_batch)
+        for rows, width in batches:
+            grpo.micro_batch_loss(run, rollouts, scored, targets, rows, width, cfg)[0].backward()
+        grads = [p.grad.clone() for model in (policy, value) if model is policy or algo == "ppo"
+                 for p in model.parameters()]
+        return grads, batches, ref_logp * m
+
+    whole, (one,), ref_whole = gradients(N)
+    assert one == (list(range(N)), L)  # the rows in their order, the batch's width
+    grouped, batches, ref_grouped = gradients(2)
+    lengths = rollouts.mask.sum(-1).tolist()
+    assert sorted(r for rows, _ in batches for r in rows) == list(range(N))
+    assert all(width == max(lengths[r] for r in rows) for rows, width in batches)
+    longest_first = sorted(lengths, reverse=True)  # pairs: the 1st and 2nd longest, the 3rd and 4th, ...
+    assert sum(len(rows) * width for rows, width in batches) == 2 * sum(longest_first[0::2]) < N * L
+    torch.testing.assert_close(ref_grouped, ref_whole, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grouped, whole):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    assert sum(float(g.abs().sum()) for g in whole) > 0
+
+
 def test_process_rewards_land_on_each_steps_last_token(tokenizer):
     problem = tasks.classroom_problems("train", 1, 5)[0]
     wrong = problem.solution.replace(f"= {problem.steps[0].result}.", f"= {int(problem.steps[0].result) + 1}.", 1)
