@@ -384,6 +384,9 @@ def update(run, rollouts, scored, targets, cfg, step):
     m = rollouts.response_mask
     sums = dict.fromkeys(("loss", "value_loss", "kl", "clip_frac", "entropy", "grad_norm"), 0.0)
     for _ in range(cfg.rl_mu):
+        # gradient accumulation over micro-batches of rl_micro_batch rows; rows of similar length
+        # share one, cut to its longest row, so little of each pass is padding (not in the paper:
+        # speed only, the objective is the same sum over rows)
         for rows, width in length_grouped_micro_batches(rollouts.mask, cfg.rl_micro_batch):
             with training.autocast(run.device, cfg.dtype):
                 loss, info = micro_batch_loss(run, rollouts, scored, targets, rows, width, cfg)

@@ -79,10 +79,12 @@ def test_trl_comparison_runs_end_to_end_at_a_tiny_size(tmp_path):
     pytest.importorskip("trl")
     result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench_grpo_vs_trl.py"),
                              f"--workdir={tmp_path}", "--questions=2", "--group_size=2", "--max_new_tokens=6",
-                             "--steps=1", "--rounds=1"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                            timeout=600)
+                             "--micro_batch=2", "--steps=1", "--rounds=1"], cwd=ROOT, env=ENV, capture_output=True,
+                            text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ours / TRL: step" in result.stdout and "peak RSS" in result.stdout
+    read = float(result.stdout.split("the update's passes: ours read ")[1].split("%")[0])
+    assert 0 < read <= 100  # two micro-batches of 2 rows, each cut to its longest
     assert (tmp_path / "results.json").exists()
 
 
