@@ -88,10 +88,9 @@ from support.fileio import BadInput, write_json
 from support.rewards import correctness, outcome_labels, process_labels, result_columns, samples_of, split_by_question
 from support.rl_support import (Job, Run, check_rl_config, copy_weights, finish, heldout_accuracy, iteration_summary,
                                 iterative, length_grouped_micro_batches, logprobs_of, memory_metrics, method_name,
-                                print_reward_model,
-                                print_summary, recorded_steps, report_comparison, reset_peak_memory, right_padded,
-                                rows_question_ids, save, scalar_outputs, stop_if_rewards_broken, values_of,
-                                watch_signal, whole_model)
+                                print_reward_model, print_summary, recorded_steps, report_comparison,
+                                reset_peak_memory, right_padded, rows_question_ids, save, scalar_outputs,
+                                stop_if_rewards_broken, values_of, watch_signal, whole_model)
 from support.tokenizer import COT_SUFFIX, load_tokenizer
 
 ALGOS = ("grpo", "ppo", "rft", "online_rft")

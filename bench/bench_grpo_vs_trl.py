@@ -488,9 +488,9 @@ def print_report(a, results):
     ours, trl = results["ours"], results["trl"]
     rows = a.questions * a.group_size
     print(f"\nGRPO step: {a.questions} questions x {a.group_size} outputs = {rows} rows, <= {a.max_new_tokens} new "
-          f"tokens, micro-batches of {a.micro_batch} rows, mu 1, beta 0.04, clip 0.2, float32, {ours['threads']} thread(s), "
-          f"activation checkpointing "
-          f"{a.activation_checkpointing} on both sides, grpo.py --compile={a.compile} (TRL eager); {machine()}")
+          f"tokens, micro-batches of {a.micro_batch} rows, mu 1, beta 0.04, clip 0.2, float32, {ours['threads']} "
+          f"thread(s), activation checkpointing {a.activation_checkpointing} on both sides, grpo.py "
+          f"--compile={a.compile} (TRL eager); {machine()}")
     print(f"{'':12s}{'s/step':>8s}" + "".join(f"{p:>12s}" for p in PARTS) + f"{'len':>7s}{'peak RSS MB':>13s}"
           f"{'RSS at start':>14s}")
     for name, r in (("grpo.py", ours), ("TRL", trl)):

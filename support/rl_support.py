@@ -2,7 +2,8 @@
 
 Nothing here is part of the algorithm; grpo.py reads as the paper without it. This module holds
 
-    - micro-batching (rows of similar length together) and the scalar-head / log-prob passes over a batch of rollouts;
+    - micro-batching (rows of similar length together) and the scalar-head / log-prob passes over
+      a batch of rollouts;
     - `whole_model`: generation on a DDP- or FSDP-wrapped policy;
     - `Run`: the models one run holds (policy, pi_ref, the SFT sampler of RFT, PPO's value model,
       the learned reward model), their optimizers, and their checkpoint state;
