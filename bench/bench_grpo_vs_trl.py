@@ -90,7 +90,8 @@ def parse_args(argv=None):
     parser.add_argument("--group_size", type=int, default=8)
     parser.add_argument("--max_new_tokens", type=int, default=100)
     parser.add_argument("--micro_batch", type=int, default=16,
-                        help="rows per forward/backward on both sides (gradient accumulation over the step's rows)")
+                        help="rows per forward/backward on both sides (gradient accumulation over the step's rows; "
+                        "at most the step's rows)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round (after one warm-up step)")
     parser.add_argument("--rounds", type=int, default=2, help="subprocess runs per side, alternating")
     parser.add_argument("--threads", type=int, default=1)
@@ -532,6 +533,7 @@ def main(argv=None):
         os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
         (run_ours if a.side == "ours" else run_trl)(a, a.checkpoint)
         return
+    a.micro_batch = min(a.micro_batch, a.questions * a.group_size)  # a step of fewer rows is one micro-batch
     if (a.questions * a.group_size) % a.micro_batch:
         sys.exit(f"--micro_batch={a.micro_batch} must divide the step's {a.questions * a.group_size} rows "
                  "(TRL accumulates whole micro-batches)")

@@ -88,6 +88,13 @@ def test_trl_comparison_runs_end_to_end_at_a_tiny_size(tmp_path):
     assert (tmp_path / "results.json").exists()
 
 
+def test_trl_comparison_refuses_a_micro_batch_that_does_not_divide_the_step():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench_grpo_vs_trl.py"), "--questions=3",
+                             "--group_size=8"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip() == "--micro_batch=16 must divide the step's 24 rows (TRL accumulates whole micro-batches)"
+
+
 def test_generation_bench_runs_at_a_tiny_size_with_identical_tokens_and_a_floor():
     """bench_generate.py end to end at a tiny size: ours and transformers agree token for token,
     and the floor (matmuls + attention of ours, the kernels both must run) bounds our speed-up."""
