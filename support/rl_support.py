@@ -81,24 +81,25 @@ def scalar_outputs(model, tokens, mask):
     return model(tokens, positions, attn_mask)[:, :-1].float()
 
 
-@torch.no_grad()
-def logprobs_of(model, rollouts, cfg):
-    """log pi(o_t | q, o_<t) for every column, (N, L-1), at the sampling temperature; 0 in the
-    columns past a micro-batch's width (padding in every row of it)."""
+def per_column(pass_fn, rollouts, cfg):
+    """pass_fn(tokens, mask) -> (n, width-1) run over the rollouts' length-grouped micro-batches,
+    gathered as (N, L-1); 0 in the columns past a micro-batch's width (padding in all its rows)."""
     out = torch.zeros(rollouts.response_mask.shape, device=rollouts.tokens.device)  # (N, L-1)
     for rows, width in length_grouped_micro_batches(rollouts.mask, cfg.rl_micro_batch):
-        out[rows, :width - 1] = sequence_logprobs(model, rollouts.tokens[rows, :width], rollouts.mask[rows, :width],
-                                                  cfg.rl_temperature)
+        out[rows, :width - 1] = pass_fn(rollouts.tokens[rows, :width], rollouts.mask[rows, :width])
     return out
+
+
+@torch.no_grad()
+def logprobs_of(model, rollouts, cfg):
+    """log pi(o_t | q, o_<t) for every column, (N, L-1), at the sampling temperature."""
+    return per_column(lambda tokens, mask: sequence_logprobs(model, tokens, mask, cfg.rl_temperature), rollouts, cfg)
 
 
 @torch.no_grad()
 def values_of(value_model, rollouts, cfg):
-    """V_psi at every column, (N, L-1); 0 past a micro-batch's width, as logprobs_of."""
-    out = torch.zeros(rollouts.response_mask.shape, device=rollouts.tokens.device)  # (N, L-1)
-    for rows, width in length_grouped_micro_batches(rollouts.mask, cfg.rl_micro_batch):
-        out[rows, :width - 1] = scalar_outputs(value_model, rollouts.tokens[rows, :width], rollouts.mask[rows, :width])
-    return out
+    """V_psi at every column, (N, L-1)."""
+    return per_column(lambda tokens, mask: scalar_outputs(value_model, tokens, mask), rollouts, cfg)
 
 
 @contextlib.contextmanager
