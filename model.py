@@ -25,7 +25,8 @@ naming the field (`ModelArgs.from_hf`).
     model.save_pretrained("out/my-model")
 
 Generation (`generate`) runs batched prompts of different lengths (left-padded) through a
-preallocated KV cache, each decode step eager or, with compile=True, through torch.compile;
+preallocated KV cache, each decode step eager or, with compile=True, through torch.compile (greedy
+on a CPU, four steps to a compiled call);
 rows that finish leave the batch, so a batch costs about the sum of its rows' lengths.
 `sequence_logprobs` recomputes log-probs of given completions in
 chunks, never holding a whole (B, T, V) float32 logits tensor (V is 102,400 for the 7B).
@@ -279,8 +280,12 @@ class KVCache:
     def update(self, layer, k, v):
         """Store this forward's keys/values (B, K, T, d); return those to attend over (B, K, S, d)."""
         end = self.length + k.shape[2]  # prefill: T = prompt length; decode: T = 1
-        self.k[layer][:, :, self.length:end] = k
-        self.v[layer][:, :, self.length:end] = v
+        at = torch.arange(self.length, end, device=k.device)  # (T,) the cache positions written
+        # index_copy_, not an assignment to a slice: in a compiled call of several decode steps
+        # (generate's greedy steps on a CPU) inductor turned each slice assignment into a copy of
+        # the whole cache (2.6 instead of 1.1 ms a token at batch 16); index_copy_ it writes in place
+        self.k[layer].index_copy_(2, at, k)
+        self.v[layer].index_copy_(2, at, v)
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
@@ -748,19 +753,32 @@ def sample_next(logits, temperature, generator=None):
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # generator: the caller's seeded stream
 
 
-def _decode_step(model, token, left_pad, key_mask, cache, greedy):
-    """Logits (B, V) after one more token per row (B,), written at cache index cache.length,
-    attending over every real key so far (key_mask (B, S_max), True = a real token, not left
-    padding); `greedy`: the next token of each row (B,) instead. A row's RoPE position counts its
-    real tokens only: the cache index less the row's left padding (B,), so a prompt's positions do
-    not depend on the longer prompts beside it.
-    Greedy, the pick is the compiled step's last loop: no (B, V) logits leave it, and the eager
-    max over them (~10 us a token at batch 16 on a CPU) is gone: 1-2% at batch 16
-    (bench/bench_generate.py, an Intel Xeon, 1 thread)."""
-    mask = key_mask[:, None, None, :cache.length + 1]  # (B, 1, 1, S)
-    position = cache.length - left_pad  # (B,); computed inside the compiled step, not as one more eager op a token
-    logits = model(token[:, None], position[:, None], mask, cache, last_only=True)  # (B, V)
-    return sample_next(logits, 0) if greedy else logits
+def _decode_steps(model, token, left_pad, key_mask, cache, greedy, n=1):
+    """Decode steps from one token per row (B,): each writes its keys/values at cache index
+    cache.length, advances it by one and attends over every real key so far (key_mask (B, S_max),
+    True = a real token, not left padding). Sampling: one step, its logits (B, V), for the caller
+    to draw from its own generator. Greedy: n steps, each feeding its pick to the next, and their
+    tokens (n, B). A row's RoPE position counts its real tokens only: the cache index less the
+    row's left padding (B,), so a prompt's positions do not depend on the longer prompts beside it.
+
+    Greedy, the pick is inside the step, compiled with it: no (B, V) logits leave the compiled
+    graph and no eager max runs a token (1-2% at batch 16). Several steps per call (compiled, on
+    a CPU: DECODE_STEPS_PER_CALL): each call of the compiled function costs ~0.2 ms of torch.compile's
+    own work (its guards, its wrappers) and each return to generate()'s loop ~0.1 ms more, against
+    a classroom step of ~1.1 ms at batch 16. A row that ends inside a call runs on to the call's
+    end; generate() writes filler over what it picks after its end, as it does for a finished row
+    that has not yet left the batch."""
+    tokens = []
+    for _ in range(n):
+        mask = key_mask[:, None, None, :cache.length + 1]  # (B, 1, 1, S)
+        position = cache.length - left_pad  # (B,); computed inside the compiled step, not as one more eager op a token
+        logits = model(token[:, None], position[:, None], mask, cache, last_only=True)  # (B, V)
+        cache.length += 1
+        if not greedy:
+            return logits
+        token = sample_next(logits, 0)  # (B,)
+        tokens.append(token)
+    return torch.stack(tokens)  # (n, B): each step's tokens contiguous, as the next call's input must be
 
 
 @contextlib.contextmanager
@@ -808,11 +826,19 @@ def decode_weight_layout(model):
             w.data = w.data.contiguous()
 
 
+# Greedy decode steps per call of the compiled step on a CPU. On the classroom model at batch 16
+# and 256 new tokens (an Intel Xeon, 1 thread; the compiled calls alone, without generate()'s loop)
+# a token took 1.27 ms at 1 step a call, 1.07 at 4 and 1.06 at 8. The price: compiling a call of 4
+# took 47 s against 22 s for one step, and a generation that ends with fewer than 4 steps to go
+# compiles the one-step call as well (69 s in all; once per process); and a row that ends inside a
+# call computes up to 3 steps it does not keep. On a GPU one step a call: more would save kernel
+# launches and host syncs there too, but no GPU was at hand to measure it.
+DECODE_STEPS_PER_CALL = 4
 _compiled_steps = {}  # device type -> torch.compile'd decode step, made once per process; False once it failed
 
 
-def _compiled_decode_step(device):
-    """The compiled decode step for this kind of device, or None where compiling failed before."""
+def _compiled_decode_steps(device):
+    """The compiled decode steps for this kind of device, or None where compiling failed before."""
     if device.type not in _compiled_steps:
         # One graph for every step: dynamic=True makes the cache length (and the batch size) a
         # symbol, where a plain int would be baked in and force a recompilation each step. The
@@ -836,7 +862,7 @@ def _compiled_decode_step(device):
         # eps) would be a graph input as well, made into a tensor at every call; as constants they
         # cost nothing: the step 2.5% faster at batch 16, 7% at batch 1. The patch wraps every call,
         # not the first alone: dynamo reads it whenever it traces, and a batch of 1 traces again.
-        compiled = torch.compile(_decode_step, dynamic=True, options=cpu_options if device.type == "cpu" else {})
+        compiled = torch.compile(_decode_steps, dynamic=True, options=cpu_options if device.type == "cpu" else {})
         _compiled_steps[device.type] = torch._dynamo.config.patch(specialize_float=True)(compiled)
     return _compiled_steps[device.type] or None  # False (failed before) -> None: decode eagerly
 
@@ -862,10 +888,11 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
     One prefill pass fills the KV cache (once per distinct prompt: copies of a prompt share it);
     each decode step then costs one token per row still generating (finished rows leave the batch).
 
-    compile=True runs the decode steps through torch.compile: the first call compiles (tens of
-    seconds on a CPU; a batch of 1 compiles once more), later calls of any batch size and
-    length reuse it. On the classroom model it made decoding 1.8-1.9x faster at batch 16 and at
-    batch 1 and 1.3-1.4x at batch 128 (bench/bench_generate.py, an Intel Xeon, 1 thread). The
+    compile=True runs the decode steps through torch.compile: the first call compiles (on a CPU
+    20-70 s for the classroom model, see DECODE_STEPS_PER_CALL; a batch of 1 compiles once more),
+    later calls of any batch size and length reuse it. On the classroom model it made greedy
+    decoding 2.3x faster at batch 16, 3.2x at batch 1 and 1.4x at batch 128
+    (bench/bench_generate.py, an Intel Xeon, 1 thread: results/generate-xeon.txt). The
     classroom run decodes eagerly: one of its evaluations (evaluate.py, 5,000 answers at batch
     128) took 52 s compiled against 36 s eager, the compilation counted, and compiled kernels
     round differently from the eager ones its committed results were made with. On an H100, a
@@ -885,7 +912,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
     max_new_tokens = min(max_new_tokens, args.max_seq_len - P)  # the RoPE tables end at max_seq_len
     if max_new_tokens <= 0:
         raise ValueError(f"prompt of {P} tokens leaves no room under max_seq_len={args.max_seq_len}")
-    step = _compiled_decode_step(device) if compile else None
+    step = _compiled_decode_steps(device) if compile else None
     pad_id = (id_list(args.eos_id) or [0])[0]  # filler for left padding and finished rows; masked out
     tokens = torch.full((B, P), pad_id, dtype=torch.long, device=device)  # (B, P), prompts right-aligned
     key_mask = torch.zeros(B, P + max_new_tokens, dtype=torch.bool, device=device)  # True: a real key
@@ -922,6 +949,9 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
     rows = torch.arange(B, device=device)  # (A,) the rows the model still runs, in the cache's order
     greedy = temperature == 0  # then each decode step returns its rows' next tokens, not their logits
     next_token = sample_next(logits, 0) if greedy else None  # (B,)
+    # compiled, on a CPU, greedy steps run DECODE_STEPS_PER_CALL to a call (see _decode_steps)
+    steps_per_call = DECODE_STEPS_PER_CALL if step and greedy and device.type == "cpu" else 1
+    ahead = []  # tokens (A,) the last call decoded for the steps after the current one
     n_done = 0  # finished rows, on the host. Until a row finishes, the ops that mask finished rows
     # are skipped: a few microseconds each on a CPU, against a compiled classroom step of ~1.1 ms
     with contextlib.ExitStack() as layout:
@@ -956,29 +986,39 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
             # (MKL_CBWR=...,STRICT, pipeline.py's default: the default run's 5,000 answers of each
             # chat evaluation came out byte for byte as before); in MKL's other modes a row may round
             # by its batch's size, as it does under padding (tests/test_model.py checks the tokens).
-            finished = n_done - (B - len(rows))  # rows in the batch that have finished
-            if finished and 4 * finished >= len(rows):
-                keep = ~done[rows]  # (A,)
-                rows, key_mask, left_pad = rows[keep], key_mask[keep], left_pad[keep]
-                cache.take_rows(keep)
-            # the next query sees every real prompt key and every generated key so far
-            if len(rows) < B:
-                token = token[rows]  # (A,)
-            if step:
-                try:
-                    row_out = step(model, token, left_pad, key_mask, cache, greedy)  # (A, V), greedy (A,)
-                except Exception as e:  # compilation failed (no C++ compiler, an op it cannot trace...)
-                    _give_up_compiling(device, e)
-                    step = None  # eager rewrites the same cache slot, with the same values
-                    layout.close()  # and reads the weights in their own layout, as compile=False does
-                    row_out = _decode_step(model, token, left_pad, key_mask, cache, greedy)
+            if ahead:  # the last call decoded this step already (greedy, several steps a call)
+                row_out = ahead.pop(0)  # (A,)
             else:
-                row_out = _decode_step(model, token, left_pad, key_mask, cache, greedy)
+                finished = n_done - (B - len(rows))  # rows in the batch that have finished
+                if finished and 4 * finished >= len(rows):
+                    keep = ~done[rows]  # (A,)
+                    rows, key_mask, left_pad = rows[keep], key_mask[keep], left_pad[keep]
+                    cache.take_rows(keep)
+                # the next query sees every real prompt key and every generated key so far
+                if len(rows) < B:
+                    token = token[rows]  # (A,)
+                # steps_per_call steps where that many more tokens are wanted after this one, else one
+                # (the last token needs no forward pass, and the cache has no room beyond max_new_tokens)
+                n_steps = steps_per_call if max_new_tokens - 1 - t >= steps_per_call else 1
+                if step:
+                    start = cache.length
+                    try:
+                        row_out = step(model, token, left_pad, key_mask, cache, greedy, n_steps)  # (A, V), greedy (n_steps, A)
+                    except Exception as e:  # compilation failed (no C++ compiler, an op it cannot trace...)
+                        _give_up_compiling(device, e)
+                        step = None  # eager rewrites the same cache slots, with the same values
+                        layout.close()  # and reads the weights in their own layout, as compile=False does
+                        cache.length = start
+                        row_out = _decode_steps(model, token, left_pad, key_mask, cache, greedy, n_steps)
+                else:
+                    row_out = _decode_steps(model, token, left_pad, key_mask, cache, greedy)
+                if greedy:
+                    ahead = list(row_out)  # n_steps tokens (A,) each: this step's and the next n_steps - 1's
+                    row_out = ahead.pop(0)
             if greedy:
                 next_token = row_out if len(rows) == B else next_token.index_put_((rows,), row_out)  # (B,)
             else:
                 logits = row_out if len(rows) == B else logits.index_put_((rows,), row_out)  # (B, V)
-            cache.length += 1
     n = int(lengths.max())  # drop the columns no row reached
     mask = torch.arange(n, device=device)[None, :] < lengths[:, None]  # (B, n)
     return Generation(out[:, :n], mask, ~done)

@@ -346,7 +346,7 @@ def test_the_compile_key_sends_rollouts_and_evaluation_through_the_compiled_deco
 
     def counted_step(*args):
         calls.append(1)
-        return model_module._decode_step(*args)
+        return model_module._decode_steps(*args)
     monkeypatch.setattr(model_module, "_compiled_steps", {"cpu": counted_step})
     torch.manual_seed(0)
     policy = Transformer(ModelArgs(vocab_size=tokenizer.n_vocab, dim=32, n_layer=1, n_head=2, n_kv_head=2,

@@ -179,6 +179,34 @@ def test_compile_falls_back_to_eager_with_a_warning(model, monkeypatch):
     assert torch.equal(generate(model, prompts(), 10, temperature=0, eos_id=-1, compile=True).tokens, eager.tokens)
 
 
+def test_greedy_steps_several_to_a_call_give_the_tokens_of_one_step_a_call(model, monkeypatch):
+    """generate(compile=True) on a CPU runs greedy steps DECODE_STEPS_PER_CALL to a call (here the
+    eager function stands in for the compiled one, so nothing compiles): the same tokens, masks and
+    truncation flags as one step a call, with rows that end inside a call at an EOS and at a
+    two-token stop sequence, finished rows leaving the batch, and a length no multiple of 4."""
+    import model as model_module
+    calls = []
+
+    def counted_steps(*args):
+        calls.append(args[-1])
+        return model_module._decode_steps(*args)
+    monkeypatch.setattr(model_module, "_compiled_steps", {"cpu": counted_steps})
+    ps = prompts()
+    free = generate(model, ps, max_new_tokens=23, temperature=0, eos_id=-1).tokens
+    eos = free[:2, 5].tolist()  # rows 0 and 1 end at their 6th token at the latest, inside the second call
+    stop = [free[2, 9:11].tolist()]  # row 2 at its 11th at the latest, inside the third
+    for ends in (dict(eos_id=-1), dict(eos_id=eos), dict(eos_id=eos, stop_sequences=stop)):
+        one = generate(model, ps, max_new_tokens=23, temperature=0, **ends)
+        calls.clear()
+        several = generate(model, ps, max_new_tokens=23, temperature=0, compile=True, **ends)
+        for field in ("tokens", "mask", "truncated"):
+            assert torch.equal(getattr(several, field), getattr(one, field)), (ends, field)
+        assert calls[0] == 4
+    # no row ends: 22 tokens after the prefill's, five calls of 4, then 1 and 1 (4 would pass the 23rd)
+    assert generate(model, ps, max_new_tokens=23, temperature=0, eos_id=-1, compile=True) and calls[-7:] == [4] * 5 + [1] * 2
+    assert not one.mask.all() and one.truncated[3]  # the last case: rows ended early, row 3 ran to the end
+
+
 def test_decode_weight_layout_holds_the_same_numbers_and_gives_them_back_row_major(model):
     """generate(compile=True) decodes on a CPU with every linear weight stored column by column,
     q/k/v and gate/up as views into one matrix each: every number as it was, the grouped
@@ -228,8 +256,10 @@ def test_compiled_decoding_equals_eager_and_naive(model, monkeypatch):
         assert torch.equal(compiled.tokens, eager.tokens[[ps.index(p) for p in batch]])
     assert compiled.tokens[0].tolist() == naive_greedy(model, ps[1], 20)  # the last batch: ps[1] alone
     stops = eager.tokens[:2, 3].tolist()  # rows end at different steps: the compiled batch shrinks too
-    assert torch.equal(generate(model, ps, 20, temperature=0, eos_id=stops, compile=True).tokens,
-                       generate(model, ps, 20, temperature=0, eos_id=stops).tokens)
+    stop_sequences = [eager.tokens[2, 6:8].tolist()]  # and inside a call of several steps
+    assert torch.equal(generate(model, ps, 20, temperature=0, eos_id=stops, stop_sequences=stop_sequences,
+                                compile=True).tokens,
+                       generate(model, ps, 20, temperature=0, eos_id=stops, stop_sequences=stop_sequences).tokens)
     assert model_module._compiled_steps["cpu"]  # nothing fell back
 
 
