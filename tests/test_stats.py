@@ -216,6 +216,7 @@ FIGURES_FROM_ELSEWHERE = {
     "0.655": "git show 8cccae9:results/classroom.md (scalar-head reward models)",
     "8.3": "git show ca50cad:results/classroom.md (seven chains' prediction interval)",
     "9.5": "git log -p -- results/classroom-default.md (an earlier run's wall-time line)",
+    "9.7": "git log -p -- results/classroom-default.md (an earlier run's wall-time line)",
     "10.6": "git log -p -- results/classroom-default.md (an earlier run's wall-time line)",
     "11.9": "git log -p -- results/classroom-default.md (an earlier run's wall-time line)",
     "2.87": "git log -p -- results/generate-xeon.txt (an earlier run)",
