@@ -6,7 +6,7 @@
     python grpo.py configs/classroom.py --rl_algo=ppo                     # the PPO baseline
     python grpo.py configs/classroom.py --rl_algo=rft                     # or online_rft
     python grpo.py configs/classroom.py --rl_compare=true                 # GRPO vs PPO: table + plot
-    python grpo.py configs/classroom.py --compile=true                    # torch.compile: 1.2-1.3x a step on a CPU
+    python grpo.py configs/classroom.py --compile=true                    # torch.compile: 1.3x a step on a CPU
     torchrun --nproc_per_node=8 grpo.py configs/7b.py                     # the paper's run
     WORLD_SIZE=8 python grpo.py configs/7b.py --dry_run=true              # memory plan per GPU of 8 only
 
