@@ -17,10 +17,11 @@ full recomputation, and, on a GPU, the 7B's decode throughput against the memory
    the same shapes, and so the most our speed-up could be if every other op were free; and,
    compiled, where a decode step's time goes: the step alone (its share of a call of several) with
    the run's mean number of cached keys and with a few (and how much of the latter is
-   torch.compile's own work around the compiled code), the time the threads need to read those keys and values, and generate()'s own time around
-   the step, against the time per token that 3x transformers would allow. The CPU model, thread
-   count, torch version and the 1-minute load average (before and after) are printed beside them:
-   on a shared machine a load above the core count makes every figure noise.
+   torch.compile's own work around the compiled code), the time the threads need to read those
+   keys and values, and generate()'s own time around the step, against the time per token that 3x
+   transformers would allow. The CPU model, thread count, torch version and the 1-minute load
+   average (before and after) are printed beside them: on a shared machine a load above the core
+   count makes every figure noise.
 2. The same model, once: the KV cache against naive recomputation (the whole sequence re-run for
    every new token, O(T^2) positions), batch 16 x 256; the tokens must be identical.
 3. CUDA only: the full-size 7B (configs/7b.py, random bf16 weights), batch 1 and 64, 512 new
