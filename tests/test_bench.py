@@ -147,7 +147,8 @@ def test_generation_bench_says_whether_issue_17s_goal_is_met():
 def test_generation_bench_accounts_for_a_compiled_token():
     """Compiled, the bench splits a token's time: the decode step alone (at the run's mean cache
     length) is part of what generate() takes per token, so it must come out smaller, and
-    torch.compile's own work around the compiled code is part of the step from 1 key on."""
+    torch.compile's own work around the compiled code is part of the step from 1 key on; one
+    step to a compiled call gives the same tokens."""
     pytest.importorskip("transformers")
     result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench_generate.py"), "--cases=4x8",
                              "--rounds=1", "--naive=false", "--compile=true"], cwd=ROOT, env=ENV,
@@ -160,3 +161,6 @@ def test_generation_bench_accounts_for_a_compiled_token():
     step_at_1_ms, compile_work_ms = (float(x) for x in line.split("mean), ")[1].split(" ms is torch.compile")[0]
                                      .split(" ms at 1-4, of which "))
     assert 0 < compile_work_ms < step_at_1_ms, line
+    # the same decoding one greedy step to a compiled call: the same tokens, and the gain measured
+    one_step = next(line for line in result.stdout.splitlines() if "ours compiled, one step a call" in line)
+    assert "greedy tokens identical" in one_step and " steps a call are " in one_step, one_step

@@ -220,9 +220,6 @@ FIGURES_FROM_ELSEWHERE = {
     "10.6": "git log -p -- results/classroom-default.md (an earlier run's wall-time line)",
     "11.9": "git log -p -- results/classroom-default.md (an earlier run's wall-time line)",
     "2.87": "git log -p -- results/generate-xeon.txt (an earlier run)",
-    "3.03": "git log -p -- results/generate-xeon.txt (the last run of one decode step a call)",
-    "3.13": "git log -p -- results/generate-xeon.txt (the last run of one decode step a call)",
-    "0.18": "git log -p -- results/generate-xeon.txt (the last run of one decode step a call)",
     "12.4": "git log -p -- results/classroom-default.md (the run before the fillers moved last)",
 }
 T_QUANTILES = {"4.30": 2, "2.78": 4, "2.45": 6, "2.31": 8}  # the study's t at 3, 5, 7, 9 chains (K - 1 df)
