@@ -175,7 +175,7 @@ def ours_vs_transformers(model, hf, batch_size, new_tokens, prompt_len, rounds, 
                      f"{agreement(outputs[name], outputs['transformers'])}")
         if name == ONE_STEP:
             gains = [o / c for o, c in zip(s, seconds["ours compiled"])]
-            line += (f"; {model_module.DECODE_STEPS_PER_CALL} steps a call are "
+            line += (f"; {DECODE_STEPS_PER_CALL} steps a call are "
                      f"{statistics.median(s) / statistics.median(seconds['ours compiled']):.2f}x faster "
                      f"(rounds {min(gains):.2f}-{max(gains):.2f}x)")
         print(line)
