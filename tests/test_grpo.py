@@ -338,9 +338,9 @@ def test_a_raising_reward_function_is_reported_with_question_and_output(tokenize
     assert "checker crashed" in out and problems[1].question in out and "' boom'" in out
 
 
-def test_the_compile_key_sends_rollouts_and_evaluation_through_the_compiled_decode_step(tokenizer, monkeypatch):
-    """--compile=true decodes through model.generate's compiled step (here a stand-in that counts
-    its calls and runs the eager step, so nothing compiles), with the same outputs as eager."""
+def test_the_compile_key_sends_rollouts_and_evaluation_through_the_compiled_decode_steps(tokenizer, monkeypatch):
+    """--compile=true decodes through model.generate's compiled decode steps (here a stand-in that counts
+    its calls and runs the eager steps, so nothing compiles), with the same outputs as eager."""
     import model as model_module
     calls = []
 
