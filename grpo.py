@@ -19,7 +19,8 @@ bookkeeping and summary, the GRPO-vs-PPO table) and rewards.py (the rule rewards
 
 Every run starts from a policy checkpoint (rl_init_checkpoint, default {out_dir}/sft/ckpt) and
 writes {out_dir}/rl/{method}/ (method_name: grpo_outcome, grpo_process, grpo_orm, grpo_prm, ppo,
-rft, online_rft, with _iterative when the reference and reward model are reset along the way):
+ppo_process, ppo_orm, ppo_prm, rft, online_rft; with _iterative when the reference and reward
+model are reset along the way, and -seed{N} when rl_seed is set):
 ckpt/ (Hugging Face layout + train_state.pt, resumable with --rl_resume=true), metrics.jsonl (one
 line per step), rollouts.jsonl (a few fixed questions' groups, token by token, for
 `python -m support.viewer`) and summary.json.
@@ -33,6 +34,12 @@ How one step goes (paper Algorithm 1), and where GRPO and PPO differ:
                   PPO:  GAE over a learned value model V_psi, a second trainable network
     4. update     the clipped surrogate (both); GRPO adds the k3 KL to pi_ref to the loss,
                   PPO puts the KL into the per-token reward and also fits V_psi
+
+GRPO's objective (paper eq. 3; `grpo_loss` computes it, `k3_kl` its KL, eq. 4), per question q:
+
+    J = 1/G sum_i 1/|o_i| sum_t { min(r_i,t A_i,t, clip(r_i,t, 1-eps, 1+eps) A_i,t) - beta D_KL,i,t }
+    r_i,t = pi_theta(o_i,t | q, o_i,<t) / pi_old(o_i,t | q, o_i,<t)
+    D_KL,i,t = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1      (k3, >= 0, at token o_i,t)
 
 Why GRPO needs less memory (paper 4.1.1): PPO trains a value model as large as the policy, so it
 holds two sets of weights, gradients and AdamW states (16 bytes per parameter each in fp32);
@@ -61,12 +68,20 @@ and the methods differ in where the data come from and in the gradient coefficie
     PPO          q ~ P_sft(Q), o ~ pi_theta(O|q)  model or rule       A_t (GAE on a value model)
     GRPO         q ~ P_sft(Q), {o_i} ~ pi_theta   model or rule       A_i,t + beta (pi_ref/pi_theta - 1)
 
+The PPO and GRPO rows assume one update per exploration stage (rl_mu = 1, the paper's setting):
+then pi_old = pi_theta, the ratio is 1 and the clip is inactive, so the surrogate's gradient is
+A_t grad log pi_theta. GRPO's beta term is the gradient of -beta k3: d/d log pi_theta of
+(pi_ref/pi_theta - log(pi_ref/pi_theta) - 1) is -(pi_ref/pi_theta - 1). Past the KL cap
+(KL_LIMIT, below) a token's KL term has no gradient, so the row holds for the tokens under it.
+
 Every hyperparameter is labelled in support/config.py with the paper's value or "not stated in
 the paper: our choice"; README.md lists where this file differs from the paper and why. Pitfalls it
 avoids: log-probs are recomputed at the sampling temperature; the log-ratios of the KL and of the
-surrogate are clamped before exp; groups whose rewards all agree are counted (zero_var_groups);
-the truncation rate is logged; with mu = 1 the loss value is ~0 at the update while its gradient
-is not (read reward, accuracy, kl and clip_frac, not the loss); pi_ref is reset to the policy
+surrogate are clamped before exp, and a token's KL is capped (verl's values); groups whose rewards
+all agree are counted (zero_var_groups); the truncation rate is logged; with mu = 1 and outcome
+rewards GRPO's loss value is ~beta KL, near 0, while its gradient is not (a group's normalised
+rewards sum to 0; process rewards' suffix sums do not, and PPO's logged loss adds its value
+loss): read reward, accuracy, kl and clip_frac, not the loss; pi_ref is reset to the policy
 every rl_iteration_steps steps, as Algorithm 1 does; a NaN reward, loss or gradient stops the
 run before it reaches the weights.
 
@@ -98,7 +113,11 @@ REWARDS = ("outcome", "process", "orm", "prm")  # rule-based outcome/process, or
 # exp() of a log-ratio overflows float32 past ~88: clamp it first, as verl and OpenRLHF do. At
 # +-20 the ratio is 4.9e8 (or 2e-9): far outside any clip range, so nothing real is changed.
 LOG_RATIO_LIMIT = 20.0
-KL_LIMIT = 10.0  # a single token's k3 KL above this is an outlier, not a signal
+# Not in the paper: a token's k3 KL is capped at 10, as verl's low_var_kl is, so one token that
+# drifted far cannot swamp a step's loss. The cap is reached at log(pi_ref/pi_theta) = +2.61
+# (pi_ref/pi_theta = 13.6) or -11; past it that token's KL term has no gradient: it stops pulling
+# that token back to pi_ref.
+KL_LIMIT = 10.0
 
 
 # =============================================================================================
@@ -143,7 +162,8 @@ def group_advantages(rewards, reward_mask, response_mask, group_size, min_std=1e
 
 def k3_kl(logp, ref_logp):
     """The unbiased estimator of KL(pi_theta || pi_ref) (paper eq. 4, Schulman 2020), >= 0:
-        D_KL = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1.   (N, T)"""
+        D_KL = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1.   (N, T)
+    Capped at KL_LIMIT (not in the paper; see there): a capped token adds 10 and no gradient."""
     log_ratio = (ref_logp - logp).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)  # log(pi_ref/pi_theta)
     return (torch.exp(log_ratio) - log_ratio - 1).clamp(max=KL_LIMIT)
 
@@ -177,6 +197,15 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, response_mask, clip_eps, bet
     kl = k3_kl(logp, ref_logp)  # (n, T)
     objective = per_output_mean(surrogate - beta * kl, response_mask)  # (n,) 1/|o_i| sum_t {...}
     return -objective.sum() / n_outputs, {"kl": kl, "ratio": ratio, "clipped": clipped}
+
+
+def ppo_token_rewards(rewards, old_logp, ref_logp, response_mask, beta):
+    """PPO's per-token reward (paper eq. 2), (N, T):
+        r_t = r_phi(q, o_<=t) - beta log(pi_theta(o_t | q, o_<t) / pi_ref(o_t | q, o_<t))
+    r_phi is the reward model's (or grader's) score, nonzero only where `rewards` holds one (the
+    last token for outcome supervision). pi_theta here is the policy that sampled the outputs,
+    pi_old: the penalty is part of the reward, fixed before the update, not a loss term."""
+    return rewards - beta * (old_logp - ref_logp) * response_mask
 
 
 def gae(rewards, values, response_mask, gamma, lam):
@@ -259,9 +288,11 @@ def explore(model, tokenizer, problems, cfg, seed, device):
 
     rl_rollout_questions questions (x G rows) share one KV cache, which bounds its memory (the
     7B's cache is ~0.5 MB per token and row). Each such chunk draws from its own generator,
-    seeded by `seed` + its first question's index, so a question's samples depend neither on
-    the number of ranks nor on which rank drew them. The G copies of a question's prompt are
-    prefilled once (model.generate shares the prefill of identical prompts)."""
+    seeded by `seed` + its first question's index. When each rank's share of the step's
+    questions is a whole number of chunks, a question's samples depend neither on the number of
+    ranks nor on which rank drew them; otherwise the chunks hold other questions on other rank
+    counts, and the draws differ (the same distribution, other samples). The G copies of a
+    question's prompt are prefilled once (model.generate shares the prefill of identical prompts)."""
     G, per_chunk = cfg.rl_group_size, cfg.rl_rollout_questions
     prompts = [tokenizer.encode_prompt(p.question, COT_SUFFIX) for p in problems for _ in range(G)]
     responses, truncated = [], []
@@ -291,7 +322,7 @@ class Rewards:
     rewards: torch.Tensor  # (N, T) a reward value at each column where reward_mask is set
     reward_mask: torch.Tensor  # (N, T) bool
     labels: list  # [(column, 0/1)] per output from the rule grader or step checker
-    failures: int  # outputs the reward function could not score (they score 0)
+    failures: int  # outputs the reward function could not score: 0 as outcome; no step reward (advantage 0) as process
     results: list = None  # with a learned RM: per output, the columns of the values it states (rewards.result_columns)
 
 
@@ -343,8 +374,7 @@ def advantages(run, rollouts, scored, cfg):
                                                       cfg.rl_min_reward_spread)
     targets = Targets(group_adv, old_logp, ref_logp, mean, std, zero_var)
     if algo == "ppo":
-        # per-token reward (paper eq. 2): r_t = r_phi(q, o_<=t) - beta log(pi_old(o_t|.) / pi_ref(o_t|.))
-        token_rewards = scored.rewards - cfg.rl_kl_coef * (old_logp - ref_logp) * m  # (N, T)
+        token_rewards = ppo_token_rewards(scored.rewards, old_logp, ref_logp, m, cfg.rl_kl_coef)  # eq. 2, (N, T)
         gae_advantages, targets.returns = gae(token_rewards, old_values, m, cfg.ppo_gamma, cfg.ppo_lambda)
         targets.advantages, targets.old_values = whiten(gae_advantages, m.float(), run.d), old_values
     elif algo in ("rft", "online_rft"):
@@ -403,7 +433,8 @@ def update(run, rollouts, scored, targets, cfg, step):
 
 def rl_step(run, questions, first_index, cfg, step):
     """One exploration stage and its rl_mu updates on this rank's questions (the step's questions
-    first_index, first_index + 1, ...). Returns this rank's metrics."""
+    first_index, first_index + 1, ...). Returns this rank's metrics. With rl_algo=rft, reward and
+    accuracy are the frozen SFT model's samples', flat by design; heldout_greedy shows the policy."""
     # RFT samples the frozen SFT model, every other method the current policy
     sampler = run.sft_model if cfg.rl_algo == "rft" else run.policy
     rollouts = explore(sampler, run.tokenizer, questions, cfg, cfg.seed + 7919 * step + first_index, run.device)

@@ -107,7 +107,7 @@ rl_save_every = 100
 # Learned reward models (--rl_reward=orm / prm, and iterative RL with --rl_iteration_steps):
 rl_rm_lr = 2e-5  # paper 4.2: the reward models' learning rate
 rl_rm_likelihood = False  # the paper's reward models: a scalar head on the trunk (the classroom adds its LM's surprise)
-rl_rm_replay = 0.1  # paper 4.1.3: each retraining replays 10% of the historical data
+rl_rm_replay = 0.1  # paper 4.1.4: each retraining replays 10% of the historical data
 rl_rm_questions = 1024  # ours (paper: its RM data was its own, not stated as a count): 1,024 x G = 65,536 graded outputs
 rl_rm_epochs = 1  # ours: one pass, as reward models are usually trained (InstructGPT), to avoid overfitting
 # rl_iteration_steps: the paper runs 2 iterations (Fig. 6) without saying their length; set it to half of rl_steps

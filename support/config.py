@@ -151,7 +151,7 @@ DEFAULTS = dict(
     rl_grad_clip=1.0,  # ours (paper: not stated): the usual 1.0, a guard against one bad batch
     rl_clip_eps=0.2,  # ours (paper: not stated): PPO's usual epsilon (Schulman et al. 2017), as TRL and verl
     rl_kl_coef=0.04,  # beta (paper 4.2: 0.04 for GRPO); ours: PPO's per-token KL penalty reuses it (not stated)
-    rl_iteration_steps=0,  # iterative RL (paper 4.1.3, Alg. 1): reset pi_ref (and retrain the RM) every N steps; 0 = never
+    rl_iteration_steps=0,  # iterative RL (paper 4.1.4, Alg. 1): reset pi_ref (and retrain the RM) every N steps; 0 = never
     rl_activation_checkpointing=False,  # recompute each block's activations in backward (7B: saves memory)
     rl_eval_every=0,  # held-out greedy accuracy every N steps (metrics.jsonl heldout_greedy); 0 = only before/after
     rl_eval_problems=0,  # held-out problems of grpo.py's own accuracy checks; 0 = eval_n_problems
@@ -168,7 +168,7 @@ DEFAULTS = dict(
     rl_rm_heldout=0.2,  # ours: share of the reward model's new questions held out to measure its accuracy and AUC
     rl_rm_epochs=2,  # passes over the reward model's new samples (+ replay) per training round
     rl_rm_lr=2e-5,  # reward model AdamW learning rate (paper 4.2: 2e-5)
-    rl_rm_replay=0.1,  # share of all earlier samples replayed when the reward model retrains (paper 4.1.3: 10%)
+    rl_rm_replay=0.1,  # share of all earlier samples replayed when the reward model retrains (paper 4.1.4: 10%)
     ppo_value_init="policy",  # the value model starts from the "policy" trunk or the "reward" model
     ppo_value_lr=1e-6,  # ours (paper: not stated): the policy's lr
     ppo_value_clip=0.2,  # ours (paper: not stated): the value loss clips V to V_old +- this, PPO's usual 0.2

@@ -160,6 +160,37 @@ def test_gae_matches_a_direct_loop_and_ppo_value_loss_is_clipped():
     assert abs(float(value_loss) - 0.5 * max((1 - 2) ** 2, (0.2 - 2) ** 2)) < 1e-6
 
 
+def test_ppo_token_reward_is_the_score_minus_beta_log_ratio_on_response_tokens_only():
+    """Eq. 2: r_t = r_phi - beta log(pi_old/pi_ref) at every response token, the score only where
+    it was given (here the last token), and nothing outside the response."""
+    torch.manual_seed(2)
+    spans, T, beta = [(2, 7), (0, 4)], 7, 0.04
+    mask = response_mask_of(spans, T)
+    old_logp, ref_logp = torch.randn(2, T), torch.randn(2, T)
+    scores = torch.zeros(2, T)
+    scores[0, 6], scores[1, 3] = 1.0, -0.5
+    token_rewards = grpo.ppo_token_rewards(scores, old_logp, ref_logp, mask, beta)
+    for row, (start, end) in enumerate(spans):
+        for t in range(T):
+            expected = float(scores[row, t]) - (beta * float(old_logp[row, t] - ref_logp[row, t])
+                                                if start <= t < end else 0.0)
+            assert abs(float(token_rewards[row, t]) - expected) < 1e-6
+
+
+def test_k3_gradient_is_eq5s_kl_coefficient_under_the_cap_and_zero_past_it():
+    """d k3 / d log pi_theta = -(pi_ref/pi_theta - 1) (the beta term of eq. 5's GRPO row) while
+    k3 <= KL_LIMIT; a token past the cap (log(pi_ref/pi_theta) > 2.61 or < -11) adds KL_LIMIT and
+    no gradient."""
+    log_ratios = torch.tensor([-12.0, -3.0, -0.5, 0.0, 0.7, 2.5, 2.7, 5.0])  # log(pi_ref/pi_theta)
+    logp = torch.zeros(8, requires_grad=True)
+    kl = grpo.k3_kl(logp, log_ratios)
+    kl.sum().backward()
+    under = log_ratios.exp() - log_ratios - 1 <= grpo.KL_LIMIT
+    assert under.tolist() == [False, True, True, True, True, True, False, False]
+    torch.testing.assert_close(logp.grad[under], -(log_ratios[under].exp() - 1))
+    assert torch.all(logp.grad[~under] == 0) and torch.all(kl[~under] == grpo.KL_LIMIT)
+
+
 def test_grpo_gradient_at_mu_1_is_the_policy_gradient_with_coefficient_a_plus_kl_term(tokenizer):
     """With pi_old = pi_theta (ratio 1), grad J_GRPO = 1/G sum_i 1/|o_i| sum_t
     (A_it + beta (pi_ref/pi_theta - 1)) grad log pi_theta (paper eq. 5, GRPO's row)."""

@@ -210,6 +210,7 @@ FIGURES_FROM_ELSEWHERE = {
     "0.95": "AdamW's beta2 (section 2.3) and PPO's GAE lambda (configs)",
     "0.1": "AdamW's weight decay (section 2.3)",
     "0.04": "the paper's KL coefficient beta (section 4.2)",
+    "2.61": "log(pi_ref/pi_theta) where k3 reaches KL_LIMIT (grpo.py; tests/test_grpo.py checks it)",
     "0.85": "the learned ORM's held-out AUC goal (issue 21)",
     "22.6": "git diff 5816d84 -- results/ (the base model's pass@8 before the few-shot cut)",
     "42.1": "the header of git show 71679e1:results/classroom.md",
