@@ -27,9 +27,14 @@ naming the field (`ModelArgs.from_hf`).
 Generation (`generate`) runs batched prompts of different lengths (left-padded) through a
 preallocated KV cache, each decode step eager or, with compile=True, through torch.compile (greedy
 on a CPU, four steps to a compiled call);
-rows that finish leave the batch, so a batch costs about the sum of its rows' lengths.
-`sequence_logprobs` recomputes log-probs of given completions in
-chunks, never holding a whole (B, T, V) float32 logits tensor (V is 102,400 for the 7B).
+rows that finish leave the batch once a quarter of its rows have, so a batch costs about the sum
+of its rows' lengths, not B times the longest.
+`sequence_logprobs` recomputes log-probs of given completions in chunks; without gradients, or
+with them once a chunk's logits pass CHECKPOINT_LOGITS_BYTES, it never holds a whole (B, T, V)
+float32 logits tensor (V is 102,400 for the 7B).
+
+"The classroom model" below is configs/classroom.py's: 4 layers of width 128, a 1,024-token
+vocabulary, ~1.07M parameters, the model the classroom run trains on a CPU in minutes.
 
 Shapes: B batch, T query length, S key length (cache), D = dim, H heads, K kv heads, d head dim.
 """
@@ -56,7 +61,8 @@ LLAMA3_ROPE_KEYS = dict(factor=1.0, low_freq_factor=1.0, high_freq_factor=1.0, o
 
 @dataclass
 class ModelArgs:
-    # Defaults: the classroom model (~1M parameters); DeepSeekMath-7B's config.json, read by from_hf,
+    # Defaults: support/config.py's (~1.9M parameters; configs/classroom.py narrows V to 1,024 and
+    # max_seq_len to 256, ~1.07M); DeepSeekMath-7B's config.json, read by from_hf,
     # has V 102,400, D 4,096, 30 layers, 32 heads and 32 kv heads, SwiGLU width 11,008, 4,096 positions.
     vocab_size: int = 4096  # V, rows of embed_tokens and lm_head; at least the tokenizer's ids
     dim: int = 128  # D, the width of the residual stream
@@ -249,8 +255,9 @@ class KVCache:
 
     A forward writes its T new keys/values at `length` and attends over the filled prefix, a
     view (B, K, length + T, d): no copy, unlike a cache grown by torch.cat at every step, which
-    re-reads and re-writes the whole cache each token. generate() advances `length` after
-    each forward (torch.compile then sees it as one symbolic size, not a new graph per step)."""
+    re-reads and re-writes the whole cache each token. generate() sets `length` after the
+    prefill, and `_decode_steps` advances it by one a step, inside the compiled call when there is
+    one (torch.compile then sees it as one symbolic size, not a new graph per step)."""
 
     def __init__(self, args, batch_size, max_len, device, dtype):
         shape = (batch_size, args.n_kv_head, max_len, args.head_dim)  # K heads, not H: GQA's H/K saving
@@ -294,7 +301,11 @@ class Attention(nn.Module):
 
     H query heads share K key/value heads in groups of H/K: the k/v projections and the KV cache
     shrink by H/K at little cost in quality. K = H is plain multi-head attention (DeepSeekMath-7B,
-    Llama 2-7B); K < H is Llama 3's, Qwen2's and the 67B DeepSeek-LLM's GQA."""
+    Llama 2-7B); K < H is Llama 3's, Qwen2's and the 67B DeepSeek-LLM's GQA.
+
+    Two branches serve only generate(compile=True)'s decode step (section "generation" below):
+    qkv_t, set by decode_weight_layout, does the three projections in one matmul, and
+    one_query_attention replaces SDPA for one query a row (the same attention, rounded its own way)."""
 
     def __init__(self, args):
         super().__init__()
@@ -324,8 +335,10 @@ class Attention(nn.Module):
             y = one_query_attention(q, k, v, attn_mask)  # generate(compile=True)'s decode step
         else:
             # softmax(q k^T / sqrt(d) + mask) v; K < H shares each kv head among H/K query heads (GQA)
-            # No mask: a batch of whole unpadded rows, so the fused kernel's own causal mask serves.
-            # A mask (padding, or T new queries over S cached keys) comes from padding_positions_and_mask.
+            # No mask: a batch of whole unpadded rows, no cache, so the fused kernel's own causal mask
+            # serves (is_causal aligns it to the first key: wrong once keys outnumber queries, which
+            # is why trunk refuses a cache without a mask). A mask hides padding: the prefill's from
+            # padding_positions_and_mask, a decode step's (B, 1, 1, S) slice of generate()'s key mask.
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
                                                enable_gqa=self.n_kv_head != self.n_head)  # (B, H, T, d)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # heads side by side (B, T, H d) -> (B, T, D)
@@ -357,7 +370,8 @@ def one_query_attention(q, k, v, key_mask):
 class SwiGLU(nn.Module):
     """Llama's feed-forward (Shazeer 2020, GLU variants): down(silu(gate(x)) * up(x)), silu(z) =
     z sigmoid(z). Three D x I matrices instead of a plain MLP's two, so I ~ 8/3 D keeps the
-    parameter count of a 4D-wide two-matrix MLP."""
+    parameter count of a 4D-wide two-matrix MLP. gate_up_t, set by decode_weight_layout for the
+    compiled decode step, does gate and up in one matmul: the same numbers."""
 
     def __init__(self, args):
         super().__init__()
@@ -451,11 +465,13 @@ class Transformer(nn.Module):
 
         positions (B, T): RoPE positions (default 0..T-1); attn_mask (B, 1, T, S) bool, True =
         may attend (default causal); cache: a KVCache continued from cache.length (the caller
-        advances it)."""
+        advances it), which needs positions and attn_mask (generate builds both)."""
         B, T = tokens.shape
+        if cache is not None and (positions is None or attn_mask is None):
+            raise ValueError("a forward through a KVCache needs positions and attn_mask: the default causal "
+                             "mask lines up with the cache's first key, not its last")
         if positions is None:
-            start = cache.length if cache is not None else 0
-            positions = torch.arange(start, start + T, device=tokens.device).expand(B, T)  # (B, T)
+            positions = torch.arange(T, device=tokens.device).expand(B, T)  # (B, T)
         cos = self.rope_cos[positions].unsqueeze(1)  # (B, 1, T, d): each row's own positions, shared by heads
         sin = self.rope_sin[positions].unsqueeze(1)
         x = self.embed_tokens(tokens)  # (B, T, D)
@@ -563,7 +579,8 @@ class Transformer(nn.Module):
                 if hf_key == "lm_head.weight" and args.tie_embeddings:
                     continue
                 if hf_key == "score.weight":  # a value model started from an LM checkpoint
-                    stored[hf_key] = torch.zeros(1, args.dim, device=device)
+                    stored[hf_key] = torch.zeros(1, args.dim, device=device,
+                                                 dtype=stored["model.embed_tokens.weight"].dtype)
                 elif hf_key == "lm_head.weight" and head == "reward":
                     raise BadInput(f"{folder}: a scalar-head checkpoint has no LM head, and a reward model "
                                    "that reads its LM's log-probs needs one: start it from an LM checkpoint, "
@@ -663,10 +680,12 @@ def padding_positions_and_mask(mask):
     """From a (B, T) bool mask of real tokens (left or right padding), the RoPE positions
     (B, T) that count only real tokens, and the (B, 1, T, T) causal mask that hides padding.
 
-    A padding query sees only itself, so no softmax row is empty (which would give NaN);
-    its output is never used. This makes a row's result independent of its padding."""
+    A left-padding query sees only itself (a right-padding one the real prefix and itself), so no
+    softmax row is empty (which would give NaN); its output is never used. This makes a real
+    token's result independent of the row's padding."""
     B, T = mask.shape
-    # (B, T): 0 at a row's first real token, as if it had no padding; padding gets 0 too (unused)
+    # (B, T): 0 at a row's first real token, as if it had no padding; left padding gets 0, right
+    # padding the last real position (both unused)
     positions = (mask.long().cumsum(1) - 1).clamp(min=0)
     causal = torch.ones(T, T, dtype=torch.bool, device=mask.device).tril()  # (T, T) query t sees keys <= t
     attn = causal & mask[:, None, None, :]  # (B, 1, T, T)
@@ -891,7 +910,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
     Prompts are left-padded to the longest, so every row's next token sits at the same cache
     index; positions count only real tokens, so a row's result does not depend on its padding.
     One prefill pass fills the KV cache (once per distinct prompt: copies of a prompt share it);
-    each decode step then costs one token per row still generating (finished rows leave the batch).
+    each decode step then costs one token per row of the batch, where finished rows leave the
+    batch once a quarter of its rows have (and, compiled and greedy, only between calls).
 
     compile=True runs the decode steps through torch.compile: the first call compiles (on a CPU
     20-70 s for the classroom model, see DECODE_STEPS_PER_CALL; a batch of 1 compiles once more),

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from model import (ModelArgs, Transformer, decode_weight_layout, generate, one_query_attention,
+from model import (KVCache, ModelArgs, Transformer, decode_weight_layout, generate, one_query_attention,
                    padding_positions_and_mask, sample_next, sequence_logprobs)
 
 ARGS = ModelArgs(vocab_size=97, dim=64, n_layer=2, n_head=4, n_kv_head=2, intermediate_size=96,
@@ -463,6 +463,24 @@ def test_value_model_from_lm_checkpoint_and_back_in_transformers(tmp_path, model
         for row in tokens:
             torch.testing.assert_close(hf(row[None]).logits[:, 0], value(row[None])[:, -1],
                                        atol=1e-4, rtol=1e-4)
+
+
+def test_value_model_from_a_bf16_lm_checkpoint_computes_in_bf16(tmp_path, model):
+    """The fresh scalar head takes the stored trunk's dtype, so a bf16 checkpoint loaded as it
+    is (dtype=None) runs: a float32 head on a bf16 trunk would refuse to multiply."""
+    model.to(torch.bfloat16).save_pretrained(tmp_path)
+    model.float()
+    value = Transformer.from_pretrained(tmp_path, head="scalar")
+    assert value.score.weight.dtype == torch.bfloat16
+    assert value(torch.randint(0, 97, (2, 6))).dtype == torch.bfloat16
+
+
+def test_a_cached_forward_without_its_mask_is_refused(model):
+    """SDPA's is_causal aligns its mask to the first key: through a cache it would let a new
+    query see only the first cached key, so the model asks for the mask instead of guessing."""
+    cache = KVCache(model.args, 1, 16, "cpu", torch.float32)
+    with pytest.raises(ValueError, match="needs positions and attn_mask"):
+        model(torch.tensor([[5, 3, 7]]), cache=cache)
 
 
 def test_padding_mask_positions():
