@@ -42,8 +42,8 @@ from tqdm import tqdm
 from model import Transformer, generate
 from support import config, distributed, tasks, training
 from support.fileio import BadInput, write_json, write_jsonl
-from support.grading import answers_equal, as_text, extract_answer, needs_math_verify
-from support.sandbox import run_programs, sandbox_layers
+from support.grading import answers_equal, as_text, extract_answer, last_boxed, needs_math_verify
+from support.sandbox import SandboxError, run_programs, sandbox_layers
 from support.tasks import POT_SUFFIX
 from support.tokenizer import COT_SUFFIX, TOOL_SUFFIX, load_tokenizer
 
@@ -89,7 +89,9 @@ class Grader:
 
     def __init__(self, n_workers=0, timeout=3):
         self.timeout = timeout
-        self.stall_limit = 2 * timeout + 1  # two math-verify calls at their limit, plus 1 s
+        # answers_equal's two parses and up to four comparisons (verify compares each pair of the
+        # two parses' results), each at its limit, plus 1 s
+        self.stall_limit = 6 * timeout + 1
         self.context = multiprocessing.get_context("fork")
         n_workers = n_workers or min(8, os.cpu_count() or 1)  # most answers never reach a worker: 8 are plenty
         self.workers = [self._start_worker() for _ in range(n_workers)]
@@ -286,7 +288,11 @@ def fewshot_exemplars(style, fmt, shots, cfg):
     if fmt != "cot":
         raise BadInput(f"few-shot {fmt} prompts need solved example programs, which only the classroom "
                        f"problems carry: evaluate {style} with eval_format=cot, or a tuned model with eval_mode=chat")
-    return (GSM8K_EXEMPLARS if style == "gsm8k" else MATH_EXEMPLARS)[:shots]
+    exemplars = GSM8K_EXEMPLARS if style == "gsm8k" else MATH_EXEMPLARS
+    if shots > len(exemplars):
+        raise BadInput(f"eval_shots={shots}: the {style} few-shot prompt has {len(exemplars)} solved examples; "
+                       f"use at most {len(exemplars)}")
+    return exemplars[:shots]
 
 
 def make_prompt(tokenizer, question, mode, fmt, style, exemplars):
@@ -416,7 +422,29 @@ def answers_of(responses, fmt, program_limits):
     for i, result in results.items():
         responses[i]["program_output"] = result.output
     # a program that crashed or timed out states no answer, even if it printed one first
-    return [extract_answer(results[i].output) if i in results and results[i].ok else None for i in range(len(responses))]
+    return [program_answer(results[i].output) if i in results and results[i].ok else None for i in range(len(responses))]
+
+
+_SYMPY_WORDS = {"sqrt", "pi", "oo", "exp", "log", "sin", "cos", "tan"}  # what sympy prints in an expression
+_EXPONENT_FLOAT = re.compile(r"-?\d+(?:\.\d+)?e[+-]?\d+")  # Python's repr of 0.00001: 1e-05
+
+
+def program_answer(output):
+    """What a program-of-thought program answers: its last printed line. An expression
+    ("3*sqrt(2)", "(1, 2)", "x = 3": digits, operators, one-letter names, sympy's sqrt, pi, ...)
+    is the answer whole, for the grader's math-verify to read; Python's exponent form (1e-05)
+    is written out (0.00001); a line in words ("The total is 42.") gives what extract_answer
+    finds in it, and a last line with no answer the whole output's. The last number of the
+    output instead read 3*sqrt(2) as 2 and 1e-05 as 05, which equals 5."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    if not lines:
+        return None
+    last = lines[-1]
+    if _EXPONENT_FLOAT.fullmatch(last):
+        return format(float(last), "f").rstrip("0").rstrip(".")
+    if set(re.findall(r"[A-Za-z]{2,}", last)) <= _SYMPY_WORDS and not last_boxed(last):
+        return last
+    return extract_answer(last) or extract_answer(output)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -572,6 +600,11 @@ def run_name(checkpoint):
     return os.path.basename(folder)
 
 
+def task_name(task):
+    """A task's name in metrics.json and its records' file: the file's name without extension."""
+    return os.path.splitext(os.path.basename(task))[0]
+
+
 def check_eval_config(cfg):
     """Refuse a bad eval_* setting before a model is loaded, naming the fix."""
     if not cfg.eval_checkpoint:
@@ -583,6 +616,10 @@ def check_eval_config(cfg):
         raise BadInput(f"eval_format={cfg.eval_format!r}: use one of {', '.join(SUFFIXES)}")
     if cfg.eval_k < 1 or cfg.eval_batch_size < 1 or cfg.eval_max_new_tokens < 1:
         raise BadInput("eval_k, eval_batch_size and eval_max_new_tokens must be at least 1")
+    names = [task_name(task) for task in cfg.eval_tasks]
+    if len(set(names)) < len(names):
+        raise BadInput(f"eval_tasks {cfg.eval_tasks} share the name {max(names, key=names.count)!r}, and each "
+                       "task's results are written under its file's name: rename or move one of the files")
 
 
 def main():
@@ -591,6 +628,8 @@ def main():
         d = distributed.setup(cfg.device)
         check_eval_config(cfg)
         tokenizer = load_tokenizer(cfg, cfg.eval_checkpoint)
+        if cfg.eval_format in ("pot", "tool"):
+            sandbox_layers()  # a machine that cannot run programs says so before any generation
         task_problems = {}
         for task in cfg.eval_tasks or [cfg.test_problems]:
             problems = tasks.load_problems(task, "test", cfg)
@@ -602,13 +641,13 @@ def main():
             metrics = {}
             out_dir = os.path.join(cfg.out_dir, "eval", run_name(cfg.eval_checkpoint))
             for task, problems in task_problems.items():
-                name = os.path.splitext(os.path.basename(task))[0]
+                name = task_name(task)
                 start = time.time()
                 result = evaluate_model(model, tokenizer, problems, cfg, task, grader)
                 metrics[name] = {**result.metrics, "problems/s": len(problems) / (time.time() - start)}
                 if d.is_main:
                     write_jsonl(os.path.join(out_dir, f"{name}.jsonl"), result.records)
-    except (BadInput, FileNotFoundError, KeyError, ValueError) as e:
+    except (BadInput, FileNotFoundError, KeyError, ValueError, SandboxError) as e:
         sys.exit(f"evaluate.py: {e}")
     if d.is_main:
         settings = {key: value for key, value in vars(cfg).items() if key.startswith("eval_")}  # what metrics depend on

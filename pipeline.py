@@ -380,7 +380,7 @@ def run_stages(cfg, argv):
 
 
 def task_name(cfg):
-    return os.path.splitext(os.path.basename(cfg.eval_tasks[0] if cfg.eval_tasks else cfg.test_problems))[0]
+    return evaluate.task_name(cfg.eval_tasks[0] if cfg.eval_tasks else cfg.test_problems)
 
 
 def results_markdown(cfg, chain_cfgs):

@@ -37,7 +37,7 @@ def as_text(text):
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
 _BOXED_TOKEN = re.compile(r"[^\s$]+")  # MATH's rare `\boxed 5`
-_GSM8K_ANSWER = re.compile(r"####\s*(.+)")
+_GSM8K_ANSWER = re.compile(r"####\s*([-$\\\d.].*)")  # a number follows; "#### Step 2" is a markdown heading
 _ANSWER_IS = re.compile(r"answer is\s*:?\s*(.+)", re.IGNORECASE)
 _MATH_SPAN = re.compile(r"\$+(.+?)\$+")
 _NUMBER = re.compile(r"(?:(?<![\w)\]])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")  # "5-3": 3, not -3
@@ -115,6 +115,7 @@ def extract_answer(text):
 _PLAIN_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|-?\.\d+")
 _FRACTION = re.compile(r"(-?)\\[dt]?frac(?:\{(-?\d+)\}\{(\d+)\}|(\d)(\d))|(-?\d+)/(\d+)")  # \frac{-3}{4}, \frac12, 3/4
 _UNITS = re.compile(r"(-?[\d,.]*\d)\s+[A-Za-z]{2,}[A-Za-z ]*")  # "18 dollars", "5 apples" -> the number
+_SCALES = re.compile(r"\b(?:hundreds?|thousands?|millions?|billions?|trillions?|pi)\b", re.IGNORECASE)  # not units
 
 
 def _clean(answer):
@@ -124,7 +125,7 @@ def _clean(answer):
     answer = re.sub(r"^(-?)\\?\$\s*", r"\1", answer)  # "\$18", "$18", "-$5" (currency)
     answer = answer.rstrip(".").strip()
     units = _UNITS.fullmatch(answer)
-    return units.group(1) if units else answer
+    return units.group(1) if units and not _SCALES.search(answer) else answer  # "10 million" is not 10
 
 
 def _rational(answer):
@@ -157,7 +158,7 @@ def answers_equal(answer, gold, timeout=3):
     signal.alarm: call this from a main thread (the Grader does). Never raises: what
     math-verify cannot handle is unequal.
     """
-    if _too_long(answer):
+    if _too_long(answer) or _too_long(gold):  # maj@k compares two answers, either may be the long one
         return False
     answer, gold = _clean(answer), _clean(gold)
     if answer == gold:
@@ -175,7 +176,7 @@ def answers_equal(answer, gold, timeout=3):
 
 def needs_math_verify(answer, gold):
     """False when answers_equal decides without sympy (numbers, fractions, identical strings)."""
-    if _too_long(answer):
+    if _too_long(answer) or _too_long(gold):
         return False
     answer, gold = _clean(answer), _clean(gold)
     return answer != gold and (_rational(answer) is None or _rational(gold) is None)

@@ -111,7 +111,7 @@ class SandboxError(RuntimeError):
 
 @dataclass
 class ProgramResult:
-    output: str  # stdout and stderr together, truncated
+    output: str  # stdout and stderr together, its last max_output_chars characters
     returncode: int  # negative: killed by that signal
     timed_out: bool
     layers: list = field(default_factory=list)  # the protections this run had (sandbox_layers)
@@ -368,7 +368,8 @@ def run_program(code, timeout=10.0, memory_mb=2048, max_output_chars=4000, max_f
     stopped by the wall clock and reported as timed out, not killed first by the CPU limit: the
     program's CPU clock starts a moment before our wall clock does); memory_mb: its address
     space; max_file_mb: the largest file it may write, its output included; disk_mb: all it may
-    write (with namespaces). Raises SandboxError only when the sandbox itself cannot be set up.
+    write (with namespaces); max_output_chars: the output kept, its last characters (a program
+    prints its answer last). Raises SandboxError only when the sandbox itself cannot be set up.
     """
     workdir = tempfile.mkdtemp(prefix="sandbox-")
     report_read, report_write = os.pipe()
@@ -398,18 +399,24 @@ def run_program(code, timeout=10.0, memory_mb=2048, max_output_chars=4000, max_f
             with contextlib.suppress(ProcessLookupError):  # the whole group, should it have forked
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-            output.seek(0)
-            text = output.read(4 * max_output_chars).decode("utf-8", errors="replace")
+            # the tail: a program prints its answer last, after whatever it printed on the way
+            size = output.seek(0, os.SEEK_END)
+            cut = size > 4 * max_output_chars
+            output.seek(size - 4 * max_output_chars if cut else 0)
+            text = output.read().decode("utf-8", errors="replace")
         report = os.read(report_read, 4096)
     finally:
         for fd in (report_read, report_write):
             if fd is not None:
                 os.close(fd)
         shutil.rmtree(workdir, ignore_errors=True)
-    if process.returncode == _SETUP_FAILED and text.startswith("sandbox setup failed"):
-        raise SandboxError(f"{text.strip()}; this machine cannot run programs in the sandbox")
-    if len(text) > max_output_chars:
-        text = text[:max_output_chars] + "\n[... output truncated]"
+    # The setup reports its layers before the program starts, so an empty report is a setup that
+    # failed; a program's own exit status or output (it may print "sandbox setup failed" and exit
+    # 121 to fake it) cannot stop the run.
+    if not report and process.returncode == _SETUP_FAILED and not timed_out:
+        raise SandboxError(f"{text.strip()[-500:]}; this machine cannot run programs in the sandbox")
+    if cut or len(text) > max_output_chars:
+        text = "[... output truncated]\n" + text[-max_output_chars:]
     return ProgramResult(text, process.returncode, timed_out, json.loads(report) if report else [])
 
 

@@ -25,6 +25,8 @@ Run `python -m support.tasks configs/classroom.py` to print one classroom proble
 """
 
 import ast
+import math
+import numbers
 import os
 import random
 import re
@@ -393,7 +395,19 @@ def gsm8k_problem(id, question, answer):
     return Problem(id, question, gold, solution, steps)
 
 
+def text_field(row, key, where):
+    """row[key] as text: a string with something in it, or a number (an answer of 42); None, NaN
+    (a Parquet column's missing value) or an empty string is a BadInput naming the row and field."""
+    value = row[key]
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+        return str(value)
+    if isinstance(value, str) and value.strip():
+        return value
+    raise BadInput(f"{where}: field '{key}' is {value!r}; it needs text (fix or drop the row)")
+
+
 def math_problem(id, row, where):
+    row = {**row, "problem": text_field(row, "problem", where), "solution": text_field(row, "solution", where)}
     answer = last_boxed(row["solution"])
     if answer is None:
         raise BadInput(f"{where}: MATH solution has no \\boxed{{...}} answer; fix or drop the row")
@@ -405,9 +419,11 @@ def _problem_from_row(row, id, where):
     if "problem" in row and "solution" in row:
         return math_problem(id, row, where)
     if "question" in row and "answer" in row:
-        if "####" in str(row["answer"]):
-            return gsm8k_problem(id, row["question"], row["answer"])
-        return Problem(id, row["question"], str(row["answer"]), row.get("solution") or "")
+        question, answer = text_field(row, "question", where), text_field(row, "answer", where)
+        if "####" in answer:
+            return gsm8k_problem(id, question, answer)
+        solution = row.get("solution")
+        return Problem(id, question, answer, solution if isinstance(solution, str) else "")  # None, NaN: none
     raise BadInput(f"{where}: a row with keys {sorted(row)}; expected GSM8K (question, answer "
                    "with '#### N'), MATH (problem, solution with \\boxed{}) or question/answer")
 

@@ -36,6 +36,7 @@ EXTRACTIONS = [
     ("\\fbox{x+1}", "x+1"),
     ("Natalia sold 48/2 = 24 clips in May.\n#### 72", "72"),
     ("#### 1,234", "1,234"),
+    ("#### Step 1: Add\n3 + 4 = 7\n#### Step 2: Conclude\nThe answer is 7.", "7"),  # markdown headings
     ("She has 3 + 4 = 7 apples. The answer is 7.", "7"),
     ("The answer is: 3.5", "3.5"),
     ("Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.", "\\frac{1}{2}"),
@@ -88,6 +89,9 @@ PAIRS = [
     ("5 apples", "5", True),
     ("20 minutes", "20", True),
     ("20 minutes", "30", False),
+    ("10 million", "10", False),  # a scale, not a unit
+    ("3 thousand", "3", False),
+    ("3 pi", "3", False),
     ("7 cm", "7", True),
     ("5\\text{ cm}", "5", True),
     ("5 \\text{cm}", "5", True),
@@ -223,6 +227,16 @@ def test_answer_pairs_table(grader):
     assert wrong == []
 
 
+def test_a_too_long_answer_is_unequal_on_either_side_without_parsing():
+    """maj@k compares two model answers, so the long one may stand as the gold: it is refused
+    there too, before math-verify spends seconds on it."""
+    long = "x" * 50_000
+    start = time.monotonic()
+    assert not grading.answers_equal("5", long) and not grading.answers_equal(long, "5")
+    assert not grading.needs_math_verify("5", long)
+    assert time.monotonic() - start < 0.5
+
+
 def test_answers_equal_in_the_main_thread_agrees_with_the_pool():
     for answer, gold, equal in PAIRS[::10]:
         assert grading.answers_equal(answer, gold) == equal, (answer, gold)
@@ -309,6 +323,29 @@ def test_prompts_chat_template_and_few_shot_formats(tiny_tokenizer):
     assert len(classroom) == 3 and all(not tasks.is_test_question(q) and "```python" in a for q, a in classroom)
     with pytest.raises(BadInput, match="eval_format=cot"):
         evaluate.fewshot_exemplars("gsm8k", "pot", 8, cfg)
+    with pytest.raises(BadInput, match="eval_shots=10: the gsm8k few-shot prompt has 8 solved examples"):
+        evaluate.fewshot_exemplars("gsm8k", "cot", 10, cfg)
+
+
+def test_tasks_that_would_write_one_file_are_refused(tmp_path):
+    cfg = config.load_config(["--eval_checkpoint=x", "--eval_tasks=['gsm8k/test.jsonl', 'math/test.jsonl']"])
+    with pytest.raises(BadInput, match="share the name 'test'"):
+        evaluate.check_eval_config(cfg)
+
+
+@pytest.mark.parametrize("output,answer", [
+    ("3*sqrt(2)\n", "3*sqrt(2)"),  # the last number would be 2
+    ("step 1\n1e-05\n", "0.00001"),  # the last number would be 05, which equals 5
+    ("-2.5e+3\n", "-2500"),
+    ("(1, 2)\n", "(1, 2)"),
+    ("x = 3\n", "x = 3"),
+    ("The total is 42.\n", "42"),
+    ("\\boxed{7}\n", "7"),
+    ("42\ndone\n", "42"),  # a last line with no answer: the whole output's
+    ("\n\n", None),
+])
+def test_a_program_answers_with_its_last_printed_line(output, answer):
+    assert evaluate.program_answer(output) == answer
     assert evaluate.task_style("x.jsonl", [tasks.Problem("1", "q", "2", meta={"level": "Level 3"})]) == "math"
 
 

@@ -126,6 +126,8 @@ ROWS = [
     ("1 GB to stdout", "import sys\nfor _ in range(1024):\n    sys.stdout.write('x' * 2 ** 20)", "flood"),
     ("1 GB to stderr", "import sys\nfor _ in range(1024):\n    sys.stderr.write('x' * 2 ** 20)", "flood"),
     ("1 GB to stdout, SIGXFSZ ignored", "import signal, sys\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\nfor _ in range(1024):\n    sys.stdout.write('x' * 2 ** 20)", "flood"),
+    ("a long log, then the answer", "for i in range(5000):\n    print('step', i)\nprint(42)", "tail kept"),
+    ("a faked setup failure", "import sys\nprint('sandbox setup failed: gotcha')\nsys.exit(121)", "stopped"),
     ("invalid UTF-8 on stdout", "import sys\nsys.stdout.buffer.write(b'ok \\xff\\xfe \\xc3')", "ok"),
     ("a lone surrogate printed", "print('ok \\udc80')", "ok"),
     ("a lone surrogate in the source", "print('ok \ud800')", "ok"),
@@ -143,6 +145,7 @@ HOLDS = {
     "blocked or timed out": lambda r: "BLOCKED" in r.output or r.timed_out,
     "stopped": lambda r: not r.ok,
     "flood": lambda r: not r.ok and len(r.output) <= MAX_OUTPUT + 30,
+    "tail kept": lambda r: r.ok and r.output.startswith("[... output truncated]\n") and r.output.endswith("4999\n42\n"),
     "ok": lambda r: r.ok and (r.output.startswith("ok") or r.output == "42\n"),
 }
 

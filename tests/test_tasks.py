@@ -189,3 +189,10 @@ def test_bad_inputs_name_the_problem(tmp_path):
         tasks.render_solution(tasks.gsm8k_problem("g", "q", "1+1=<<1+1=2>>2\n#### 2"), "pot")
     with pytest.raises(BadInput, match="classroom_ops='-'"):
         tasks.classroom_problems("train", 1, 0, tasks.Difficulty(ops="-"))
+    for row, field in [({"question": "2+2?", "answer": None}, "answer"), ({"question": None, "answer": "4"}, "question"),
+                       ({"question": "2+2?", "answer": float("nan")}, "answer"),
+                       ({"problem": "p", "solution": None}, "solution"), ({"problem": " ", "solution": "\\boxed{1}"}, "problem")]:
+        empty = str(tmp_path / "empty.jsonl")  # a missing value would otherwise be the gold 'None' or 'nan'
+        write_jsonl(empty, [row])
+        with pytest.raises(BadInput, match=rf"empty.jsonl row 1: field '{field}' is .*; it needs text"):
+            tasks.load_problems(empty, "test", cfg)
