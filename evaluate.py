@@ -22,6 +22,7 @@ Run it (eval_mode fewshot|chat, eval_format cot|pot|tool, eval_k samples for maj
 Answers graded per second: python bench/bench_grader.py. Tests: pytest -q tests/test_evaluate.py
 """
 
+import decimal
 import itertools
 import math
 import multiprocessing
@@ -441,7 +442,7 @@ def program_answer(output):
         return None
     last = lines[-1]
     if _EXPONENT_FLOAT.fullmatch(last):
-        return format(float(last), "f").rstrip("0").rstrip(".")
+        return format(decimal.Decimal(last), "f")  # exact: 1.23e-07 -> 0.000000123
     if set(re.findall(r"[A-Za-z]{2,}", last)) <= _SYMPY_WORDS and not last_boxed(last):
         return last
     return extract_answer(last) or extract_answer(output)

@@ -337,6 +337,7 @@ def test_tasks_that_would_write_one_file_are_refused(tmp_path):
     ("3*sqrt(2)\n", "3*sqrt(2)"),  # the last number would be 2
     ("step 1\n1e-05\n", "0.00001"),  # the last number would be 05, which equals 5
     ("-2.5e+3\n", "-2500"),
+    ("1.23e-07\n", "0.000000123"),  # float's 6 decimals would round it to 0
     ("(1, 2)\n", "(1, 2)"),
     ("x = 3\n", "x = 3"),
     ("The total is 42.\n", "42"),
