@@ -40,6 +40,8 @@ _BOXED_TOKEN = re.compile(r"[^\s$]+")  # MATH's rare `\boxed 5`
 _GSM8K_ANSWER = re.compile(r"####\s*([-$\\\d.].*)")  # a number follows; "#### Step 2" is a markdown heading
 _ANSWER_IS = re.compile(r"answer is\s*:?\s*(.+)", re.IGNORECASE)
 _MATH_SPAN = re.compile(r"\$+(.+?)\$+")
+# "$15" not closed by a "$" right after its number: money, not LaTeX's $...$
+_MONEY = re.compile(r"\\?\$\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)(?![\d,.]*\$)")
 _NUMBER = re.compile(r"(?:(?<![\w)\]])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")  # "5-3": 3, not -3
 
 
@@ -71,8 +73,12 @@ def last_boxed(text):
 
 
 def _after_answer_is(line):
-    """'$\\frac12$. I hope it is correct.' -> '\\frac12'; '18 dollars.' -> '18 dollars'."""
+    """'$\\frac12$. I hope it is correct.' -> '\\frac12'; '18 dollars.' -> '18 dollars';
+    '$15, because $20 - $5 = $15.' -> '15' (money: the amount after the sentence's last '=')."""
     line = line[:MAX_ANSWER_CHARS]  # bounds the backtracking of _MATH_SPAN on a line of $ signs
+    if _MONEY.match(line):
+        sentence = re.split(r"\.(?:\s|$)", line, maxsplit=1)[0]
+        return (_MONEY.findall(sentence.rpartition("=")[2]) or _MONEY.findall(line))[0]
     span = _MATH_SPAN.search(line)
     if span:
         return span.group(1).strip()

@@ -41,6 +41,10 @@ EXTRACTIONS = [
     ("The answer is: 3.5", "3.5"),
     ("Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.", "\\frac{1}{2}"),
     ("The answer is 18 dollars.", "18 dollars"),
+    ("The answer is $15, because $20 - $5 = $15.", "15"),  # money, not a $...$ span
+    ("The answer is $40 - $10 = $30.", "30"),
+    ("The answer is $18.", "18"),
+    ("The answer is $15$.", "15"),
     ("She has 12 left, so she gets 2.5 more, then -3", "-3"),
     ("from 5-3 we get 2 and then 10-4", "4"),
     ("the range [1,5]-2", "2"),
