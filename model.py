@@ -916,7 +916,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
     compile=True runs the decode steps through torch.compile: the first call compiles (on a CPU
     20-70 s for the classroom model, see DECODE_STEPS_PER_CALL; a batch of 1 compiles once more),
     later calls of any batch size and length reuse it. On the classroom model it made greedy
-    decoding 2.3x faster at batch 16, 3.2x at batch 1 and 1.4x at batch 128
+    decoding 2.3x faster at batch 16, 3.2x at batch 1 and 1.5x at batch 128
     (bench/bench_generate.py, an Intel Xeon, 1 thread: results/generate-xeon.txt). The
     classroom run decodes eagerly: one of its evaluations (evaluate.py, 5,000 answers at batch
     128) took 52 s compiled against 36 s eager, the compilation counted, and compiled kernels
@@ -946,26 +946,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
         key_mask[i, P - len(p):] = True
     key_mask[:, P:] = True  # every generated token is real (a finished row's filler is never read)
     positions, attn = padding_positions_and_mask(key_mask[:, :P])  # (B, P), (B, 1, P, P)
-    # Identical prompts share one prefill (evaluate.py's k samples of a question, grpo.py's G
-    # outputs of one): the U distinct prompts run, then each copy gets its prompt's cache rows
-    # and last logits. To the bit what prefilling every copy gives, where a row's numbers do not
-    # depend on the rows beside it (see the finished rows' drop below). The classroom evaluation's
-    # 4,000 samples have 500 distinct prompts: with one prefill each (and the cache left unzeroed),
-    # the default run's chat evaluations took 37-39 s instead of 47-50 s, the same answers byte for
-    # byte (results/classroom-default-timings.md against classroom-default-before-timings.md).
-    distinct, copy_of = {}, []  # prompt -> (its number among the distinct prompts, its first row); (B,) numbers
-    for i, p in enumerate(prompts):
-        copy_of.append(distinct.setdefault(tuple(p), (len(distinct), i))[0])
-    firsts = [row for _, row in distinct.values()]  # (U,)
-    cache = KVCache(args, len(firsts), P + max_new_tokens, device, model.embed_tokens.weight.dtype)
-    logits = model(tokens[firsts], positions[firsts], attn[firsts], cache, last_only=True)  # (U, V) prefill
-    if not torch.isfinite(logits).all():  # checked once per call: a per-step check would sync the GPU each token
-        raise FloatingPointError("the model's logits hold NaN/inf: its weights have diverged")
-    cache.length = P  # the model writes into the cache; advancing it is ours
-    if len(firsts) < B:
-        copy_of = torch.tensor(copy_of, device=device)  # (B,) each row's distinct prompt
-        cache.take_rows(copy_of)
-        logits = logits[copy_of]  # (B, V)
+    cache, logits = _prefill_distinct_prompts(model, prompts, tokens, positions, attn, P + max_new_tokens)
     left_pad = P - (positions[:, -1] + 1)  # (B,) each row's left padding: RoPE position = cache index - this
 
     out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)  # (B, N)
@@ -989,10 +970,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
             if n_done:
                 token = token.masked_fill(done, pad_id)
             out[:, t] = token
-            stopped = torch.isin(token, end_ids)  # (B,) rows that end at this token
-            for seq in stop_sequences:
-                if t + 1 >= len(seq):
-                    stopped |= (out[:, t + 1 - len(seq):t + 1] == seq).all(-1)  # generated tokens only
+            stopped = _ends_at(out, t, end_ids, stop_sequences)  # (B,) rows that end at this token
             if n_done:
                 stopped &= ~done  # a finished row's filler (the model's EOS) does not end it again
             n_stopped = int(stopped.sum())  # one host sync per token; after the last token no forward is needed
@@ -1002,24 +980,12 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
                 n_done += n_stopped
             if n_done == B or t == max_new_tokens - 1:
                 break
-            # A batch runs until its longest row ends. Once a quarter of the rows it runs have
-            # finished, they leave it (their cache rows are dropped): an evaluation batch whose
-            # answers end anywhere from 30 to 160 tokens then costs about the sum of its rows'
-            # lengths, not B times the longest. Each drop copies the cache once; waiting for a quarter
-            # bounds the copies to ~log(B) / log(4/3). The rows kept compute what they would have
-            # beside the others, to the bit where the matmuls round a row alike at any batch size
-            # (MKL_CBWR=...,STRICT, pipeline.py's default: the default run's 5,000 answers of each
-            # chat evaluation came out byte for byte as before); in MKL's other modes a row may round
-            # by its batch's size, as it does under padding (tests/test_model.py checks the tokens).
             if ahead:  # the last call decoded this step already (greedy, several steps a call)
                 row_out = ahead.pop(0)  # (A,)
             else:
                 finished = n_done - (B - len(rows))  # rows in the batch that have finished
-                if finished and 4 * finished >= len(rows):
-                    keep = ~done[rows]  # (A,)
-                    rows, key_mask, left_pad = rows[keep], key_mask[keep], left_pad[keep]
-                    cache.take_rows(keep)
-                # the next query sees every real prompt key and every generated key so far
+                if finished and 4 * finished >= len(rows):  # a quarter: see _drop_finished_rows
+                    rows, key_mask, left_pad = _drop_finished_rows(~done[rows], rows, key_mask, left_pad, cache)
                 if len(rows) < B:
                     token = token[rows]  # (A,)
                 # steps_per_call steps where that many more tokens are wanted after this one, else one
@@ -1047,4 +1013,59 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None, stop_
     n = int(lengths.max())  # drop the columns no row reached
     mask = torch.arange(n, device=device)[None, :] < lengths[:, None]  # (B, n)
     return Generation(out[:, :n], mask, ~done)
+
+
+def _prefill_distinct_prompts(model, prompts, tokens, positions, attn, cache_len):
+    """The KV cache (B rows, filled to the prompts' width P) and the last logits (B, V) of the
+    left-padded prompts tokens (B, P).
+
+    Identical prompts share one prefill (evaluate.py's k samples of a question, grpo.py's G
+    outputs of one): the U distinct prompts run, then each copy gets its prompt's cache rows
+    and last logits. To the bit what prefilling every copy gives, where a row's numbers do not
+    depend on the rows beside it (see _drop_finished_rows). The classroom evaluation's 4,000
+    samples have 500 distinct prompts: with one prefill each (and the cache left unzeroed), the
+    default run's chat evaluations took 37-39 s instead of 47-50 s, the same answers byte for
+    byte (results/classroom-default-timings.md against classroom-default-before-timings.md)."""
+    B, P = tokens.shape
+    distinct, copy_of = {}, []  # prompt -> (its number among the distinct prompts, its first row); (B,) numbers
+    for i, p in enumerate(prompts):
+        copy_of.append(distinct.setdefault(tuple(p), (len(distinct), i))[0])
+    firsts = [row for _, row in distinct.values()]  # (U,)
+    cache = KVCache(model.args, len(firsts), cache_len, tokens.device, model.embed_tokens.weight.dtype)
+    logits = model(tokens[firsts], positions[firsts], attn[firsts], cache, last_only=True)  # (U, V)
+    if not torch.isfinite(logits).all():  # checked once per call: a per-step check would sync the GPU each token
+        raise FloatingPointError("the model's logits hold NaN/inf: its weights have diverged")
+    cache.length = P  # the model writes into the cache; advancing it is ours
+    if len(firsts) < B:
+        copy_of = torch.tensor(copy_of, device=tokens.device)  # (B,) each row's distinct prompt
+        cache.take_rows(copy_of)
+        logits = logits[copy_of]  # (B, V)
+    return cache, logits
+
+
+def _ends_at(out, t, end_ids, stop_sequences):
+    """(B,) bool: the rows whose token t ends them, an end id (EOS, a one-token stop sequence)
+    or the last token of a longer stop sequence; out (B, N) holds the generated tokens only, so a
+    stop sequence never matches across the prompt."""
+    stopped = torch.isin(out[:, t], end_ids)
+    for seq in stop_sequences:
+        if t + 1 >= len(seq):
+            stopped |= (out[:, t + 1 - len(seq):t + 1] == seq).all(-1)
+    return stopped
+
+
+def _drop_finished_rows(keep, rows, key_mask, left_pad, cache):
+    """The batch without its finished rows: keep (A,) marks the rows still generating; rows (A,)
+    their numbers in the whole batch, key_mask (A, S), left_pad (A,) and the cache's rows follow.
+
+    A batch runs until its longest row ends. Once a quarter of the rows it runs have finished,
+    generate() drops them here: an evaluation batch whose answers end anywhere from 30 to 160
+    tokens then costs about the sum of its rows' lengths, not B times the longest. Each drop
+    copies the cache once; waiting for a quarter bounds the copies to ~log(B) / log(4/3). The rows
+    kept compute what they would have beside the others, to the bit where the matmuls round a row
+    alike at any batch size (MKL_CBWR=...,STRICT, pipeline.py's default: the default run's 5,000
+    answers of each chat evaluation came out byte for byte as before); in MKL's other modes a row
+    may round by its batch's size, as it does under padding (tests/test_model.py checks the tokens)."""
+    cache.take_rows(keep)
+    return rows[keep], key_mask[keep], left_pad[keep]
 
