@@ -382,6 +382,7 @@ def respond(model, tokenizer, contexts, decoding, temperature, generator, progre
     if decoding.fmt == "tool":
         stops.append(tokenizer.encode(OUTPUT_MARKER))
     responses = [[] for _ in contexts]  # generated ids (and tool outputs) per context
+    inserted = [[] for _ in contexts]  # (start, end) of each tool output in the response's text
     truncated = [False] * len(contexts)
     active = list(range(len(contexts)))  # rows that still generate in this round
     for round_ in range(decoding.tool_rounds + 1):
@@ -402,15 +403,26 @@ def respond(model, tokenizer, contexts, decoding, temperature, generator, progre
         codes = [(_PYTHON_BLOCK.findall(tokenizer.decode(responses[i])) or [""])[-1] for i in paused]
         results = run_programs(codes, **decoding.program_limits)
         for i, result in zip(paused, results):
+            start = len(tokenizer.decode(responses[i]))
             # closed as tasks.render_solution writes it in training, so the model goes on as it learned
             responses[i] += tokenizer.encode(f"\n{_tool_output(result)}\n```\n")
+            inserted[i].append((start, len(tokenizer.decode(responses[i]))))
         active = paused
         if not active:
             break
     texts = [tokenizer.decode(ids) for ids in responses]
-    if decoding.stop_text:
-        texts = [text.split(decoding.stop_text)[0] for text in texts]  # drop the invented next problem
+    if decoding.stop_text:  # drop the invented next problem
+        texts = [cut_at_stop(text, decoding.stop_text, spans) for text, spans in zip(texts, inserted)]
     return [{"text": text.strip(), "truncated": cut} for text, cut in zip(texts, truncated)]
+
+
+def cut_at_stop(text, stop_text, inserted):
+    """text up to the first stop_text the model wrote: one that touches an inserted tool output
+    (a program that printed nothing or a blank line) is not the model's and does not cut."""
+    at = text.find(stop_text)
+    while at >= 0 and any(at < end and at + len(stop_text) > start for start, end in inserted):
+        at = text.find(stop_text, at + 1)
+    return text if at < 0 else text[:at]
 
 
 def answers_of(responses, fmt, program_limits):

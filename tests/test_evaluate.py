@@ -329,6 +329,7 @@ def test_prompts_chat_template_and_few_shot_formats(tiny_tokenizer):
         evaluate.fewshot_exemplars("gsm8k", "pot", 8, cfg)
     with pytest.raises(BadInput, match="eval_shots=10: the gsm8k few-shot prompt has 8 solved examples"):
         evaluate.fewshot_exemplars("gsm8k", "cot", 10, cfg)
+    assert evaluate.task_style("x.jsonl", [tasks.Problem("1", "q", "2", meta={"level": "Level 3"})]) == "math"
 
 
 def test_tasks_that_would_write_one_file_are_refused(tmp_path):
@@ -351,7 +352,6 @@ def test_tasks_that_would_write_one_file_are_refused(tmp_path):
 ])
 def test_a_program_answers_with_its_last_printed_line(output, answer):
     assert evaluate.program_answer(output) == answer
-    assert evaluate.task_style("x.jsonl", [tasks.Problem("1", "q", "2", meta={"level": "Level 3"})]) == "math"
 
 
 # ---------------------------------------------------------------- evaluation with a scripted model
@@ -368,7 +368,7 @@ def scripted(tiny_tokenizer, monkeypatch):
     """evaluate_model with generate() replaced by a script: script(context_text, temperature)
     returns what the 'model' writes next (the prompts, tool rounds and grading are real)."""
 
-    def use(script, problems, **keys):
+    def use(script, problems, task="tests", **keys):
         def fake_generate(model, prompts, max_new_tokens, temperature=1.0, eos_id=None,
                           stop_sequences=(), generator=None, compile=False):
             eos_id = eos_id[0]  # evaluate passes the tokenizer's list of end ids
@@ -387,7 +387,7 @@ def scripted(tiny_tokenizer, monkeypatch):
                          intermediate_size=32, max_seq_len=2048, bos_id=tiny_tokenizer.bos_id, eos_id=tiny_tokenizer.eos_id)
         overrides = [f"--{key}={value}" for key, value in keys.items()]
         cfg = config.load_config(["--device=cpu", "--grader_workers=1", *overrides])
-        return evaluate.evaluate_model(Transformer(args), tiny_tokenizer, problems, cfg, task="tests")
+        return evaluate.evaluate_model(Transformer(args), tiny_tokenizer, problems, cfg, task=task)
 
     return use
 
@@ -408,6 +408,22 @@ def test_tool_integrated_rounds_run_the_code_and_read_its_output_back(scripted):
     assert first["greedy"]["text"].endswith("```output\n42\n```\n So the answer is \\boxed{42}.")
     assert first["greedy"]["correct"] and not second["greedy"]["correct"] and second["greedy"]["answer"] == "0"
     assert result.metrics["greedy"] == 0.5 and result.metrics["no_answer"] == 0.0
+
+
+def test_a_few_shot_cut_skips_the_blank_lines_of_a_tool_output(scripted):
+    """A program that prints nothing inserts "\\n\\n```": the few-shot cut at the next blank line
+    must not fall there, before the model's answer, but after it, where the model invents a problem."""
+    def script(context, temperature):
+        if context.endswith("```output\n\n```\n"):
+            return " So the answer is \\boxed{7}.\n\nQ: An invented problem?"
+        return " Let me compute.\n```python\nx = 3 + 4\n```\n```output"
+
+    problems = [tasks.Problem("a", "What is 3 plus 4?", "7")]
+    result = scripted(script, problems, task="classroom", eval_mode="fewshot", eval_format="tool")
+    greedy = result.records[0]["greedy"]
+    assert greedy["text"].endswith("```output\n\n```\n So the answer is \\boxed{7}.") and greedy["correct"]
+    assert evaluate.cut_at_stop("a\n\nb\n\nc", "\n\n", [(1, 4)]) == "a\n\nb"
+    assert evaluate.cut_at_stop("a\n\nb", "\n\n", []) == "a" and evaluate.cut_at_stop("ab", "\n\n", []) == "ab"
 
 
 def test_program_of_thought_grades_what_the_program_prints(scripted):
