@@ -12,10 +12,11 @@ The paper's pipeline, in the order this file runs it:
 3. The iterative loop. A fastText classifier is trained on the seed (positive) against pages
    sampled from the pool (negative) and scores the whole pool; the pages scoring over a
    threshold are "collected". Domains (hostnames) with over 10% of their pages collected are
-   math-related; their uncollected pages under a URL path prefix seen among the collected ones
-   join the seed (the paper had people annotate those URLs; a file of URL patterns a person
-   writes is our hook for that). Retrain, rescore; stop after N iterations or when an iteration
-   adds few new pages (the paper's 4th iteration re-collected ~98% of the 3rd's).
+   math-related; their uncollected pages under a URL path prefix of which over the same share
+   was collected join the seed (the paper had people annotate those URLs; a file of URL patterns
+   a person writes is our hook for that). Retrain, rescore; stop after N iterations or when an
+   iteration adds few new pages (in the paper ~98% of the 4th iteration's data had already been
+   collected by the 3rd).
 4. Decontamination: drop every page holding a 10-gram of a benchmark question or answer, or the
    whole text of a benchmark question/answer of 3 to 9 words.
 5. Output in {out_dir}/corpus/: selected-NNNNN.jsonl (the corpus, one file per pool shard),
@@ -47,6 +48,7 @@ import re
 import shutil
 import tempfile
 import time
+import zlib
 from collections import Counter, defaultdict
 from functools import lru_cache
 from urllib.parse import urlsplit
@@ -76,12 +78,16 @@ def read_wet(path, malformed):
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as f:  # bytes: Content-Length counts bytes, not characters
         line = f.readline()
+        records = conversions = 0
+        counted = False  # the record being skipped was counted already
         while line:
             if not line.startswith(b"WARC/"):
-                malformed[path] = malformed.get(path, 0) + 1
+                if not counted:
+                    malformed[path] = malformed.get(path, 0) + 1
                 while line and not line.startswith(b"WARC/"):  # resynchronise
                     line = f.readline()
                 continue
+            records, counted = records + 1, False
             headers = {}
             line = f.readline()
             while line and line.strip():
@@ -90,14 +96,18 @@ def read_wet(path, malformed):
                 line = f.readline()
             try:
                 length = int(headers["content-length"])
+                if length < 0:  # f.read(-1) would swallow the rest of the file
+                    raise ValueError("negative length")
                 content = f.read(length)
-                if len(content) < length or length < 0:
+                if len(content) < length:
                     raise ValueError("record cut short")
             except (KeyError, ValueError):
                 malformed[path] = malformed.get(path, 0) + 1
+                counted = True
                 line = f.readline()
                 continue
             if headers.get("warc-type") == "conversion":  # the text of one page; "warcinfo" describes the file
+                conversions += 1
                 if "warc-target-uri" in headers:
                     yield {"url": headers["warc-target-uri"], "text": content.decode("utf-8", "replace")}
                 else:
@@ -105,22 +115,32 @@ def read_wet(path, malformed):
             line = f.readline()
             while line and not line.strip():  # the blank lines that end a record
                 line = f.readline()
+    if records > 1 and not conversions:
+        raise BadInput(f"{path}: WARC records but no 'conversion' ones: a WARC or WAT file, not WET; "
+                       "use Common Crawl's .warc.wet.gz files (the pages' extracted text)")
 
 
 def read_pages(path, malformed, need_url=True):
     """Yield the pages ({url, text, ...labels}) of a WET, JSONL or Parquet file."""
     if not os.path.exists(path):
         raise BadInput(f"{path}: no such page file; check corpus_pool_files / corpus_seed_files")
-    if ".wet" in os.path.basename(path) or ".warc" in os.path.basename(path):  # CC names: *.warc.wet.gz
-        yield from read_wet(path, malformed)
-        return
-    if not path.endswith((".jsonl", ".parquet")):
+    is_records = path.endswith((".jsonl", ".parquet"))  # before the WET test: "CC-MAIN-x.warc.wet.jsonl"
+    if not is_records and ".wet" not in os.path.basename(path) and ".warc" not in os.path.basename(path):
         raise BadInput(f"{path}: unknown page file type; use WET (.warc.wet[.gz]), .jsonl or .parquet")
-    for record in read_records(path, malformed):
-        if not isinstance(record.get("text"), str) or (need_url and not isinstance(record.get("url"), str)):
-            malformed[path] = malformed.get(path, 0) + 1
-            continue
-        yield record
+    try:
+        if not is_records:  # CC names: *.warc.wet.gz
+            yield from read_wet(path, malformed)
+            return
+        for record in read_records(path, malformed):
+            if not isinstance(record.get("text"), str) or (need_url and not isinstance(record.get("url"), str)):
+                malformed[path] = malformed.get(path, 0) + 1
+                continue
+            yield record
+    except BadInput:
+        raise
+    except (EOFError, OSError, zlib.error, ValueError) as e:  # a cut-off .gz, a damaged Parquet file
+        raise BadInput(f"{path}: truncated or corrupt ({type(e).__name__}: {e}); download it again, "
+                       "or leave it out of corpus_pool_files / corpus_seed_files") from None
 
 
 def expand(patterns, what):
@@ -143,7 +163,9 @@ def read_seed(sources, max_pages, malformed):
         else:
             for path in expand([source], "corpus_seed_files"):
                 # seeds are only fastText positives: their text is all we need, no URL
-                texts += [page["text"] for page in read_pages(path, malformed, need_url=False)]
+                pages = read_pages(path, malformed, need_url=False)
+                wanted = max_pages - len(texts) if max_pages else None  # stop reading once enough
+                texts += [page["text"] for page in itertools.islice(pages, wanted)]
         if max_pages and len(texts) >= max_pages:
             return texts[:max_pages]
     return texts
@@ -193,7 +215,7 @@ def ngram_hashes(hashes, n):
 
 def url_hash(url):
     """64-bit hash of a URL normalised for dedup: lowercase host, no scheme, fragment or trailing /."""
-    parts = urlsplit(url.strip())
+    parts = split_url(url.strip())
     key = f"{parts.netloc.lower()}{parts.path.rstrip('/')}?{parts.query}"  # http:// and https:// copies match
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
 
@@ -358,9 +380,14 @@ def math_scores(model, lines):
 
 # ---------------------------------------------------------------- domain discovery
 
+def split_url(url):
+    """urlsplit, reading a URL without a scheme ("www.example.com/a") as a host and a path."""
+    return urlsplit(url if "://" in url else "//" + url)
+
+
 def domain_and_prefix(url, depth):
     """("mathoverflow.net", "questions") for https://mathoverflow.net/questions/123/slug, depth 1."""
-    parts = urlsplit(url)
+    parts = split_url(url)
     segments = [s for s in parts.path.split("/") if s][:depth]
     return (parts.hostname or "").lower(), "/".join(segments)  # hostname drops the port and user
 
@@ -449,9 +476,12 @@ class Benchmarks:
 
 def benchmark_texts(benchmarks):
     """(benchmark name, text) for every question and answer of {name: [tasks.Problem]}. The
-    answer is the worked solution when there is one (GSM8K's and MATH's answer fields are)."""
+    answer is the worked solution when there is one (GSM8K's and MATH's answer fields are), and
+    for GSM8K also the answer field as the dataset has it, with its <<48/2=24>> annotations and
+    "#### 72", as a page copying the dataset would quote it."""
     return [(name, text) for name, problems in benchmarks.items() for problem in problems
-            for text in (problem.question, problem.solution or problem.answer)]
+            for text in (problem.question, problem.solution or problem.answer, problem.meta.get("answer_field"))
+            if text]
 
 
 def decontaminate(pages, benchmarks, cfg, d):
@@ -477,6 +507,9 @@ def total(value, d):
 def inputs(cfg, folder, benchmarks, d):
     """(seed sources, pool files): the configured files, or the classroom web, which rank 0
     writes to {folder}/web/ with pages quoting the classroom benchmark's test problems."""
+    if cfg.corpus_seed_files and not cfg.corpus_pool_files:
+        raise BadInput("corpus_seed_files is set but corpus_pool_files is empty: name the pages to select from "
+                       "(WET, .jsonl or .parquet), or leave both empty for the classroom web")
     if cfg.corpus_pool_files:
         if not cfg.corpus_seed_files:
             raise BadInput("corpus_seed_files is empty: name seed math pages (.jsonl/.parquet with 'text', or hf:NAME)")
@@ -498,7 +531,12 @@ def load_pool(pool_files, d, malformed):
                       disable=not d.is_main, unit=" files"):
         for position, page in enumerate(read_pages(pool_files[shard], malformed)):
             page["shard"], page["order"] = shard, (shard << 32) + position  # (shard, position) as one int64
-            page["url_hash"] = url_hash(page["url"])
+            try:
+                page["url_hash"] = url_hash(page["url"])
+                domain_and_prefix(page["url"], 1)  # read again later: fails here or never
+            except ValueError:  # "http://[2001:db8::1/x": urlsplit refuses it
+                malformed[pool_files[shard]] = malformed.get(pool_files[shard], 0) + 1
+                continue
             pages.append(page)
     return pages
 
@@ -539,6 +577,7 @@ def iterate(pages, seed_texts, cfg, folder, d):
         # fixed threshold, which needs no such runs.
         previous, collected = collected, scores >= cfg.corpus_min_score
         new_seeds, math_domains, math_prefixes = discover(domains, prefixes, collected, cfg, d)
+        new_seeds &= ~positive  # a page that is a seed already is not a new one
         positive |= new_seeds  # seeds accumulate over the iterations
         row = {"iteration": iteration, "positives": n_positive, "negatives": total(int(negative.sum()), d),
                "collected": total(int(collected.sum()), d), "new": total(int((collected & ~previous).sum()), d),
@@ -624,15 +663,29 @@ def install_tokenizer(trained, path, folder):
     shutil.move(trained, path)
 
 
+def check_tokenizer_settings(cfg):
+    """A trained BPE goes to {out_dir}/tokenizer.tiktoken, never over a tokenizer the user named;
+    one that is not trained must exist before the hours of the fastText loop."""
+    if cfg.corpus_train_tokenizer and cfg.tokenizer_path:
+        raise BadInput(f"corpus_train_tokenizer=true writes a new BPE to {cfg.out_dir}/tokenizer.tiktoken, and "
+                       f"tokenizer_path={cfg.tokenizer_path!r} names another: set corpus_train_tokenizer=false to "
+                       "tokenize the corpus with it, or leave tokenizer_path empty")
+    path = cfg.tokenizer_path or os.path.join(cfg.out_dir, "tokenizer.tiktoken")
+    if not cfg.corpus_train_tokenizer and not os.path.exists(path):
+        raise BadInput(f"corpus_train_tokenizer=false, and there is no tokenizer at {path}: set tokenizer_path "
+                       "to a .tiktoken or tokenizer.json file, or corpus_train_tokenizer=true")
+
+
 def main():
     cfg = config.main_config()
+    check_tokenizer_settings(cfg)
     d = distributed.setup("cpu")
     started = time.time()
     # the test splits: the corpus must not hold what the later stages are evaluated on
     benchmarks = {os.path.basename(source): tasks.load_problems(source, "test", cfg) for source in cfg.corpus_benchmarks}
     with new_output(os.path.join(cfg.out_dir, "corpus"), d) as folder:
         summary = build(cfg, folder, benchmarks, d)
-        tokenizer_path = cfg.tokenizer_path or os.path.join(cfg.out_dir, "tokenizer.tiktoken")
+        tokenizer_path = cfg.tokenizer_path or os.path.join(cfg.out_dir, "tokenizer.tiktoken")  # see check_tokenizer_settings
         summary.update(tokenizer=tokenizer_path, seconds=round(time.time() - started, 1))
         if d.is_main:
             write_json(os.path.join(folder, "summary.json"), summary)
@@ -653,6 +706,10 @@ def build(cfg, folder, benchmarks, d):
     # rank 0 alone trains fastText, so only it reads the seed
     seed_texts = read_seed(seed_sources, cfg.corpus_seed_max_pages, malformed) if d.is_main else []
     summary = {"pool_files": len(pool_files), "pool_pages": total(len(pages), d), "seed_pages": len(seed_texts)}
+    if not summary["pool_pages"] or (d.is_main and not summary["seed_pages"]):
+        empty = "pool" if not summary["pool_pages"] else "seed"
+        raise BadInput(f"no usable {empty} pages (malformed records: {malformed}); the corpus needs page records "
+                       "with 'text' (and 'url' in the pool), or WET conversion records")
     distributed.print0(f"read {summary['pool_pages']} pool pages from {len(pool_files)} files and "
                        f"{len(seed_texts)} seed pages; malformed records skipped: {total(sum(malformed.values()), d)}")
 

@@ -392,7 +392,7 @@ def gsm8k_problem(id, question, answer):
     steps = [Step(expression.strip(), result.strip())
              for expression, result in GSM8K_CALCULATOR.findall(rationale)]
     solution = GSM8K_CALCULATOR.sub("", rationale).strip() + f"\nThe answer is \\boxed{{{gold}}}."
-    return Problem(id, question, gold, solution, steps)
+    return Problem(id, question, gold, solution, steps, meta={"answer_field": answer})  # as the dataset has it
 
 
 def text_field(row, key, where):

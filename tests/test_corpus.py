@@ -142,7 +142,7 @@ def test_wet_reader(tmp_path, name):
     malformed = {}
     read = list(corpus.read_pages(path, malformed))
     assert [(p["url"], p["text"]) for p in read] == [(p["url"], p["text"]) for p in pages] + [("https://e.org/z", "after the bad one")]
-    assert malformed == {path: 3}  # no Content-Length (and its stray content line), cut short
+    assert malformed == {path: 2}  # one record without Content-Length (its content skipped with it), one cut short
 
 
 def test_wet_jsonl_and_parquet_files_run_the_same_pipeline(classroom, tmp_path):
@@ -171,6 +171,48 @@ def test_wet_jsonl_and_parquet_files_run_the_same_pipeline(classroom, tmp_path):
     assert summary["decontaminated"] == {"classroom": 12}
 
 
+def test_a_negative_length_loses_one_record_not_the_rest_of_the_file(tmp_path):
+    bad = b"WARC/1.0\r\nWARC-Type: conversion\r\nWARC-Target-URI: https://b.org/\r\nContent-Length: -1\r\n\r\nb\r\n\r\n"
+    path = str(tmp_path / "neg.warc.wet")
+    write_wet(path, [], wet_record("https://a.org/", "a") + bad + wet_record("https://c.org/", "c"))
+    malformed = {}
+    assert [p["url"] for p in corpus.read_pages(path, malformed)] == ["https://a.org/", "https://c.org/"]
+    assert malformed == {path: 1}
+
+
+def test_files_that_hold_no_usable_pages_are_named(tmp_path):
+    """A cut-off download, a WARC file where a WET one belongs, a damaged Parquet file: one line
+    each, naming the file; a JSONL file whose name holds ".warc.wet" is read as JSONL."""
+    cut = str(tmp_path / "cut.warc.wet.gz")
+    write_wet(cut, [{"url": "https://a.org/", "text": "a" * 5000}])
+    data = open(cut, "rb").read()
+    open(cut, "wb").write(data[:len(data) // 2])
+    with pytest.raises(BadInput, match="cut.warc.wet.gz: truncated or corrupt"):
+        list(corpus.read_pages(cut, {}))
+    warc = str(tmp_path / "CC-MAIN-1.warc.gz")
+    response = b"WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: https://a.org/\r\nContent-Length: 2\r\n\r\nhi\r\n\r\n"
+    write_wet(warc, [], response * 2)
+    with pytest.raises(BadInput, match="a WARC or WAT file, not WET"):
+        list(corpus.read_pages(warc, {}))
+    broken = tmp_path / "pages.parquet"
+    broken.write_bytes(b"not parquet at all")
+    with pytest.raises(BadInput, match="pages.parquet: truncated or corrupt"):
+        list(corpus.read_pages(str(broken), {}))
+    named_wet = str(tmp_path / "CC-MAIN-2.warc.wet.jsonl")
+    write_jsonl(named_wet, [{"url": "https://a.org/", "text": "t"}])
+    assert [p["url"] for p in corpus.read_pages(named_wet, {})] == ["https://a.org/"]
+
+
+def test_a_url_urlsplit_refuses_is_a_malformed_page_and_a_bare_one_has_its_host(tmp_path):
+    pool = str(tmp_path / "pool.jsonl")
+    write_jsonl(pool, [{"url": "http://[2001:db8::1/x", "text": "t"}, {"url": "https://a.org/q/1", "text": "u"}])
+    malformed = {}
+    pages = corpus.load_pool([pool], corpus.distributed.setup("cpu"), malformed)
+    assert [p["url"] for p in pages] == ["https://a.org/q/1"] and malformed == {pool: 1}
+    assert corpus.domain_and_prefix("www.example.com/questions/1", 1) == ("www.example.com", "questions")
+    assert corpus.url_hash("www.example.com/a/") == corpus.url_hash("https://www.example.com/a")
+
+
 def test_missing_inputs_are_clear_errors(tmp_path):
     with pytest.raises(BadInput, match="no such page file"):
         list(corpus.read_pages(str(tmp_path / "nope.jsonl"), {}))
@@ -184,6 +226,17 @@ def test_missing_inputs_are_clear_errors(tmp_path):
     with pytest.raises(BadInput, match="corpus_seed_files is empty"):
         write_jsonl(str(tmp_path / "p.jsonl"), [{"url": "u", "text": "t"}])
         run_corpus([f"--out_dir={tmp_path}", f"--corpus_pool_files=['{tmp_path}/p.jsonl']"])
+    with pytest.raises(BadInput, match="corpus_pool_files is empty"):
+        run_corpus([f"--out_dir={tmp_path}", f"--corpus_seed_files=['{tmp_path}/p.jsonl']"])
+    write_jsonl(str(tmp_path / "s.jsonl"), [{"content": "seed text"}])  # not 'text'
+    with pytest.raises(BadInput, match="no usable seed pages"):
+        run_corpus([f"--out_dir={tmp_path}", f"--corpus_pool_files=['{tmp_path}/p.jsonl']",
+                    f"--corpus_seed_files=['{tmp_path}/s.jsonl']"])
+    mine = str(tmp_path / "tokenizer.json")  # the user's tokenizer: a trained BPE must not replace it
+    with pytest.raises(BadInput, match="corpus_train_tokenizer=true writes a new BPE"):
+        run_corpus([f"--out_dir={tmp_path}", f"--tokenizer_path={mine}"])
+    with pytest.raises(BadInput, match="there is no tokenizer at"):
+        run_corpus([f"--out_dir={tmp_path}", "--corpus_train_tokenizer=false"])
 
 
 # ---------------------------------------------------------------- torchrun
@@ -246,6 +299,11 @@ def test_benchmark_index():
     assert index.match("Q: what is the sum of 2 and 3? A: 5") == "math"
     assert index.match("what is the sum of 2 and 4") is None
     assert index.match("solve x = 5 for x") is None
+    # GSM8K's answer field as the dataset has it, annotations and all, is indexed too
+    raw = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips altogether.\n#### 72"
+    problem = tasks.gsm8k_problem("g", "How many clips?", raw)
+    index = corpus.Benchmarks(corpus.benchmark_texts({"gsm8k": [problem]}), 10, 3)
+    assert index.match("copied: " + raw.split("\n")[0] + " " + raw.split("\n")[1]) == "gsm8k"
 
 
 def test_domain_discovery_rule():
