@@ -620,7 +620,7 @@ def logged_step(run, job, questions, cfg, step):
         metrics.update(rm_heldout_auc=latest["heldout_auc"], rm_heldout_accuracy=latest["heldout_accuracy"])
     job.step_times.append(time.time() - t0)
     job.spreads.append(metrics["reward_spread"])
-    watch_signal(job.spreads, accuracy, job.accuracy_before, cfg, step)
+    watch_signal(job.spreads, accuracy, job.accuracy_before, cfg, step, run.last_checkpoint)
     if (step + 1) % cfg.rl_save_every == 0 or step + 1 == cfg.rl_steps:
         save(run, job, step + 1)
     return {**metrics, "step_seconds": job.step_times[-1], **memory_metrics(run)}

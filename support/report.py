@@ -170,9 +170,9 @@ def reward_model_table(rows):
         evaluations = [s.get("reward_model") for s in row.summaries if s.get("reward_model")]
         for i in range(min(map(len, evaluations)) if evaluations else 0):
             aucs = [e[i]["heldout_auc"] for e in evaluations if e[i]["heldout_auc"] is not None]
-            accs = [e[i]["heldout_accuracy"] for e in evaluations]
+            accs = [e[i]["heldout_accuracy"] for e in evaluations if e[i]["heldout_accuracy"] is not None]
             lines.append([row.label, evaluations[0][i]["step"], evaluations[0][i]["heldout_positions"],
-                          f"{np.mean(accs):.3f}", f"{np.mean(aucs):.3f}" if aucs else "-",
+                          f"{np.mean(accs):.3f}" if accs else "-", f"{np.mean(aucs):.3f}" if aucs else "-",
                           " / ".join(f"{a:.3f}" for a in aucs)])
     if not lines:
         return ""

@@ -24,7 +24,8 @@ have written lowers the reward of that step and of every later one (an error pro
 value it would have written itself costs ~0. (In our trials the sum of the log-probs ranked the
 classroom's held-out samples less well than the minimum.) BCE trains both terms, the LM head
 included, so the RM learns to find wrong results unlikely. Why: a 1M-parameter trunk read
-through a new zero head alone stays near chance (held-out ROC AUC 0.52-0.66 in results/); the
+through a new zero head alone stays near chance (held-out ROC AUC 0.517 ORM, 0.655 PRM: git show
+8cccae9:results/classroom.md); the
 information is in its next-token predictions (most of the classroom policy's wrong samples
 hold an arithmetic slip), and this term hands them to the head. README "Learned reward models
 that learn" gives the figures.
@@ -36,7 +37,9 @@ incorporates 10% of historical data" (rl_rm_replay). Where we differ or the pape
     (the policy's, as InstructGPT's do, or rl_rm_init's: the classroom's is a longer SFT run, as
     the likelihood term is only as good as the RM's arithmetic; configs/classroom.py says why);
   - it does not evaluate them in the paper's RL section: ours are scored on held-out samples
-    (questions they did not train on) every time they are (re)trained, by accuracy at the 0.5
+    (questions they did not train on in that round; at a retraining a held-out question may
+    be one an earlier round trained on, when the run's questions repeat) every time they are
+    (re)trained, by accuracy at the 0.5
     threshold and ROC AUC against the grader, so a learner sees whether the RM separates right
     from wrong before trusting the RL that follows. AUC is the chance that a random right sample
     scores above a random wrong one: 0.5 is a coin, 1.0 a perfect ranking.
@@ -125,7 +128,7 @@ def guarded(reward_fn, rollouts, rows, failures):
             except Exception as e:
                 failures.append(row)
                 distributed.print0(
-                    f"\nreward function failed ({type(e).__name__}: {e}); scoring 0 for\n"
+                    f"\nreward function failed ({type(e).__name__}: {e}); no reward (outcome: 0) for\n"
                     f"  question: {rollouts.problems[row].question!r}\n  output:   {rollouts.texts[row]!r}")
                 results.append(None)
         return results
@@ -226,7 +229,10 @@ class RewardModel:
         for _ in range(cfg.rl_rm_epochs):
             rng.shuffle(data)
             for tokens, mask, columns, results, labels in self.batches(data):
-                loss = F.binary_cross_entropy_with_logits(self.scores_at(tokens, mask, columns, results), labels)
+                scores = self.scores_at(tokens, mask, columns, results)
+                # a micro-batch of outputs with no labelled position (empty outputs, a step checker
+                # that failed) has nothing to fit: its loss is 0, not the NaN of a mean over nothing
+                loss = F.binary_cross_entropy_with_logits(scores, labels) if len(labels) else scores.sum()
                 loss.backward()
                 norm = training.clip_gradients(self.model, cfg.rl_grad_clip)
                 training.check_finite(step, checkpoint, fix="lower rl_rm_lr", reward_model_loss=float(loss.detach()),
@@ -251,8 +257,9 @@ class RewardModel:
         scores = sum(distributed.all_gather(scores, self.d), [])
         labels = sum(distributed.all_gather(labels, self.d), [])
         correct = sum((s > 0) == (y > 0.5) for s, y in zip(scores, labels))
-        return {"heldout_positions": len(labels), "heldout_accuracy": correct / max(1, len(labels)),
-                "heldout_auc": roc_auc(scores, labels), "heldout_positive_share": sum(labels) / max(1, len(labels))}
+        share = (lambda x: x / len(labels)) if labels else (lambda x: None)  # nothing held out: no figure, not 0
+        return {"heldout_positions": len(labels), "heldout_accuracy": share(correct),
+                "heldout_auc": roc_auc(scores, labels), "heldout_positive_share": share(sum(labels))}
 
     @torch.no_grad()
     def rewards(self, tokens, mask, labels, results):

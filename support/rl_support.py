@@ -184,6 +184,16 @@ class Run:
                 raise BadInput(f"the reward model's folder {folder} has a vocabulary of "
                                f"{model.args.vocab_size}, the policy's {policy.args.vocab_size}: give it a checkpoint "
                                "trained with the policy's tokenizer")
+            if cfg.rl_rm_checkpoint and not model.score.weight.detach().abs().sum():
+                raise BadInput(f"rl_rm_checkpoint={cfg.rl_rm_checkpoint}: the folder has no trained score head "
+                               "(score.weight), so its rewards would all be equal; leave rl_rm_checkpoint empty to "
+                               "train a reward model (from rl_rm_init)")
+            if cfg.ppo_value_init == "reward" and algo == "ppo":
+                shape = ("dim", "n_layer", "n_head", "n_kv_head", "intermediate_size")
+                if [getattr(model.args, k) for k in shape] != [getattr(policy.args, k) for k in shape]:
+                    raise BadInput(f"ppo_value_init=reward copies the reward model ({folder}) into a value model "
+                                   "shaped like the policy, and their shapes differ: use ppo_value_init=policy, or "
+                                   "a reward model of the policy's shape")
             model = wrap(model)
             self.rm = rewards.RewardModel(model, self.adamw(model, cfg.rl_rm_lr), cfg, tokenizer.pad_id, d)
             self.held["reward model"] = "trained on graded samples, then frozen within an iteration"
@@ -268,7 +278,8 @@ def check_rl_config(cfg, world_size, algos, rewards):
         raise BadInput(f"rl_algo={cfg.rl_algo!r}: choose one of {', '.join(algos)}")
     if cfg.rl_reward not in rewards:
         raise BadInput(f"rl_reward={cfg.rl_reward!r}: choose one of {', '.join(rewards)}")
-    for key in ("rl_questions_per_step", "rl_rm_questions"):
+    learned_rm = cfg.rl_reward in ("orm", "prm")  # only a learned reward model draws rl_rm_questions
+    for key in ["rl_questions_per_step"] + (["rl_rm_questions"] if learned_rm else []):
         if getattr(cfg, key) % world_size or getattr(cfg, key) < world_size:
             raise BadInput(f"{key}={getattr(cfg, key)} does not split over {world_size} ranks: "
                            f"use a multiple of {world_size}")
@@ -384,10 +395,10 @@ def recorded_steps(cfg):
 
 def print_reward_model(result, n_train, cfg, step):
     """One line on a (re)trained reward model: its training loss and held-out accuracy and AUC."""
-    auc = "n/a" if result["heldout_auc"] is None else f"{result['heldout_auc']:.3f}"
+    auc, accuracy = ("n/a" if result[key] is None else f"{result[key]:.3f}" for key in ("heldout_auc", "heldout_accuracy"))
     distributed.print0(f"\nreward model ({cfg.rl_reward}) at step {step}: trained on {n_train} samples "
                        f"(+ replay), loss {result['loss']:.3f}; held-out ({result['heldout_positions']} "
-                       f"positions): accuracy {result['heldout_accuracy']:.3f}, AUC {auc}")
+                       f"positions): accuracy {accuracy}, AUC {auc}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,19 +415,20 @@ def stop_if_rewards_broken(run, rewards, step):
                                 f"is broken and the run stopped before the update; {training.last_saved(run.last_checkpoint)}")
 
 
-def watch_signal(history, accuracy, accuracy_before, cfg, step):
+def watch_signal(history, accuracy, accuracy_before, cfg, step, last_checkpoint):
     """Loud warnings when the learning signal is gone: the reward's spread within groups near zero
-    for rl_flat_reward_steps steps in a row (GRPO's normalised advantages are then noise), or the
+    for rl_flat_reward_steps steps in a row (GRPO's normalised advantages are then noise; other
+    methods do not normalise within groups, and a group of one output has no spread), or the
     held-out accuracy far below the start (a collapse). The collapse stops the run."""
     flat = history[-cfg.rl_flat_reward_steps:]
-    if len(flat) == cfg.rl_flat_reward_steps and max(flat) < cfg.rl_min_reward_spread:
+    if cfg.rl_algo == "grpo" and len(flat) == cfg.rl_flat_reward_steps and max(flat) < cfg.rl_min_reward_spread:
         distributed.print0(f"\nWARNING step {step + 1}: the reward's mean within-group std has been under "
                            f"{cfg.rl_min_reward_spread} for {len(flat)} steps: the reward no longer tells the "
                            f"outputs of a question apart, and GRPO learns from noise.")
     if accuracy is not None and accuracy < accuracy_before - cfg.rl_collapse_drop:
         raise training.Diverged(f"step {step + 1}: held-out greedy accuracy fell from {100 * accuracy_before:.1f}% "
                                 f"to {100 * accuracy:.1f}% (more than rl_collapse_drop={cfg.rl_collapse_drop}): "
-                                f"the policy collapsed; the last checkpoint before it is kept")
+                                f"the policy collapsed; {training.last_saved(last_checkpoint)}")
 
 
 # ---------------------------------------------------------------------------------------------

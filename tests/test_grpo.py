@@ -351,6 +351,39 @@ def test_likelihood_reward_model_log_odds_are_the_head_plus_the_least_lm_log_pro
     assert torch.allclose(got, torch.stack(expected), atol=1e-4)
 
 
+def test_a_reward_model_fits_past_outputs_without_labels_and_reports_no_held_out_figure_without_any(tokenizer):
+    """A micro-batch of outputs with no labelled position (empty outputs) is a loss of 0, not
+    a NaN that stops the run as diverged; with nothing held out, accuracy is None, not 0."""
+    from support.rewards import RewardModel, samples_of
+    torch.manual_seed(0)
+    args = ModelArgs(vocab_size=tokenizer.n_vocab, n_layer=1, dim=32, n_head=2, n_kv_head=2,
+                     intermediate_size=64, max_seq_len=256)
+    model = Transformer(args, head="reward")
+    problems = tasks.classroom_problems("train", 2, 5)
+    rollouts = rollouts_of(tokenizer, problems, [problems[0].solution, ""])
+    labels = [grpo.outcome_labels(rollouts, torch.tensor([1.0, 0.0]))[0], []]  # the empty output: no label
+    samples = samples_of(rollouts, labels, [0, 1], grpo.result_columns(rollouts, tokenizer))
+    cfg = config.load_config(["configs/classroom.py", "--rl_micro_batch=1", "--rl_rm_epochs=1"])
+    rm = RewardModel(model, training.make_adamw(model, 1e-3, 0.0, training.PAPER_BETAS, torch.device("cpu")), cfg,
+                     tokenizer.pad_id, distributed.setup("cpu"))
+    result = rm.fit(samples, [], 0, "nowhere")
+    assert math.isfinite(result["loss"]) and result["heldout_positions"] == 0
+    assert result["heldout_accuracy"] is None and result["heldout_auc"] is None
+
+
+def test_only_grpo_is_warned_of_a_flat_reward_and_a_collapse_names_what_was_saved(tmp_path, capsys):
+    cfg = config.load_config(["configs/classroom.py", "--rl_flat_reward_steps=2", "--rl_algo=ppo"])
+    rl_support.watch_signal([0.0, 0.0], None, 0.5, cfg, 5, str(tmp_path))
+    assert "WARNING" not in capsys.readouterr().out  # PPO's groups of one output have no spread
+    cfg = config.load_config(["configs/classroom.py", "--rl_flat_reward_steps=2"])
+    rl_support.watch_signal([0.0, 0.0], None, 0.5, cfg, 5, str(tmp_path))
+    assert "GRPO learns from noise" in capsys.readouterr().out
+    with pytest.raises(training.Diverged, match="no checkpoint was saved"):
+        rl_support.watch_signal([1.0], 0.1, 0.5, cfg, 5, str(tmp_path))
+    outcome = config.load_config(["configs/classroom.py", "--rl_questions_per_step=3", "--rl_rm_questions=512"])
+    rl_support.check_rl_config(outcome, 3, grpo.ALGOS, grpo.REWARDS)  # no reward model: rl_rm_questions unused
+
+
 def test_a_raising_reward_function_is_reported_with_question_and_output(tokenizer, monkeypatch, capsys):
     problems = tasks.classroom_problems("train", 2, 5)
     rollouts = rollouts_of(tokenizer, problems, ["fine 1 + 1 = 2.", "boom"])
@@ -525,6 +558,18 @@ def test_the_reward_model_starts_from_rl_rm_init_and_refuses_another_vocabulary(
     cfg = config.load_config(["configs/classroom.py", *run_args(tmp_path, 1, "--rl_reward=orm",
                                                                  f"--rl_rm_init={tmp_path / 'wide'}")])
     with pytest.raises(BadInput, match="wide.*vocabulary"):
+        rl_support.Run(cfg, distributed.setup("cpu"), tokenizer, None, policy_folder, policy_folder)
+    # an LM folder given as a trained reward model: its head would be zeros, every reward alike
+    cfg = config.load_config(["configs/classroom.py", *run_args(tmp_path, 1, "--rl_reward=orm",
+                                                                 f"--rl_rm_checkpoint={policy_folder}")])
+    with pytest.raises(BadInput, match="no trained score head"):
+        rl_support.Run(cfg, distributed.setup("cpu"), tokenizer, None, policy_folder, policy_folder)
+    # ppo_value_init=reward copies the reward model into a value model of the policy's shape
+    tiny_checkpoint(tmp_path / "narrow", tokenizer, dim=48)
+    cfg = config.load_config(["configs/classroom.py", *run_args(tmp_path, 1, "--rl_algo=ppo", "--rl_reward=orm",
+                                                                 "--ppo_value_init=reward",
+                                                                 f"--rl_rm_init={tmp_path / 'narrow'}")])
+    with pytest.raises(BadInput, match="ppo_value_init=reward .* shapes differ"):
         rl_support.Run(cfg, distributed.setup("cpu"), tokenizer, None, policy_folder, policy_folder)
 
 
