@@ -62,16 +62,26 @@ class TokenSource:
         if not paths:
             raise BadInput(f"source '{name}': no {split}-*.bin token shards in {folder}; run "
                            "corpus.py first, or fix pretrain_sources")
-        self.name = name
+        self.name, self.folder, self.split = name, folder, split
         self.shards = [read_shard(p) for p in paths]  # memmaps: the OS pages in only the windows read
         self.tokens = sum(len(s) for s in self.shards)
         windows = [max(len(s) - length + 1, 0) for s in self.shards]  # start offsets: none straddles two shards
+        self.unread = sum(len(s) for s in self.shards if len(s) < length)  # shards too short for one window
         self.first_window = np.cumsum([0] + windows)  # window number where each shard begins
         self.n_windows = int(self.first_window[-1])
         self.length = length
         if self.n_windows == 0:
             raise BadInput(f"source '{name}': no {split} shard in {folder} holds {length} tokens "
                            "(max_seq_len + 1); give it more text or lower max_seq_len")
+
+    def check_ids(self, vocab_size):
+        """A BadInput when the source's first 10M tokens hold an id the model has no row for
+        (shards written by another tokenizer): an embedding lookup would fail mid-run."""
+        top = int(self.head(10_000_000).max())
+        if top >= vocab_size:
+            raise BadInput(f"source '{self.name}': its {self.split} shards in {self.folder} hold token id {top}, "
+                           f"beyond the model's vocabulary of {vocab_size}: tokenize them with the model's "
+                           "tokenizer (corpus.py with its tokenizer_path), or raise vocab_size")
 
     def head(self, n):
         """The first n tokens (or all, if fewer), shard after shard."""
@@ -107,8 +117,11 @@ class Mixture:
         which = rng.choice(len(self.sources), size=n, p=self.weights)  # (n,) source per row
         where = rng.random(n)  # (n,) uniform in [0, 1): the window, as a share of the source's windows
         # The paper does not say how it walks its data. Here a row is a window at a uniform random
-        # offset, drawn with replacement: no epochs, no state to save for a resume, and each token of
-        # a source is seen about weight x training tokens / source size times, however shards are cut.
+        # offset within one shard, drawn with replacement: no epochs, no state to save for a resume,
+        # and a token in the middle of a shard is seen about weight x training tokens / source size
+        # times. A window never straddles two shards, so the first and last max_seq_len tokens of a
+        # shard are read less often, and a shard shorter than a window never (main prints how many
+        # tokens that leaves out): cut sources into shards much longer than max_seq_len.
         # Every rank draws all n rows and reads only its slice [start, stop).
         rows = [self.sources[s].window(int(u * self.sources[s].n_windows))
                 for s, u in zip(which[start:stop], where[start:stop])]
@@ -161,8 +174,10 @@ def lm_loss(model, rows):
 
     rows (B, T+1). The logits (B, T, V) are made whole and handed to F.cross_entropy, whose fused
     log-softmax + NLL kernel saves only the log-probs for backward. model.py's chunked log-prob
-    path (RL's) checkpoints each chunk and so runs the LM head twice: bench/bench_pretrain.py
-    measured this path 1.06x faster at V = 1,024 and 1.56x at V = 16,384 on the classroom CPU.
+    path (RL's) checkpoints each chunk and so runs the LM head twice; measured, the two cost about
+    the same (bench/bench_pretrain.py's "ours / ours, chunked": 0.99x at V = 1,024 on the
+    classroom CPU, results/pretrain-xeon.txt; 1.01x at V = 32,000 on an H100,
+    results/gpu-h100.txt), so pretraining keeps the plainer whole-logits loss.
     Memory is no obstacle for pretraining: at the 7B's V = 102,400, T = 4,096 a row's float32
     logits take 1.7 GB, next to tens of GB of activations."""
     logits = model(rows[:, :-1])  # (B, T, V) from inputs x_0 .. x_T-1
@@ -259,6 +274,8 @@ def main(argv=None):
     accumulation = accumulation_steps(cfg, d)
     model = build_model(cfg, tokenizer, ckpt if resume else "", d)
     args = distributed.unwrap(model).args
+    for source in train.sources + val.sources:
+        source.check_ids(args.vocab_size)
     # paper 2.3: AdamW, beta1 0.9, beta2 0.95, weight decay 0.1 (the config's defaults)
     optimizer = training.make_adamw(model, cfg.pretrain_lr, cfg.pretrain_weight_decay, cfg.pretrain_betas, d.device)
     start, seconds_before, recent = 0, 0.0, []
@@ -267,7 +284,7 @@ def main(argv=None):
         if state["tokens_per_step"] != cfg.pretrain_tokens_per_step or state["steps"] != cfg.pretrain_steps:
             raise BadInput(f"{ckpt} was trained with pretrain_tokens_per_step={state['tokens_per_step']}, "
                            f"pretrain_steps={state['steps']}; resume with those, or --pretrain_resume=false")
-        training.load_optimizer_state(optimizer, model, state["optimizer"])
+        training.load_optimizer_state(optimizer, model, state["optimizer"], lr_scheduled=True)
         start, seconds_before, recent = state["step"], state["seconds"], state["recent_losses"].tolist()
 
     B, T, steps = cfg.pretrain_batch_size, cfg.max_seq_len, cfg.pretrain_steps
@@ -278,7 +295,9 @@ def main(argv=None):
         f"pretrain: {distributed.unwrap(model).num_params():,} parameters, {steps} steps of "
         f"{cfg.pretrain_tokens_per_step:,} tokens = {B} rows x {T} tokens x {d.world_size} ranks x "
         f"{accumulation} accumulation steps ({steps * cfg.pretrain_tokens_per_step:,} tokens)\n"
-        + "".join(f"  source {s.name}: weight {w:.3f}, {s.tokens:,} train tokens, {v.tokens:,} val tokens\n"
+        + "".join(f"  source {s.name}: weight {w:.3f}, {s.tokens:,} train tokens, {v.tokens:,} val tokens"
+                  + "".join(f"; {x.unread:,} {x.split} tokens in shards shorter than a row, never read"
+                            for x in (s, v) if x.unread) + "\n"
                   for s, w, v in zip(train.sources, train.weights, val.sources))
         + f"  unigram entropy of the val data {entropy:.3f} nats; "
         + (f"resuming from {ckpt} at step {start}" if resume else "starting from step 0"))

@@ -13,7 +13,8 @@ solution:
 What this script does, top to bottom:
 1. every training problem becomes one example in a format drawn from the mixing ratio
    (sft_formats), rendered with the chat template that evaluation prompts with: the prompt
-   (BOS, "User: {question}{instruction}\\n\\nAssistant:") and the response (" {solution}" EOS);
+   (BOS, "User: {question}{instruction}\\n\\nAssistant:") and the response (" {solution}" EOS;
+   with a model's own chat template, its header and turn end);
 2. examples are packed several to a context window; a block-diagonal causal mask and RoPE
    positions that restart at 0 for each example make a packed example see exactly what it
    would see alone (the paper concatenated without masking; we pay one mask per row to keep
@@ -86,14 +87,15 @@ def format_shares(cfg):
 def response_tokens(tokenizer, response, fmt):
     """(ids, trained) of a response: exactly the tokens the model reads at inference.
 
-    cot and pot: tokenizer.encode_response (" " + text, then EOS), all trained. tool: the model's
-    stretches and the runtime's outputs are encoded separately, as evaluate.respond feeds them,
-    and the outputs are not trained (ToRA does the same)."""
+    cot and pot: tokenizer.encode_response (response_prefix + text, then EOS: " " + text with our
+    template, what a chat template puts after its assistant header with another), all trained.
+    tool: the same, with the model's stretches and the runtime's outputs encoded separately, as
+    evaluate.respond feeds them, and the outputs not trained (ToRA does the same)."""
     if fmt != "tool":
         ids = tokenizer.encode_response(response)
         return ids, [True] * len(ids)
     ids, trained = [], []
-    for i, part in enumerate(TOOL_OUTPUT.split(" " + response)):  # model, output, model, output, ..., model
+    for i, part in enumerate(TOOL_OUTPUT.split(tokenizer.response_prefix + response)):  # model, output, ..., model
         part_ids = tokenizer.encode(part)
         ids += part_ids
         trained += [i % 2 == 0] * len(part_ids)

@@ -107,17 +107,24 @@ def seed_everything(seed):
 
 
 def rng_state():
-    state = {"python": list(random.getstate()[1]), "torch": torch.get_rng_state()}
-    state["numpy"] = torch.from_numpy(np.random.get_state()[1].astype(np.int64))
+    """Every generator's whole state, as tensors and plain numbers (train_state.pt loads with
+    weights_only): Python's (its 624 words and position, and the cached gauss), NumPy's (the
+    same, and its cached gaussian), torch's."""
+    _, words, gauss_next = random.getstate()
+    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"python": list(words), "python_gauss": gauss_next, "torch": torch.get_rng_state(),
+             "numpy": torch.from_numpy(keys.astype(np.int64)), "numpy_rest": [int(position), int(has_gauss),
+                                                                              float(cached_gaussian)]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state):
-    random.setstate((3, tuple(state["python"]), None))
+    random.setstate((3, tuple(state["python"]), state.get("python_gauss")))
     torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+    position, has_gauss, cached_gaussian = state.get("numpy_rest", [624, 0, 0.0])  # older files: a fresh block
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 
@@ -195,13 +202,23 @@ def optimizer_state(optimizer, model):
                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def load_optimizer_state(optimizer, model, state):
+def load_optimizer_state(optimizer, model, state, lr_scheduled=False):
+    """Load a saved optimizer state into `optimizer`, made from the config. Its settings would
+    come back with it and silently override the config's, so settings that differ are a
+    BadInput instead: learning rate (unless the caller sets it every step), weight decay, betas."""
+    keys = ("weight_decay", "betas") if lr_scheduled else ("lr", "weight_decay", "betas")
+    configured = [{key: tuple(g[key]) if key == "betas" else g[key] for key in keys} for g in optimizer.param_groups]
     if not torch.distributed.is_initialized():
         optimizer.load_state_dict(state)
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    set_optimizer_state_dict(distributed.unwrap(model), optimizer, state,
-                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    else:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        set_optimizer_state_dict(distributed.unwrap(model), optimizer, state,
+                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for now, group in zip(configured, optimizer.param_groups):
+        saved = {key: tuple(group[key]) if key == "betas" else group[key] for key in keys}
+        if saved != now:
+            raise BadInput(f"resuming: the run was trained with optimizer settings {saved}, the config now "
+                           f"gives {now}: resume with the settings it started with, or start a new run")
 
 
 class StopRequest:

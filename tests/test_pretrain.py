@@ -90,6 +90,15 @@ def test_mixture_draws_sources_by_weight_and_every_rank_a_slice_of_one_batch(tmp
     ends = set(rows[:, -1])
     assert {499, 899, 1499} <= ends and {0, 600, 1000} <= set(rows[:, 0])  # first and last windows drawn
     assert torch.equal(mix.rows((7, 0, 3), 20000, 100, 104), torch.from_numpy(rows[100:104]))
+    # a shard shorter than a row is counted as never read; ids past the vocabulary are refused
+    shards.write_shard(str(tmp_path / "c/train-00000.bin"), np.arange(2000, 2100, dtype=np.uint16))
+    shards.write_shard(str(tmp_path / "c/train-00001.bin"), np.arange(0, 5, dtype=np.uint16))
+    short = pretrain.TokenSource("c", str(tmp_path / "c"), "train", 9)
+    assert short.unread == 5
+    short.check_ids(2100)
+    with pytest.raises(BadInput, match="source 'c': its train shards .* hold token id 2099, beyond the model's "
+                                       "vocabulary of 2048"):
+        short.check_ids(2048)
 
 
 def test_short_run_loss_falls_below_unigram_entropy(corpus, tmp_path):

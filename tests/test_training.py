@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from model import Transformer
+from model import ModelArgs, Transformer
 from support.training import load_train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,3 +54,41 @@ def test_two_process_run_matches_one_process(straight, tmp_path, parallel):
 def test_train_state_loads_weights_only_and_names_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="train_state.pt"):
         load_train_state(tmp_path)
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
+    """What follows a saved state is what follows it restored, for every generator, their cached
+    gaussians included (Python's gauss and NumPy's randn draw two values at a time)."""
+    import random
+
+    import numpy as np
+
+    from support import training
+
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    random.gauss(0, 1), np.random.randn(), np.random.rand(3)  # a cached gaussian each, a position mid-block
+    torch.save(training.rng_state(), tmp_path / "rng.pt")
+
+    def draws():
+        return [random.random(), random.gauss(0, 1), *np.random.rand(2), np.random.randn(), float(torch.rand(1))]
+
+    expected = draws()
+    training.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert draws() == expected
+
+
+def test_a_resume_with_other_optimizer_settings_is_refused_unless_the_lr_is_scheduled():
+    from support import training
+    from support.fileio import BadInput
+
+    model = Transformer(ModelArgs(vocab_size=61, dim=16, n_layer=1, n_head=2, n_kv_head=2, intermediate_size=32))
+    cpu = torch.device("cpu")
+    saved = training.make_adamw(model, 5e-5, 0.1, (0.9, 0.95), cpu).state_dict()
+    training.load_optimizer_state(training.make_adamw(model, 5e-5, 0.1, (0.9, 0.95), cpu), model, saved)
+    with pytest.raises(BadInput, match="resuming: the run was trained with optimizer settings"):
+        training.load_optimizer_state(training.make_adamw(model, 1e-5, 0.1, (0.9, 0.95), cpu), model, saved)
+    with pytest.raises(BadInput, match="'weight_decay': 0.1"):
+        training.load_optimizer_state(training.make_adamw(model, 5e-5, 0.0, (0.9, 0.95), cpu), model, saved,
+                                      lr_scheduled=True)
+    training.load_optimizer_state(training.make_adamw(model, 1e-5, 0.1, (0.9, 0.95), cpu), model, saved,
+                                  lr_scheduled=True)  # pretrain.py sets the lr every step
