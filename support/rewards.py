@@ -24,10 +24,10 @@ have written lowers the reward of that step and of every later one (an error pro
 value it would have written itself costs ~0. (In our trials the sum of the log-probs ranked the
 classroom's held-out samples less well than the minimum.) BCE trains both terms, the LM head
 included, so the RM learns to find wrong results unlikely. Why: a 1M-parameter trunk read
-through a new zero head alone stays near chance (held-out ROC AUC 0.517 ORM, 0.655 PRM: git show
-8cccae9:results/classroom.md); the
-information is in its next-token predictions (most of the classroom policy's wrong samples
-hold an arithmetic slip), and this term hands them to the head. README "Learned reward models
+through a new zero head alone stays near chance (held-out ROC AUC 0.517 ORM, 0.655 PRM: git
+show 8cccae9:results/classroom.md); the information is in its next-token predictions (most of
+the classroom policy's wrong samples hold an arithmetic slip), and this term hands them to the
+head. README "Learned reward models
 that learn" gives the figures.
 
 The paper trains its reward models on the policy's own samples and, in iterative RL (Algorithm
@@ -37,12 +37,12 @@ incorporates 10% of historical data" (rl_rm_replay). Where we differ or the pape
     (the policy's, as InstructGPT's do, or rl_rm_init's: the classroom's is a longer SFT run, as
     the likelihood term is only as good as the RM's arithmetic; configs/classroom.py says why);
   - it does not evaluate them in the paper's RL section: ours are scored on held-out samples
-    (questions they did not train on in that round; at a retraining a held-out question may
-    be one an earlier round trained on, when the run's questions repeat) every time they are
-    (re)trained, by accuracy at the 0.5
-    threshold and ROC AUC against the grader, so a learner sees whether the RM separates right
-    from wrong before trusting the RL that follows. AUC is the chance that a random right sample
-    scores above a random wrong one: 0.5 is a coin, 1.0 a perfect ranking.
+    every time they are (re)trained, by accuracy at the 0.5 threshold and ROC AUC against the
+    grader. Held out means questions that round did not train on; at a retraining, a held-out
+    question may be one an earlier round trained on, when the run's questions repeat. So a
+    learner sees whether the RM separates right from wrong before trusting the RL that follows.
+    AUC is the chance that a random right sample scores above a random wrong one: 0.5 is a
+    coin, 1.0 a perfect ranking.
 
 Tests: pytest -q tests/test_grpo.py
 """
