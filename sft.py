@@ -40,6 +40,7 @@ checked before the previous run's summary.json or metrics are touched.
 Tests: pytest -q tests/test_sft.py
 """
 
+import hashlib
 import os
 import re
 import sys
@@ -126,6 +127,16 @@ def build_examples(problems, shares, tokenizer, seed, max_len, progress=False):
 # ---------------------------------------------------------------------------------------------
 # 2. Packing: several examples per context window, kept apart
 # ---------------------------------------------------------------------------------------------
+
+
+def data_digest(examples, plan):
+    """A fingerprint of what a run trained on, in order (every example's tokens, the packed
+    rows it has taken): a resume must find the same, or it would not end where an unbroken run
+    would. More sft_steps only add rows after these (pack_rows), so a run may be extended."""
+    digest = hashlib.sha256()
+    for ids in [*plan, *(example.tokens for example in examples)]:
+        digest.update(np.asarray(list(ids) + [-1], np.int64).tobytes())  # -1 ends each list
+    return digest.hexdigest()[:16]
 
 
 def pack_rows(lengths, seq_len, n_rows, seed):
@@ -256,6 +267,11 @@ def train(cfg, d, out):
         if state["batch_size"] != cfg.sft_batch_size:
             raise BadInput(f"{ckpt} was trained with sft_batch_size={state['batch_size']}; resume with that, "
                            "or start over with --sft_resume=false")
+        done = plan[:state["step"] * cfg.sft_batch_size]
+        if state.get("data", None) not in (None, data_digest(examples, done)):  # older checkpoints have none
+            raise BadInput(f"{ckpt} was trained on other examples or in another order (seed, sft_formats, "
+                           "train_problems or max_seq_len changed): resume with the settings it started "
+                           "with, or start over with --sft_resume=false")
         training.load_optimizer_state(optimizer, model, state["optimizer"])
         training.set_rng_state(state["rng"])
         start, seconds = state["step"], state["seconds"]
@@ -265,6 +281,7 @@ def train(cfg, d, out):
 
     def save(step):
         state = {"step": step, "seconds": seconds, "batch_size": cfg.sft_batch_size,
+                 "data": data_digest(examples, plan[:step * cfg.sft_batch_size]),
                  "optimizer": training.optimizer_state(optimizer, model), "rng": training.rng_state()}
         training.save_checkpoint(ckpt, model, tokenizer, state)
 
