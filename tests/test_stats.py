@@ -203,6 +203,7 @@ FIGURES_FROM_ELSEWHERE = {
     "2402.03300": "the paper's arXiv number",
     "3.11": "the Python version; and git log -p -- results/generate-xeon.txt (an earlier run of the day)",
     "1.16": "TRL's version (requirements-bench.txt)",
+    "5.23": "transformers' version (requirements-test.txt)",
     "5.13": "the Linux version that brought Landlock",
     "0.0001": "a config value as a stage prints it (sft_lr)",
     "31.6": "the paper's learning-rate schedule (section 2.3)",
