@@ -48,8 +48,8 @@ def length_grouped_micro_batches(mask, size):
     before they are cut, so rows of similar length share a pass and little of it is padding:
     transformers' group_by_length, verl's and OpenRLHF's padding removal in spirit. On the
     classroom model's GRPO step (64 outputs, micro-batches of 16) the update's passes read 84% of
-    the positions of the batch at its full width, and a step's update took 0.74 s where TRL's,
-    which pads every row to the step's longest, took 1.08 (results/grpo-vs-trl-xeon.txt; in one
+    the positions of the batch at its full width, and a step's update took 0.740 s where TRL's,
+    which pads every row to the step's longest, took 1.063 (results/grpo-vs-trl-xeon.txt; in one
     pass over all 64 rows the two take the same time: results/grpo-vs-trl-one-pass-xeon.txt).
     Every quantity of the objective is a sum over rows (grpo_loss divides by the step's output
     count, not the micro-batch's), so which rows share a pass changes only the rounding. With one
