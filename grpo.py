@@ -553,8 +553,9 @@ def train(cfg):
     with evaluate.stage_grader(cfg, d) as grader:  # forked before models fill memory
         run = Run(cfg, d, tokenizer, grader, init, job.ckpt if cfg.rl_resume else init)
         run.last_checkpoint = job.ckpt
+        start = resume(run, job, cfg)  # a checkpoint that cannot be resumed fails before the outputs are touched
         training.unmark_done(job.out, d)  # every input is loaded: from here on this run is not done
-        start = begin(run, job, cfg)
+        begin(run, job, cfg, start)
         log = training.MetricsLog(os.path.join(job.out, "metrics.jsonl"), start)
         order = random.Random(cfg.seed).sample(range(len(train_problems)), len(train_problems))
         bar = tqdm(range(start, cfg.rl_steps), desc=f"rl {method_name(cfg)}", disable=not d.is_main)
@@ -576,14 +577,20 @@ def train(cfg):
     return summary
 
 
-def begin(run, job, cfg):
-    """A fresh start (the held-out accuracy before, the first reward model) or a resumed one.
-    Returns the first step to take."""
-    start = 0
-    if cfg.rl_resume:
-        state = training.load_train_state(job.ckpt)
-        run.load_train_state(state)
-        start, job.accuracy_before, job.iterations = state["step"], state["accuracy_before"], state["iterations"]
+def resume(run, job, cfg):
+    """With rl_resume, the saved run's models, optimizers and bookkeeping put back; returns the
+    first step to take (0 for a fresh start)."""
+    if not cfg.rl_resume:
+        return 0
+    state = training.load_train_state(job.ckpt)
+    run.load_train_state(state)
+    job.accuracy_before, job.iterations = state["accuracy_before"], state["iterations"]
+    return state["step"]
+
+
+def begin(run, job, cfg, start):
+    """What a run does before its first step: the held-out accuracy before (unless resumed),
+    and, on a fresh start, the first reward model."""
     if job.accuracy_before is None:
         job.accuracy_before = heldout_accuracy(run, job.test_problems, cfg)
     if start == 0:
@@ -594,7 +601,6 @@ def begin(run, job, cfg):
             train_reward_model(run, job.train_problems, cfg, 0)
         if run.value is not None and cfg.ppo_value_init == "reward":
             copy_weights(run.value, run.rm.model)
-    return start
 
 
 def logged_step(run, job, questions, cfg, step):

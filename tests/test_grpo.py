@@ -537,6 +537,17 @@ def test_resume_is_bit_identical(start, tmp_path, monkeypatch, algo):
     assert [r["step"] for r in read_run(tmp_path / "resumed", method)[0]] == [1, 2, 3]
 
 
+def test_a_resume_with_another_learning_rate_is_refused_before_the_outputs_are_touched(start, tmp_path, monkeypatch):
+    os.makedirs(tmp_path / "run")
+    os.symlink(start / "sft", tmp_path / "run" / "sft")
+    run_grpo(monkeypatch, run_args(tmp_path / "run", 2))
+    summary = tmp_path / "run" / "rl" / "grpo_outcome" / "summary.json"
+    assert summary.exists()
+    with pytest.raises(SystemExit, match="resuming: the run was trained with optimizer settings"):
+        run_grpo(monkeypatch, run_args(tmp_path / "run", 3, "--rl_resume=true", "--rl_lr=5e-4"))
+    assert summary.exists()  # the finished run still reads as finished
+
+
 def test_the_reward_model_starts_from_rl_rm_init_and_refuses_another_vocabulary(start, tmp_path, tokenizer):
     """--rl_rm_init: the reward model's trunk and LM head are that folder's weights, the policy's
     stay the start's; a folder of another vocabulary is one error naming it."""
