@@ -290,7 +290,7 @@ class KVCache:
         at = torch.arange(self.length, end, device=k.device)  # (T,) the cache positions written
         # index_copy_, not an assignment to a slice: in a compiled call of several decode steps
         # (generate's greedy steps on a CPU) inductor turned each slice assignment into a copy of
-        # the whole cache (2.6 instead of 1.1 ms a token at batch 16); index_copy_ it writes in place
+        # the whole cache (2.6 instead of 1.1 ms a step at batch 16); index_copy_ it writes in place
         self.k[layer].index_copy_(2, at, k)
         self.v[layer].index_copy_(2, at, v)
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
@@ -868,7 +868,7 @@ def _compiled_decode_steps(device):
         # about a sixth of the step (bench/bench_generate.py); the compilation takes ~2x longer.
         # On a GPU the wrapper stays Python (cpp_wrapper untried there) and each step still
         # launches its kernels one by one and syncs once a token on the host (generate()'s stop
-        # check): a 7B-shaped model at batch 1 on an H100 took 7.3-8.1 ms a token, 0.54-0.59 of
+        # check): a 7B-shaped model at batch 1 on an H100 took 7.3-8.1 ms a step, 0.54-0.59 of
         # the memory-bandwidth limit (results/gpu-h100*.txt). CUDA graphs would replay the
         # launches at once, but need fixed shapes, and here the cache length is a symbol.
         # realize_opcount_threshold: inductor computes an intermediate inside each loop that reads

@@ -189,7 +189,8 @@ def ours_vs_transformers(model, hf, batch_size, new_tokens, prompt_len, rounds, 
         compiled_step_budget(model, batch_size, prompt_len, new_tokens,
                              statistics.median(seconds["ours compiled"]) / new_tokens,
                              statistics.median(seconds["transformers"]) / new_tokens)
-    # per contestant: the ratio of the medians, and each round's ratio (its two runs back to back)
+    # per contestant: the ratio of the medians, and each round's ratio (its run and transformers'
+    # in the same round, the contestants' order reversed every other round)
     return {name: (statistics.median(seconds["transformers"]) / statistics.median(s),
                    [t / o for o, t in zip(s, seconds["transformers"])])
             for name, s in seconds.items() if name != "transformers"}
@@ -226,12 +227,12 @@ def torch_compile_overhead_ms(call, calls=100):
 
 
 @torch.no_grad()
-def compiled_step_budget(model, batch_size, prompt_len, new_tokens, ours_per_token, theirs_per_token, calls=200):
+def compiled_step_budget(model, batch_size, prompt_len, new_tokens, ours_per_step, theirs_per_step, calls=200):
     """Where a compiled decode step's time goes: the step alone (its share of a call of
     DECODE_STEPS_PER_CALL steps into the compiled graph) around the run's mean cache length and
     from 1 cached key on, whose difference is what the attention's reading of the cache costs,
     against the time torch's threads need to read those keys and values, and, of the latter,
-    torch.compile's own work around the compiled code; the rest of generate()'s time per token is
+    torch.compile's own work around the compiled code; the rest of generate()'s time per step is
     its loop (stop checks) and the prefill."""
     args = model.args
     steps = _compiled_decode_steps(torch.device("cpu"))
@@ -265,8 +266,9 @@ def compiled_step_budget(model, batch_size, prompt_len, new_tokens, ours_per_tok
           f"{at_mean - ms[1]:.2f} ms, for {kv_bytes / 2**20:.1f} MB of keys and values that "
           f"{torch.get_num_threads()} thread(s) read in {kv_bytes / gb_s / 1e6:.2f} ms ({gb_s:.0f} GB/s); "
           f"generate() around the step "
-          f"{ours_per_token * 1e3 - at_mean:.2f} ms a token; 3x transformers would be "
-          f"{theirs_per_token / 3 * 1e3:.2f} ms a token, ours is {ours_per_token * 1e3:.2f}")
+          f"{ours_per_step * 1e3 - at_mean:.2f} ms a step; 3x transformers would be "
+          f"{theirs_per_step / 3 * 1e3:.2f} ms a step (a token for each of the batch's rows), ours is "
+          f"{ours_per_step * 1e3:.2f}")
 
 
 def cache_vs_naive(model, batch_size, new_tokens, prompt_len):
