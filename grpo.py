@@ -612,7 +612,7 @@ def logged_step(run, job, questions, cfg, step):
         new_iteration(run, job.train_problems, cfg, step)
     share = len(questions) // d.world_size  # this rank's questions: a contiguous share of the step's
     try:
-        if step in recorded_steps(cfg):
+        if step in recorded_steps(cfg) and job.probe:  # rl_viewer_questions=0: nothing recorded
             record_rollouts(run, job.probe, cfg, step, os.path.join(job.out, "rollouts.jsonl"))
         metrics = rl_step(run, questions[d.rank * share:(d.rank + 1) * share], d.rank * share, cfg, step)
     except FloatingPointError as e:  # finite weights can still be too large: the sampler's logits overflow

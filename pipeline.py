@@ -10,11 +10,14 @@ the plots, as in the paper's Tables 5-6 and Figures 5-7.
                                                         # checkpoints too, in the MKL mode they were made in
     python pipeline.py configs/classroom.py --out_dir=out/try2 --sft_steps=100   # overrides reach every stage
 
-Every stage is its own script, run here as a subprocess with the same config file and overrides,
-exactly the command you would type (it is printed). A stage whose outputs are there, load, are
-newer than the outputs it was built from, and were made with the same settings (the config keys
-that shape them, recorded in its stage_config.json) is skipped; one that is stale runs again from
-the start, one that was interrupted resumes. Delete a stage's folder to run it again anyway.
+Every stage is its own script, run here as a subprocess with the same config file and overrides
+(the command is printed; the environment the pipeline adds, MKL's mode, the threads and the CPU
+kernels, is recorded in results.md). A stage whose outputs are there, load, are newer than the
+outputs it was built from, and were made with the same settings (the config keys that shape
+them, recorded in its stage_config.json) is skipped; one that is stale runs again from the
+start; an interrupted pretraining or SFT stage resumes from its last checkpoint, an interrupted
+RL stage starts again (rl_resume is off by default). Delete a stage's folder to run it again
+anyway.
 Corpus, pretraining and SFT run one after the other, each on every core; then every stage and
 evaluation starts as soon as the ones it reads are done, pipeline_jobs at a time. The stages,
 with the paper's sections:
@@ -48,7 +51,7 @@ from dataclasses import dataclass, field
 
 import evaluate
 from model import Transformer
-from support import config, report, rl_support, viewer
+from support import config, report, rl_support, training, viewer
 from support.fileio import BadInput, atomic_path, read_json, read_jsonl, write_json
 
 
@@ -541,10 +544,16 @@ def main():
         write(cfg.results_file, results.replace("\n", f"\n\n{wall_time_line(seconds, time.time() - start)}\n", 1))
         write(os.path.splitext(cfg.results_file)[0] + "-timings.md", timings)  # results/x.md -> x-timings.md
         write(os.path.splitext(cfg.results_file)[0] + "-log.txt", run_log(cfg, seconds))  # and x-log.txt
-    plots = draw_plots(cfg, task_name(cfg)) + [viewer.write_page(cfg.out_dir)]  # the rollouts, token by token
+    plots = draw_plots(cfg, task_name(cfg))
+    if cfg.rl_viewer_questions:  # the rollouts, token by token
+        plots.append(viewer.write_page(cfg.out_dir))
     print("\n" + results + "\n" + timings)
     print(f"pipeline: {(time.time() - start) / 60:.1f} min; results {path}; plots {', '.join(plots)}")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # the stage said what it saved; the pipeline says how to go on
+        print("\npipeline.py: interrupted; run the same command to go on (finished stages are kept)", file=sys.stderr)
+        sys.exit(training.INTERRUPTED)

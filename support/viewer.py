@@ -14,7 +14,9 @@ server, no network: open it from disk in any browser). The page shows
 - every response token coloured by its advantage on a diverging scale (blue: the update makes
   the token more likely, red: less likely), with the rewards as small tags where they land;
 - hover (or click, to pin) a token to read its numbers: advantage, reward, the ratio
-  pi_theta/pi_old and whether the clip bit, the k3 KL to pi_ref, and PPO's value and return;
+  pi_theta/pi_old and whether the clip bit, the k3 KL to pi_ref, and PPO's value and return.
+  The record is taken before the step's update, where pi_theta is pi_old: with rl_mu = 1 the
+  ratio reads 1 and nothing is clipped; they move only with rl_mu > 1;
 - the methods side by side for the same question at the same step, or one method's group at
   each recorded step (how the group changes as the policy learns).
 
@@ -29,7 +31,8 @@ What to look for, against the paper:
   summed with (gamma lambda)^l, so it varies token by token even with one outcome reward;
 - RFT and online RFT (5.2.1): the gradient coefficient is 1 on correct outputs and 0 on wrong
   ones: nothing is ever pushed down;
-- groups whose outputs are all right or all wrong have std 0 and advantage 0 (no signal).
+- GRPO groups whose outputs are all right or all wrong have std 0 and advantage 0 (no
+  signal); RFT's coefficient is I(o) whatever the group, and PPO's advantage comes from GAE.
 
 Tests: pytest -q tests/test_viewer.py
 """
@@ -411,7 +414,8 @@ function column(m, s) {
   if (!g) { c.append(el("div", "none", "not recorded at step " + s)); return c; }
   const shown = g.outputs.length < g.G ? " (showing " + g.outputs.length + ")" : "";
   c.append(el("div", "stats", g.correct + " of G = " + g.G + " correct" + shown +
-    " \u00b7 group mean " + g.mean + " \u00b7 std " + g.std + (g.std === 0 ? " (no signal: advantages 0)" : "")));
+    " \u00b7 group mean " + g.mean + " \u00b7 std " + g.std +
+    (g.std === 0 && m.startsWith("grpo") ? " (no signal: advantages 0)" : "")));
   for (const o of g.outputs) c.append(output(m, s, o));
   return c;
 }
@@ -482,7 +486,8 @@ function render() {
 }
 
 document.getElementById("ticks").textContent =
-  "scale: -" + D.scale + " \u2026 0 \u2026 +" + D.scale + " (beyond: full colour); underlined: clipped";
+  "scale: -" + D.scale + " \u2026 0 \u2026 +" + D.scale + " (beyond: full colour); underlined: clipped " +
+  "(recorded before the update: with rl_mu = 1 nothing is)";
 render();
 """
 
@@ -496,6 +501,8 @@ def main(argv=None):
         out = write_page(args.path, args.out)
     except BadInput as e:
         sys.exit(f"support.viewer: {e}")
+    except OSError as e:  # --out names a folder, or a place it cannot write
+        sys.exit(f"support.viewer: cannot write the page to {e.filename}: {e.strerror}; give --out a file path")
     print(out)
 
 

@@ -196,3 +196,13 @@ def test_a_folder_without_rollouts_is_a_one_line_error(tmp_path):
     (run / viewer.ROLLOUTS_FILE).write_text('{"method": "grpo_outcome", "step": 0}\n')
     result = run_viewer(str(run))
     assert result.returncode == 1 and "record 1 lacks q, i, question" in result.stderr
+
+
+def test_an_out_path_that_is_a_folder_is_a_one_line_error(tokenizer, tmp_path):
+    problems = tasks.classroom_problems("train", 1, 7)
+    rollouts = make_rollouts(tokenizer, problems * 2, [tokenizer.encode_response(problems[0].solution)] * 2)
+    viewer.record_rollouts(str(tmp_path / "run" / viewer.ROLLOUTS_FILE), "grpo_outcome", 0, rollouts, tokenizer,
+                           **step_tensors(rollouts, torch.tensor([1.0, 1.0]), 2))
+    result = run_viewer(str(tmp_path / "run"), f"--out={tmp_path}")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "cannot write the page to" in result.stderr and "give --out a file path" in result.stderr
