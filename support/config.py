@@ -16,6 +16,7 @@ import difflib
 import fnmatch
 import re
 import sys
+import traceback
 from types import SimpleNamespace
 
 DEFAULTS = dict(
@@ -300,6 +301,12 @@ class ConfigError(ValueError):
     pass
 
 
+def _line_of(error, path):
+    """The line of `path` an exception raised while the config file ran came from."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == path]
+    return frames[-1].lineno if frames else "?"
+
+
 def load_config(argv=None):
     """Defaults <- config file (first positional argument) <- --key=value overrides."""
     argv = sys.argv[1:] if argv is None else argv
@@ -313,10 +320,16 @@ def load_config(argv=None):
         except OSError as e:
             raise ConfigError(f"cannot read config file {path}: {e.strerror}; "
                               "pass a file from configs/, e.g. configs/classroom.py")
-        scope = {}
-        exec(compile(source, path, "exec"), {}, scope)
+        scope = {}  # one namespace, as nanoGPT's configurator: a comprehension sees the file's names
+        try:
+            exec(compile(source, path, "exec"), scope)
+        except Exception as e:  # a syntax error, a name the file never set: the file's line, not a traceback
+            line = getattr(e, "lineno", None) or _line_of(e, path)
+            close = difflib.get_close_matches(getattr(e, "name", None) or "", list(DEFAULTS), n=1)
+            raise ConfigError(f"{path}:{line}: {type(e).__name__}: {e}"
+                              + (f" (did you mean {close[0]}?)" if close else "")) from None
         for key, value in scope.items():
-            if key.startswith("_") or isinstance(value, type(sys)):  # helpers and imports
+            if key.startswith("_") or isinstance(value, type(sys)) or callable(value):  # helpers, imports
                 continue
             if key not in DEFAULTS:
                 raise _unknown(key, path)

@@ -58,9 +58,11 @@ TOOL_SUFFIX = (
     "and put your final answer within \\boxed{}."
 )
 
-# Our pre-tokenizer: GPT-4's (cl100k) pattern, but numbers go one digit per piece as in DeepSeek
-# LLM, so "1234" can never become one token and arithmetic sees every digit. Each alternative is
-# one kind of piece; BPE never merges across pieces.
+# Our pre-tokenizer: GPT-4's (cl100k) pattern in its contractions, punctuation and whitespace,
+# GPT-2's for words (a word takes only its leading space, not a leading symbol: "(hello" is "("
+# and "hello"), and numbers one digit per piece as in DeepSeek LLM, so "1234" can never become
+# one token and arithmetic sees every digit. Each alternative is one kind of piece; BPE never
+# merges across pieces.
 PAT_STR = "|".join([
     r"'(?i:[sdmt]|ll|ve|re)",  # English contractions: 's 'd 'm 't 'll 've 're
     r" ?\p{L}+",  # a word with its leading space
@@ -167,9 +169,15 @@ class Tokenizer:
                 self._memo[step, text] = ids
         return ids
 
+    def known(self, ids):
+        """The ids this tokenizer has text for. A model's vocabulary may be padded past the
+        tokenizer's (Qwen2.5's 151,936 rows for 151,665 tokens), and sampling can pick a padded
+        id: it decodes to nothing, as transformers decodes it."""
+        return [int(i) for i in ids if 0 <= int(i) <= self.encoding.max_token_value]
+
     def decode(self, ids):
         """The text of `ids`; a token sequence cut inside a UTF-8 character decodes to U+FFFD."""
-        return self.encoding.decode(list(ids))
+        return self.encoding.decode(self.known(ids))
 
     def decode_with_offsets(self, ids):
         """(text, starts): decode(ids) and, per token, the offset in it of the first character
@@ -178,9 +186,11 @@ class Tokenizer:
         raises; here such bytes become U+FFFD, as in decode, so offsets index the same text."""
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pieces, starts, length = [], [], 0
-        for token_bytes in self.encoding.decode_tokens_bytes(list(ids)):
+        ids = [int(i) for i in ids]
+        known = iter(self.encoding.decode_tokens_bytes(self.known(ids)))
+        for i in ids:
             starts.append(length)
-            pieces.append(decoder.decode(token_bytes))
+            pieces.append(decoder.decode(next(known) if 0 <= i <= self.encoding.max_token_value else b""))
             length += len(pieces[-1])
         pieces.append(decoder.decode(b"", final=True))
         return "".join(pieces), starts

@@ -79,3 +79,18 @@ def test_a_value_out_of_range_is_rejected_naming_the_key(override, named):
 def test_every_range_rule_names_a_key_and_accepts_its_default():
     for key, (test, _) in config.RULES.items():
         assert key in config.DEFAULTS and test(config.DEFAULTS[key]), key
+
+
+def test_a_config_file_runs_in_one_namespace_and_its_errors_name_file_and_line(tmp_path):
+    """Helpers (names starting with _) are seen inside comprehensions, as in nanoGPT's
+    configurator; a name the file never set, a syntax error: the file and line, not a traceback."""
+    path = tmp_path / "mine.py"
+    path.write_text('_root = "/data/cc"\ncorpus_pool_files = [f"{_root}/pool-{i}.wet.gz" for i in range(2)]\n'
+                    "from math import sqrt\nn_layer = int(sqrt(16))\n")
+    cfg = config.load_config([str(path)])
+    assert cfg.corpus_pool_files == ["/data/cc/pool-0.wet.gz", "/data/cc/pool-1.wet.gz"] and cfg.n_layer == 4
+    for body, message in [("dim = 64\nn_layer = n_layers * 2\n", r"mine.py:2: NameError: .*'n_layers'.*did you mean n_layer\?"),
+                          ("n_layer = (\n", r"mine.py:1: SyntaxError")]:
+        path.write_text(body)
+        with pytest.raises(config.ConfigError, match=message):
+            config.load_config([str(path)])

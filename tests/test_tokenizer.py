@@ -459,3 +459,12 @@ def test_decode_with_offsets_replaces_invalid_utf8_as_decode_does(tok):
         assert text.startswith(tok.decode(ids[:i])[:starts[i]])
     valid = tok.encode("x = 3 + 4")
     assert tok.decode_with_offsets(valid) == tok.encoding.decode_with_offsets(valid)
+
+
+def test_an_id_past_the_tokenizer_decodes_to_nothing_as_transformers_decodes_it(tok):
+    """A model's vocabulary may be padded past its tokenizer's; a sampled padded id is no text."""
+    ids = tok.encode("2 + 2 = 4")
+    padded = ids[:2] + [tok.n_vocab + 7] + ids[2:]
+    assert tok.decode(padded) == tok.decode(ids) == "2 + 2 = 4"
+    text, starts = tok.decode_with_offsets(padded)
+    assert text == "2 + 2 = 4" and len(starts) == len(padded) and starts[2] == starts[3]
