@@ -278,6 +278,12 @@ def _parse_value(key, text, default):
     return value
 
 
+# What a list's elements, or a dict's values, must be (a dict's keys are names: str).
+ELEMENT_TYPES = {"corpus_seed_files": str, "corpus_pool_files": str, "corpus_benchmarks": str,
+                 "corpus_tokenizer_extra": str, "eval_tasks": str, "pretrain_sources": str,
+                 "pretrain_weights": float, "pretrain_betas": float, "sft_formats": float, "rl_viewer_steps": int}
+
+
 def _check_type(key, value, default, where):
     ok = type(value) is type(default) or (isinstance(default, float) and type(value) is int)
     if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
@@ -287,6 +293,15 @@ def _check_type(key, value, default, where):
             f"{where}: {key} = {value!r} is a {type(value).__name__}, but {key} takes a "
             f"{type(default).__name__} (default {default!r})"
         )
+    kind = ELEMENT_TYPES.get(key)
+    if kind is not None:
+        items = list(value.values()) if isinstance(value, dict) else list(value)
+        fits = [(type(x) is kind or (kind is float and type(x) is int)) for x in items]
+        names = all(isinstance(k, str) for k in value) if isinstance(value, dict) else True
+        if not (all(fits) and names):
+            what = "names to " if isinstance(value, dict) else ""
+            raise ConfigError(f"{where}: {key} = {value!r}: it takes {what}{kind.__name__} values "
+                              f"(default {default!r})")
     return float(value) if isinstance(default, float) else value
 
 

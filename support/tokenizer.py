@@ -213,9 +213,14 @@ class Tokenizer:
         messages = [{"role": "user", "content": user}]
         if response is not None:
             messages.append({"role": "assistant", "content": response})
-        return _jinja().from_string(self.chat_template).render(
-            messages=messages, add_generation_prompt=response is None,
-            bos_token=self.bos or "", eos_token=self.eos[0])
+        try:
+            return _jinja().from_string(self.chat_template).render(
+                messages=messages, add_generation_prompt=response is None,
+                bos_token=self.bos or "", eos_token=self.eos[0])
+        except jinja2.TemplateError as e:  # a syntax error, a tag or a name this environment lacks
+            raise BadInput(f"chat_template: {type(e).__name__}: {e} (line {getattr(e, 'lineno', '?')}); "
+                           "fix the template in tokenizer_config.json, or set tokenizer_path to a tokenizer "
+                           "whose template transformers renders") from None
 
     def _template_response_parts(self):
         """(text between the generation prompt and the response, end-of-turn token) of the chat

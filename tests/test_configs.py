@@ -94,3 +94,13 @@ def test_a_config_file_runs_in_one_namespace_and_its_errors_name_file_and_line(t
         path.write_text(body)
         with pytest.raises(config.ConfigError, match=message):
             config.load_config([str(path)])
+
+
+def test_the_elements_of_a_list_or_dict_are_checked_too():
+    containers = {key for key, value in config.DEFAULTS.items() if isinstance(value, (list, tuple, dict))}
+    assert set(config.ELEMENT_TYPES) == containers  # every list or dict key says what it holds
+    for override, message in [('--pretrain_weights={"math": "1"}', "pretrain_weights .* takes names to float values"),
+                              ("--corpus_benchmarks=[1, 2]", "corpus_benchmarks .* takes str values")]:
+        with pytest.raises(config.ConfigError, match=message):
+            config.load_config([override])
+    assert config.load_config(['--pretrain_weights={"math": 2}']).pretrain_weights == {"math": 2}

@@ -440,6 +440,12 @@ def test_chat_template_errors(tmp_path):
     json.dump(config, open(folder / "tokenizer_config.json", "w"))
     with pytest.raises(BadInput, match="chat_template: no chat here"):
         Tokenizer.load(str(folder / "tokenizer.json"))
+    for template, error in [("{% for m in messages %}{{ m.content }}", "TemplateSyntaxError"),
+                            ("{{ strftime_now('%d') }}", "UndefinedError")]:
+        config["chat_template"] = template
+        json.dump(config, open(folder / "tokenizer_config.json", "w"))
+        with pytest.raises(BadInput, match=f"chat_template: {error}: .*fix the template in tokenizer_config.json"):
+            Tokenizer.load(str(folder / "tokenizer.json"))
     config.update(chat_template=QWEN25_TEMPLATE, eos_token="<|im_stop|>")
     json.dump(config, open(folder / "tokenizer_config.json", "w"))
     with pytest.raises(BadInput, match="no special token '<\\|im_stop\\|>'"):
