@@ -432,8 +432,12 @@ def _read_tiktoken(path):
     if not os.path.isfile(sidecar):
         raise BadInput(f"{sidecar}: missing; Tokenizer.save writes it beside {path} (it holds the "
                        "special tokens and the pre-tokenizer)")
-    with open(sidecar, encoding="utf-8") as f:
-        meta = json.load(f)
+    meta = _read_json_if_there(sidecar)
+    fields = ("special_tokens", "pat_str", "split_patterns")
+    missing = [key for key in fields if key not in meta] if isinstance(meta, dict) else list(fields)
+    if missing:
+        raise BadInput(f"{sidecar}: lacks {', '.join(missing)}; the file is damaged: "
+                       "re-create it with Tokenizer.save, or retrain the tokenizer (corpus.py)")
     specials = meta["special_tokens"]
     # sidecars written before Qwen2/Llama 3 support hold DeepSeek's tokens and no template
     return ranks, dict(special_tokens=specials, pat_str=meta["pat_str"], split_patterns=meta["split_patterns"],

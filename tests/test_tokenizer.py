@@ -170,6 +170,10 @@ def test_load_errors(tok, tmp_path):
     (tmp_path / "tokenizer.tiktoken.json").unlink()
     with pytest.raises(BadInput, match="tokenizer.tiktoken.json: missing"):
         Tokenizer.load(path)
+    for damaged, message in [("{not json", "not valid JSON"), ('{"pat_str": "x"}', "lacks special_tokens, split_patterns")]:
+        (tmp_path / "tokenizer.tiktoken.json").write_text(damaged)
+        with pytest.raises(BadInput, match=f"tokenizer.tiktoken.json: {message}"):
+            Tokenizer.load(path)
 
 
 def test_training_errors():
