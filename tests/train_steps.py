@@ -7,6 +7,7 @@ The global batch of each step is a function of the step alone; each rank takes i
 """
 
 import argparse
+import gc
 import os
 import sys
 
@@ -54,4 +55,11 @@ for step in range(start, a.steps):
         break
 state = {"step": step + 1, "optimizer": training.optimizer_state(optimizer, model), "rng": training.rng_state()}
 training.save_checkpoint(ckpt, model, None, state)
+# Free the DDP/FSDP model and its optimizer while the process group and the interpreter are whole.
+# As module globals they would live until interpreter teardown, where freeing gloo's pending work
+# can abort the process (SIGABRT, "terminate called without an active exception": seen twice in
+# 2-process runs of this script under the full suite's load). The stage scripts hold theirs as
+# locals of main(), freed when it returns.
+del model, optimizer
+gc.collect()
 distributed.cleanup()
