@@ -532,8 +532,7 @@ def load_pool(pool_files, d, malformed):
         for position, page in enumerate(read_pages(pool_files[shard], malformed)):
             page["shard"], page["order"] = shard, (shard << 32) + position  # (shard, position) as one int64
             try:
-                page["url_hash"] = url_hash(page["url"])
-                domain_and_prefix(page["url"], 1)  # read again later: fails here or never
+                page["url_hash"] = url_hash(page["url"])  # split_url, as domain_and_prefix later: fails here or never
             except ValueError:  # "http://[2001:db8::1/x": urlsplit refuses it
                 malformed[pool_files[shard]] = malformed.get(pool_files[shard], 0) + 1
                 continue

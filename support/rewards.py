@@ -257,9 +257,9 @@ class RewardModel:
         scores = sum(distributed.all_gather(scores, self.d), [])
         labels = sum(distributed.all_gather(labels, self.d), [])
         correct = sum((s > 0) == (y > 0.5) for s, y in zip(scores, labels))
-        share = (lambda x: x / len(labels)) if labels else (lambda x: None)  # nothing held out: no figure, not 0
-        return {"heldout_positions": len(labels), "heldout_accuracy": share(correct),
-                "heldout_auc": roc_auc(scores, labels), "heldout_positive_share": share(sum(labels))}
+        n = len(labels)  # 0: nothing held out, so no figure (None), not 0
+        return {"heldout_positions": n, "heldout_accuracy": correct / n if n else None,
+                "heldout_auc": roc_auc(scores, labels), "heldout_positive_share": sum(labels) / n if n else None}
 
     @torch.no_grad()
     def rewards(self, tokens, mask, labels, results):

@@ -173,7 +173,7 @@ class Tokenizer:
         """The ids this tokenizer has text for. A model's vocabulary may be padded past the
         tokenizer's (Qwen2.5's 151,936 rows for 151,665 tokens), and sampling can pick a padded
         id: it decodes to nothing, as transformers decodes it."""
-        return [int(i) for i in ids if 0 <= int(i) <= self.encoding.max_token_value]
+        return [i for i in map(int, ids) if 0 <= i <= self.encoding.max_token_value]
 
     def decode(self, ids):
         """The text of `ids`; a token sequence cut inside a UTF-8 character decodes to U+FFFD."""
@@ -186,11 +186,11 @@ class Tokenizer:
         raises; here such bytes become U+FFFD, as in decode, so offsets index the same text."""
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pieces, starts, length = [], [], 0
-        ids = [int(i) for i in ids]
-        known = iter(self.encoding.decode_tokens_bytes(self.known(ids)))
-        for i in ids:
+        known = self.known(ids)
+        token_bytes = dict(zip(known, self.encoding.decode_tokens_bytes(known)))  # an id's bytes are fixed
+        for i in map(int, ids):
             starts.append(length)
-            pieces.append(decoder.decode(next(known) if 0 <= i <= self.encoding.max_token_value else b""))
+            pieces.append(decoder.decode(token_bytes.get(i, b"")))
             length += len(pieces[-1])
         pieces.append(decoder.decode(b"", final=True))
         return "".join(pieces), starts
