@@ -83,6 +83,7 @@ def test_trl_comparison_runs_end_to_end_at_a_tiny_size(tmp_path):
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ours / TRL: step" in result.stdout and "peak RSS" in result.stdout
+    assert "first imported inside the steps (counted in the growth): grpo.py " in result.stdout
     read = float(result.stdout.split("the update's passes: ours read ")[1].split("%")[0])
     assert 0 < read <= 100  # two micro-batches of 2 rows, each cut to its longest
     assert (tmp_path / "results.json").exists()
