@@ -40,6 +40,7 @@ import unicodedata
 from collections import Counter, defaultdict
 
 import jinja2.ext
+import jinja2.nodes
 import jinja2.sandbox
 import regex  # tiktoken's own dependency; the same Unicode-aware regex syntax as its Rust engine
 import tiktoken
@@ -89,9 +90,10 @@ class Tokenizer:
 
     mergeable_ranks: {token bytes: id}; tiktoken merges the adjacent pair whose concatenation has
         the lowest rank, so ranks are merge priorities and ids at once.
-    special_tokens: {string: id}; decoded by `decode`, never produced by `encode` (a special
-        token's string inside a text is plain text: user text cannot inject a BOS or an EOS);
-        `encode_with_special_tokens` reads them, for chat-template text.
+    special_tokens: {string: id}, the tokens outside the BPE (BOS, EOS, a template's), decoded by
+        `decode`; `encode` reads none but those in `added_tokens` (a special token's string inside
+        a text is plain text there: a document cannot inject a BOS or an EOS), and
+        `encode_with_special_tokens` reads them all, for chat text (see `encode_prompt`).
     pat_str: the regex tiktoken splits text with (its matches are the pieces).
     split_patterns: for pre-tokenizers that are no single regex (DeepSeek's: a Sequence of Split
         steps), the regexes applied one after the other in Python, each splitting every piece
@@ -102,10 +104,13 @@ class Tokenizer:
         <|endoftext|>, which its pretraining puts between documents.
     normalizer: None, or "NFC" (Qwen2 normalizes text to Unicode NFC before splitting it).
     chat_template: a Hugging Face (Jinja) chat template; None = DeepSeekMath's (`chat_prompt`).
+    added_tokens: {string: id}, a Hugging Face tokenizer's added tokens that are not special (the
+        characters of the bytes that never occur in UTF-8, see `_hf_mergeable_ranks`; Qwen2.5's
+        <tool_call>): the `tokenizers` library reads them in any text, so `encode` does too.
     """
 
     def __init__(self, mergeable_ranks, special_tokens, pat_str, split_patterns=(), bos=BOS,
-                 eos=(EOS,), pad=PAD, normalizer=None, chat_template=None):
+                 eos=(EOS,), pad=PAD, normalizer=None, chat_template=None, added_tokens=None):
         missing = [t for t in (bos, *eos, pad) if t is not None and t not in special_tokens]
         if missing or not eos:
             raise BadInput(f"tokenizer has no special token {(missing or ['EOS'])[0]!r}; its BOS, EOS "
@@ -118,7 +123,11 @@ class Tokenizer:
         # Hugging Face runs these with Oniguruma, where `$` and `^` match at every line end/start;
         # MULTILINE gives Python's `regex` the same meaning.
         self._splitters = [regex.compile(p, regex.MULTILINE) for p in self.split_patterns]
-        self._specials = regex.compile("|".join(map(regex.escape, sorted(special_tokens, key=len, reverse=True))))
+        self.added_tokens = dict(added_tokens or {})
+        self._added = _alternation(self.added_tokens)
+        self._specials = _alternation(special_tokens)
+        self._all_added = _alternation({**special_tokens, **self.added_tokens})
+        self._added_ids = {**special_tokens, **self.added_tokens}
         self._memo = {}
         self.encoding = tiktoken.Encoding(
             "deepseekmath-bpe", pat_str=pat_str,
@@ -138,21 +147,32 @@ class Tokenizer:
         self.n_vocab = self.encoding.n_vocab
 
     def encode(self, text):
-        """Token ids of `text` (no BOS/EOS; special-token strings in `text` are plain text)."""
+        """Token ids of `text` (no BOS/EOS; special-token strings in `text` are plain text, the
+        `added_tokens` are read)."""
+        return self._encode_around(self._added, text)
+
+    def encode_with_special_tokens(self, text):
+        """Token ids of `text` in which special-token strings are those tokens, as the `tokenizers`
+        library encodes (and transformers' apply_chat_template): for chat text."""
+        return self._encode_around(self._all_added, text)
+
+    def _encode_around(self, tokens, text):
+        """Ids of `text` in which the matches of `tokens` (an `_alternation` of added tokens, or
+        None) are those tokens, and the text around them is encoded. The library also splits
+        added tokens out of the raw text first, then normalizes and pre-tokenizes each piece."""
+        ids, end = [], 0
+        for match in tokens.finditer(text) if tokens else ():
+            ids += self._encode_plain(text[end:match.start()]) + [self._added_ids[match.group()]]
+            end = match.end()
+        return ids + self._encode_plain(text[end:])
+
+    def _encode_plain(self, text):
+        """Token ids of `text` with no added token read in it: normalized, split, BPE-encoded."""
         if self.normalizer == "NFC":
             text = unicodedata.normalize("NFC", text)
         if not self._splitters:
             return self.encoding.encode_ordinary(text)
         return list(self._encode_from_step(0, text))
-
-    def encode_with_special_tokens(self, text):
-        """Token ids of `text` in which special-token strings are those tokens, as the `tokenizers`
-        library encodes (and transformers' apply_chat_template): for chat-template output."""
-        ids, end = [], 0
-        for match in self._specials.finditer(text):
-            ids += self.encode(text[end:match.start()]) + [self.special_tokens[match.group()]]
-            end = match.end()
-        return ids + self.encode(text[end:])
 
     def _encode_from_step(self, step, text):
         """Ids of `text` split by split steps `step`, `step` + 1, ... then BPE-encoded piece by
@@ -197,15 +217,22 @@ class Tokenizer:
 
     def encode_prompt(self, question, suffix=COT_SUFFIX):
         """The prompt ids of one question: the chat template's text up to the assistant's turn,
-        or BOS + DeepSeekMath's `chat_prompt`."""
+        or BOS + DeepSeekMath's `chat_prompt`.
+
+        A special-token string in the question is that token, here and in `encode_response`
+        alike: transformers' apply_chat_template reads the whole conversation so, and training
+        sequences must be the ids a served model is given. The risk is in the data: a question or
+        solution that holds a special-token string (an EOS, "<|im_end|>") changes the turn
+        structure, ending the turn there or opening another.
+        """
         if self.chat_template:
             return self.encode_with_special_tokens(self.render_chat(question + suffix))
-        return [self.bos_id] + self.encode(chat_prompt(question, suffix))
+        return [self.bos_id] + self.encode_with_special_tokens(chat_prompt(question, suffix))
 
     def encode_response(self, response):
         """The response after the prompt (ours: one space, then the text), ended by EOS (the
-        template's end of turn)."""
-        return self.encode(self.response_prefix + response) + [self.eos_id]
+        template's end of turn); special-token strings in it are tokens, as in `encode_prompt`."""
+        return self.encode_with_special_tokens(self.response_prefix + response) + [self.eos_id]
 
     def render_chat(self, user, response=None):
         """The chat template's text of one user turn and the assistant's `response` (None: the
@@ -246,6 +273,7 @@ class Tokenizer:
             "bos": self.bos, "eos": self.eos, "pad": self.pad,
             "normalizer": self.normalizer,
             "chat_template": self.chat_template,
+            "added_tokens": self.added_tokens,
         })
 
     @classmethod
@@ -257,9 +285,8 @@ class Tokenizer:
             raise BadInput(f"{path}: no such tokenizer file; set tokenizer_path to a .tiktoken "
                            "file written by Tokenizer.save or to a Hugging Face tokenizer.json")
         if path.endswith(".json"):
-            ranks, special_tokens, pat_str, split_patterns, normalizer = _hf_tokenizer_parts(path)
-            return cls(ranks, special_tokens, pat_str, split_patterns, normalizer=normalizer,
-                       **_hf_special_roles(os.path.dirname(path), special_tokens))
+            ranks, options = _hf_tokenizer_parts(path)
+            return cls(ranks, **options, **_hf_special_roles(os.path.dirname(path), options["special_tokens"]))
         ranks, options = _read_tiktoken(path)
         return cls(ranks, **options)
 
@@ -279,6 +306,14 @@ def load_tokenizer(cfg, checkpoint=""):
         raise BadInput(f"no tokenizer: {path} does not exist; run corpus.py first (it trains one) "
                        "or set --tokenizer_path=FILE (.tiktoken or tokenizer.json)")
     return Tokenizer.load(path)
+
+
+def _alternation(strings):
+    """A regex for any of `strings`, the longest where several start at one place (the library
+    matches added tokens leftmost-longest); None when there are none."""
+    if not strings:
+        return None
+    return regex.compile("|".join(map(regex.escape, sorted(strings, key=len, reverse=True))))
 
 
 def _split_isolated(pattern, text):
@@ -439,11 +474,13 @@ def _read_tiktoken(path):
         raise BadInput(f"{sidecar}: lacks {', '.join(missing)}; the file is damaged: "
                        "re-create it with Tokenizer.save, or retrain the tokenizer (corpus.py)")
     specials = meta["special_tokens"]
-    # sidecars written before Qwen2/Llama 3 support hold DeepSeek's tokens and no template
+    # sidecars written before Qwen2/Llama 3 support hold DeepSeek's tokens, no template and no
+    # added tokens
     return ranks, dict(special_tokens=specials, pat_str=meta["pat_str"], split_patterns=meta["split_patterns"],
                        bos=meta.get("bos", BOS), eos=meta.get("eos", [EOS]),
                        pad=meta.get("pad", PAD if PAD in specials else None),
-                       normalizer=meta.get("normalizer"), chat_template=meta.get("chat_template"))
+                       normalizer=meta.get("normalizer"), chat_template=meta.get("chat_template"),
+                       added_tokens=meta.get("added_tokens"))
 
 
 def _read_json_if_there(path):
@@ -488,13 +525,29 @@ def _raise_template_error(message):
     raise BadInput(f"chat_template: {message}")
 
 
+class _GenerationBlock(jinja2.ext.Extension):
+    """transformers' {% generation %}...{% endgeneration %} (its AssistantTracker), which marks the
+    assistant's text for apply_chat_template's assistant masks (some Qwen and SmolLM templates
+    use it). We mask by the prompt/response split instead, so the body renders as plain text, in
+    a call block as transformers' does (a `set` inside it stays inside)."""
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+
+    def _render(self, caller):
+        return caller()
+
+
 @functools.cache
 def _jinja():
     """transformers' chat-template environment: sandboxed, trim_blocks and lstrip_blocks, loop
-    controls, raise_exception. It has no strftime_now, so Llama 3.2's template writes its fixed
-    default date: a prompt does not change with the day it is rendered."""
+    controls, {% generation %}, raise_exception. It has no strftime_now, so Llama 3.2's template
+    writes its fixed default date: a prompt does not change with the day it is rendered."""
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                                       extensions=[jinja2.ext.loopcontrols])
+                                                       extensions=[jinja2.ext.loopcontrols, _GenerationBlock])
     env.globals["raise_exception"] = _raise_template_error
     return env
 
@@ -511,9 +564,9 @@ def _byte_level_chars():
 
 
 def _hf_tokenizer_parts(path):
-    """(ranks, special tokens, pat_str, split_patterns, normalizer) of a Hugging Face byte-level
-    BPE `tokenizer.json` (DeepSeek's, Qwen2's, Llama 3's), for ids identical to the `tokenizers`
-    library's.
+    """(ranks, {special_tokens, added_tokens, pat_str, split_patterns, normalizer}: the other
+    Tokenizer arguments) of a Hugging Face byte-level BPE `tokenizer.json` (DeepSeek's, Qwen2's,
+    Llama 3's), for ids identical to the `tokenizers` library's.
 
     Supported (anything else is a BadInput naming it):
       normalizer: null, NFC (Qwen2), or a Sequence of those;
@@ -521,14 +574,21 @@ def _hf_tokenizer_parts(path):
         steps are Split(pattern, behavior="Isolated", invert=false) and Digits; a ByteLevel with
         use_regex=true adds GPT-2's pattern as a last split;
       model: BPE, no dropout, no byte_fallback, no continuing_subword_prefix/end_of_word_suffix,
-        all 256 ByteLevel characters in the vocab, every other vocab entry the result of a merge
-        or an added token, and merge results' ids ascending in merge order (what a BPE trainer
-        writes);
-      decoder: ByteLevel; added_tokens become tiktoken special tokens.
+        the 256 ByteLevel characters in the vocab (a byte that never occurs in UTF-8 may have an
+        added token instead, or none: see `_hf_mergeable_ranks`), every other vocab entry the
+        result of a merge or an added token, and merge results' ids ascending in merge order
+        (what a BPE trainer writes);
+      decoder: ByteLevel;
+      added_tokens: lstrip, rstrip and single_word false (DeepSeek's, Qwen2's and Llama 3's are:
+        the library then matches a token's text alone, as we do); normalized=true only with no
+        normalizer (DeepSeek's), since under NFC the library matches such a token in the
+        normalized text, where a combining mark after it joins its last character (U+0338 makes
+        "<x>" "<x≯"). An added token in the vocab has its vocab id, as in the library; those that
+        are not BPE tokens become tiktoken special tokens; the non-special ones are also read by
+        `encode` (Tokenizer.added_tokens).
     Differences by design: the post_processor is ignored (`encode` adds no BOS; encode_prompt
-    does), and `encode` reads added tokens' strings as plain text (the library's encode splits
-    them out, as our `encode_with_special_tokens` does; all of Qwen2's and Llama 3's added tokens
-    match as written: no lstrip/rstrip/single_word).
+    does), and `encode` reads special added tokens' strings as plain text (the library's encode
+    splits them out, as our `encode_with_special_tokens` does).
     Why it is exact: the library merges pairs by their rank in `merges`; tiktoken merges by the
     rank of the resulting token and takes a piece that is a whole token at once (the library's
     ignore_merges). With ids in merge order and each token made by one merge, both give the same
@@ -558,21 +618,39 @@ def _hf_tokenizer_parts(path):
     if decoder.get("type") != "ByteLevel":
         raise unsupported(f"decoder {decoder.get('type')} (byte-level BPE decodes with ByteLevel)")
     patterns = _hf_split_patterns(hf.get("pre_tokenizer"), unsupported)
-    ranks = _hf_mergeable_ranks(hf["model"], unsupported)
+    added = hf.get("added_tokens", [])
+    for token in added:
+        flag = next((f for f in ("lstrip", "rstrip", "single_word") if token.get(f)), None)
+        if flag:
+            raise unsupported(f"added token {token['content']!r} with {flag}=true (the library's "
+                              "match then depends on the text around the token)")
+        if token.get("normalized") and kinds:
+            raise unsupported(f"added token {token['content']!r} with normalized=true under the "
+                              f"{kinds[0]} normalizer (the library matches it in normalized text)")
+    plain = {t["content"]: t["id"] for t in added if not t.get("special")}
+    ranks = _hf_mergeable_ranks(hf["model"], plain, unsupported)
     rank_ids = set(ranks.values())
-    special_tokens = {t["content"]: t["id"] for t in hf.get("added_tokens", [])
-                      if t["id"] not in rank_ids}
+    ids = {t["content"]: hf["model"]["vocab"].get(t["content"], t["id"]) for t in added}
+    special_tokens = {token: i for token, i in ids.items() if i not in rank_ids}
     orphans = [token for token, i in hf["model"]["vocab"].items()
                if i not in rank_ids and i not in special_tokens.values()]
     if orphans:
         raise unsupported(f"vocab: {len(orphans)} tokens (e.g. {orphans[0]!r}) are neither bytes, "
                           "merge results nor added tokens")
+    options = dict(special_tokens=special_tokens, added_tokens={token: ids[token] for token in plain},
+                   normalizer=(kinds or [None])[0])
     if len(patterns) == 1:
         # One split step: the matches AND the text between them are pieces; tiktoken keeps only
         # matches, so a second alternative takes the characters where no match starts.
         pat_str = f"(?m:{patterns[0]})|(?:(?!(?m:{patterns[0]}))[\\s\\S])+"
-        return ranks, special_tokens, pat_str, [], (kinds or [None])[0]
-    return ranks, special_tokens, WHOLE_PIECE_PAT_STR, patterns, (kinds or [None])[0]
+        return ranks, dict(options, pat_str=pat_str, split_patterns=[])
+    return ranks, dict(options, pat_str=WHOLE_PIECE_PAT_STR, split_patterns=patterns)
+
+
+def _occurs_in_utf8(byte):
+    """Whether some UTF-8 text has `byte`: all do but 0xC0 and 0xC1 (they would start overlong
+    two-byte forms) and 0xF5-0xFF (they would start code points past U+10FFFF)."""
+    return byte not in (0xC0, 0xC1) and byte < 0xF5
 
 
 def _hf_split_patterns(pre_tokenizer, unsupported):
@@ -602,8 +680,19 @@ def _hf_split_patterns(pre_tokenizer, unsupported):
     return patterns
 
 
-def _hf_mergeable_ranks(model, unsupported):
-    """{token bytes: id} for the 256 bytes and every merge result, checked to be in merge order."""
+def _hf_mergeable_ranks(model, plain_added, unsupported):
+    """{token bytes: id} for the bytes and every merge result, checked to be in merge order.
+
+    A byte whose ByteLevel character is not in the vocab takes the id of a non-special added
+    token of that character (`plain_added`, {content: id}): the library decodes that token to the
+    byte (its ByteLevel decoder maps each character of a token to its byte), as tiktoken decodes
+    a byte token. So may be listed the 13 bytes that never occur in UTF-8 (0xC0, 0xC1, 0xF5-0xFF:
+    "À", "Á", "õ" ... "ÿ"), which no text's bytes need: DeepSeek LLM's tokenizer has 15 added
+    tokens beyond its 100,000, BOS and EOS among them. The library then also reads those
+    characters in text as the added tokens ("ü" is one, and decodes to U+FFFD), and so does our
+    `encode` (Tokenizer.added_tokens). Such a byte may also have no token at all; any other byte
+    must have one, or some text could not be encoded.
+    """
     if model.get("type") != "BPE":
         raise unsupported(f"model {model.get('type')}")
     for key in ("dropout", "byte_fallback", "continuing_subword_prefix", "end_of_word_suffix"):
@@ -611,10 +700,11 @@ def _hf_mergeable_ranks(model, unsupported):
             raise unsupported(f"BPE option {key}={model[key]!r}")
     vocab = model["vocab"]
     to_byte = _byte_level_chars()
-    missing = [c for c in to_byte if c not in vocab]
+    ids = {c: vocab.get(c, plain_added.get(c)) for c in to_byte}
+    missing = [c for c, i in ids.items() if i is None and _occurs_in_utf8(to_byte[c])]
     if missing:
         raise unsupported(f"vocab: byte {to_byte[missing[0]]:#04x} ({missing[0]!r}) has no token")
-    ranks = {bytes([b]): vocab[c] for c, b in to_byte.items()}
+    ranks = {bytes([to_byte[c]]): i for c, i in ids.items() if i is not None}
     previous = -1
     for k, merge in enumerate(model["merges"]):
         left, right = merge.split(" ") if isinstance(merge, str) else merge

@@ -1,8 +1,10 @@
 """support/tokenizer.py: BPE training against a from-scratch recount, exact round-trips on random
 Unicode, the .tiktoken file, the chat template, and Hugging Face tokenizer.json files giving the
 very ids of the `tokenizers` library (BPEs trained by it with GPT-2's and Llama-3's pre-tokenizers,
-with DeepSeek's Sequence of Split pre-tokenizers, and with ^/$ anchors), and their unsupported
-parts."""
+with DeepSeek's Sequence of Split pre-tokenizers, and with ^/$ anchors), their added tokens
+(DeepSeek's characters of the bytes never in UTF-8; flags we refuse), and their unsupported parts;
+chat templates rendered and read as transformers does ({% generation %}, special-token strings in
+a conversation)."""
 
 import json
 import random
@@ -11,7 +13,7 @@ from collections import Counter
 import pytest
 import regex
 import tiktoken.load
-from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from support.fileio import BadInput
@@ -196,6 +198,9 @@ def test_chat_template(tok):
     # Prompt and response tokenized apart equal the whole conversation tokenized at once, so
     # SFT/RL training sequences match what the model sees when it generates.
     assert prompt[1:] + answer[:-1] == tok.encode(chat_prompt(question) + " " + response)
+    # special-token strings in the question and the response are tokens in both (see encode_prompt)
+    assert tok.encode_prompt(f"2+3?{EOS}") == [tok.bos_id] + tok.encode_with_special_tokens(chat_prompt(f"2+3?{EOS}"))
+    assert tok.encode_response(f"5{EOS}") == tok.encode(" 5") + [tok.eos_id, tok.eos_id]
 
 
 # ---------------------------------------------------------------- Hugging Face tokenizer.json
@@ -318,6 +323,82 @@ def test_hugging_face_unsupported(tmp_path, edit, message):
     json.dump(spec, open(path, "w", encoding="utf-8"))
     with pytest.raises(BadInput, match=message):
         Tokenizer.load(path)
+
+
+@pytest.mark.parametrize("flag", ["lstrip", "rstrip", "single_word"])
+def test_added_token_flags_that_change_its_match_are_refused(tmp_path, flag):
+    # With the flag the library's match takes in the spaces beside the token (lstrip, rstrip) or
+    # needs no letter beside it (single_word), so its ids differ from matching the text alone.
+    text = "x <tool> y<tool>z"
+    ids = {}
+    for flagged in (False, True):
+        hf, path = hf_tokenizer_json(tmp_path, "deepseek")
+        hf.add_special_tokens([AddedToken("<tool>", **{flag: flagged})])
+        hf.save(path)
+        ids[flagged] = hf.encode(text, add_special_tokens=False).ids
+        if not flagged:
+            assert Tokenizer.load(path).encode_with_special_tokens(text) == ids[False]
+    assert ids[True] != ids[False]
+    with pytest.raises(BadInput, match=f"unsupported added token '<tool>' with {flag}=true"):
+        Tokenizer.load(path)
+
+
+def test_normalized_added_tokens(tmp_path):
+    # Without a normalizer normalized=true changes nothing: DeepSeek's BOS and EOS have it.
+    hf, path = hf_tokenizer_json(tmp_path, "deepseek")
+    hf.add_special_tokens([AddedToken("<x>", normalized=True)])
+    hf.save(path)
+    text = f"{BOS}a<x>\u0338 {EOS}"
+    assert Tokenizer.load(path).encode_with_special_tokens(text) == hf.encode(text, add_special_tokens=False).ids
+    # Under NFC the library matches it in the normalized text, where U+0338 after ">" makes "≯":
+    # "<x>" is then no token, though NFC leaves "<x>" itself as it is.
+    hf, folder = family_folder(tmp_path, "qwen2")
+    hf.add_special_tokens([AddedToken("<x>", normalized=True)])
+    hf.save(str(folder / "tokenizer.json"))
+    assert "<x>" not in hf.encode("a<x>\u0338", add_special_tokens=False).tokens
+    with pytest.raises(BadInput, match="added token '<x>' with normalized=true under the NFC normalizer"):
+        Tokenizer.load(str(folder / "tokenizer.json"))
+
+
+# The 13 bytes that never occur in UTF-8, whose ByteLevel characters DeepSeek LLM's tokenizer.json
+# may list as added tokens (it has 15 added tokens beyond a 100,000-token vocab, BOS and EOS among
+# them; DeepSeek-MoE issue #14).
+NEVER_IN_UTF8 = [chr(b) for b in (0xC0, 0xC1, *range(0xF5, 0x100))]  # "À", "Á", "õ" ... "ÿ"
+
+
+@pytest.mark.parametrize("layout", ["missing from the vocab", "in the vocab", "in the vocab, other ids"])
+def test_added_tokens_for_bytes_never_in_utf8_give_the_library_ids(tmp_path, layout):
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = HF_PRE_TOKENIZERS["deepseek"]()
+    hf.decoder = decoders.ByteLevel()
+    alphabet = [c for c in pre_tokenizers.ByteLevel.alphabet() if layout != "missing from the vocab"
+                or c not in NEVER_IN_UTF8]
+    trainer = trainers.BpeTrainer(vocab_size=900, initial_alphabet=alphabet, show_progress=False)
+    hf.train_from_iterator(make_corpus(300, seed=2), trainer)
+    hf.add_special_tokens([AddedToken(BOS, normalized=True), AddedToken(EOS, normalized=True)])
+    # as DeepSeek's: non-special, normalized; and a non-special token of text (Qwen2.5's kind)
+    hf.add_tokens([AddedToken(c, normalized=True, special=False) for c in NEVER_IN_UTF8 + ["<tool_call>"]])
+    path = str(tmp_path / "tokenizer.json")
+    hf.save(path)
+    if layout == "in the vocab, other ids":  # the library gives such a token its vocab id
+        spec = json.load(open(path, encoding="utf-8"))
+        for k, token in enumerate(t for t in spec["added_tokens"] if t["content"] in NEVER_IN_UTF8):
+            token["id"] = hf.get_vocab_size() + k
+        json.dump(spec, open(path, "w", encoding="utf-8"))
+        hf = HFTokenizer.from_file(path)
+    ours = Tokenizer.load(path)
+    rng = random.Random(6)
+    texts = [SAMPLE, "Führer für Ørsted: põe ÿ À Á ÷ ý þ", "<tool_call>ü<tool_call>", "ü"]
+    texts += [random_unicode(rng, n) + "".join(rng.choices(NEVER_IN_UTF8, k=3)) for n in [3, 30, 300]]
+    for text in texts:
+        ids = hf.encode(text, add_special_tokens=False).ids
+        assert ours.encode(text) == ids, text  # the library reads non-special added tokens anywhere
+        assert ours.decode(ids) == hf.decode(ids, skip_special_tokens=False)  # "ü" is U+FFFD
+        assert ours.encode_with_special_tokens(BOS + text + EOS) == hf.encode(BOS + text + EOS).ids
+    assert ours.bos_id not in ours.encode(BOS)  # a special token's string is still plain text
+    assert ours.decode([hf.token_to_id("ü")]) == "\ufffd"  # the byte 0xFC, as the library decodes it
+    ours.save(str(tmp_path / "converted.tiktoken"))
+    assert Tokenizer.load(str(tmp_path / "converted.tiktoken")).encode(texts[1]) == ours.encode(texts[1])
 
 
 # ---------------------------------------------------------------- Qwen2 and Llama 3 folders
@@ -454,6 +535,55 @@ def test_chat_template_errors(tmp_path):
     json.dump(config, open(folder / "tokenizer_config.json", "w"))
     with pytest.raises(BadInput, match="no special token '<\\|im_stop\\|>'"):
         Tokenizer.load(str(folder / "tokenizer.json"))
+
+
+# Qwen2.5's template with transformers' assistant-mask marker around the assistant's text
+QWEN25_GENERATION_TEMPLATE = QWEN25_TEMPLATE.replace(
+    "    {%- if (message.role == \"user\")",
+    "    {%- if message.role == \"assistant\" %}\n"
+    "        {{- '<|im_start|>assistant\\n' }}\n"
+    "        {%- generation %}\n"
+    "            {%- set turn = message.content + '<|im_end|>' %}\n"
+    "            {{- turn }}\n"
+    "        {%- endgeneration %}\n"
+    "        {{- '\\n' + (turn is defined) | string }}\n"
+    "    {%- elif (message.role == \"user\")")
+
+
+def test_generation_block_renders_as_transformers_does(tmp_path):
+    from transformers import AutoTokenizer
+    _, folder = family_folder(tmp_path, "qwen2")
+    config = json.load(open(folder / "tokenizer_config.json"))
+    json.dump(dict(config, chat_template=QWEN25_GENERATION_TEMPLATE), open(folder / "tokenizer_config.json", "w"))
+    theirs = AutoTokenizer.from_pretrained(folder)
+    ours = Tokenizer.load(str(folder / "tokenizer.json"))
+    user, response = "What is 2+3?" + COT_SUFFIX, "2+3=5. \\boxed{5}"
+    messages = [{"role": "user", "content": user}]
+    conversation = messages + [{"role": "assistant", "content": response}]
+    assert ours.render_chat(user) == theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    # the body as plain text, its `set` not seen after the block: "...<|im_end|>\nFalse"
+    assert ours.render_chat(user, response) == theirs.apply_chat_template(conversation, tokenize=False)
+    assert ours.render_chat(user, response).endswith(response + "<|im_end|>\nFalse")
+    ids = ours.encode_prompt("What is 2+3?") + ours.encode_response(response)
+    assert theirs.apply_chat_template(conversation, tokenize=True, return_dict=False)[:len(ids)] == ids
+
+
+@pytest.mark.parametrize("family", list(FAMILY_TOKENIZERS))
+def test_special_token_strings_in_a_chat_are_tokens_as_transformers_reads_them(tmp_path, family):
+    """transformers' apply_chat_template reads special-token strings in the user's and the
+    assistant's text as tokens; our prompt and response do the same."""
+    from transformers import AutoTokenizer
+    _, folder = family_folder(tmp_path, family)
+    theirs = AutoTokenizer.from_pretrained(folder)
+    ours = Tokenizer.load(str(folder / "tokenizer.json"))
+    specials = FAMILY_TOKENIZERS[family]["specials"]
+    question = f"What is {specials[-1]} 2+3?{specials[1]}"
+    response = f"5 {specials[-1]} done {specials[0]}{specials[1]}"
+    conversation = [{"role": "user", "content": question}, {"role": "assistant", "content": response}]
+    whole = theirs.apply_chat_template(conversation, tokenize=True, return_dict=False)
+    ids = ours.encode_prompt(question, "") + ours.encode_response(response)
+    assert whole[:len(ids)] == ids
+    assert set(ours.special_tokens.values()) & set(ours.encode_response(response)[:-1])
 
 
 def test_decode_with_offsets_replaces_invalid_utf8_as_decode_does(tok):
