@@ -11,13 +11,16 @@ the plots, as in the paper's Tables 5-6 and Figures 5-7.
     python pipeline.py configs/classroom.py --out_dir=out/try2 --sft_steps=100   # overrides reach every stage
 
 Every stage is its own script, run here as a subprocess with the same config file and overrides
-(the command is printed; the environment the pipeline adds, MKL's mode, the threads and the CPU
-kernels, is recorded in results.md). A stage whose outputs are there, load, are newer than the
-outputs it was built from, and were made with the same settings (the config keys that shape
-them, recorded in its stage_config.json) is skipped; one that is stale runs again from the
-start; an interrupted pretraining or SFT stage resumes from its last checkpoint, an interrupted
-RL stage starts again (rl_resume is off by default). Delete a stage's folder to run it again
-anyway.
+(the command is printed, after the environment the pipeline adds: MKL's mode, the threads and the
+CPU kernels, also recorded in results.md). A stage whose outputs are there, load, are newer than
+the outputs it was built from, and were made with the same settings (the config keys that shape
+them, paths as the real paths they name, recorded in its stage_config.json; how often it saves
+and whether it resumes do not count) is skipped; one that is stale runs again from the start.
+An interrupted pretraining or SFT stage resumes from its last checkpoint if it started with the
+same settings (its stage_started.json) after the outputs it reads were made; else it starts
+again and says why. An interrupted RL stage starts again (rl_resume is off by default). The RL
+runs' algorithm, reward, iterations and seed are the pipeline's to choose: it refuses them as
+overrides. Delete a stage's folder to run it again anyway.
 Corpus, pretraining and SFT run one after the other, each on every core; then every stage and
 evaluation starts as soon as the ones it reads are done, pipeline_jobs at a time. The stages,
 with the paper's sections:
@@ -43,6 +46,7 @@ import fnmatch
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -97,6 +101,29 @@ def learned_reward(overrides):
     return any(o in ("--rl_reward=orm", "--rl_reward=prm") for o in overrides)
 
 
+# What rl_runs chooses for each RL run: grpo.py names a run's folder after these
+# (rl_support.method_name), and rl_compare runs two methods, so a value from the user would send
+# a run where the pipeline does not look for it.
+PER_RUN_KEYS = ("rl_algo", "rl_reward", "rl_iteration_steps", "rl_seed", "rl_compare")
+
+
+def check_rl_keys(cfg):
+    """Refuse, in one line, a setting that would make a grpo.py stage write another folder than
+    the pipeline reads, or that the pipeline would override."""
+    for key in PER_RUN_KEYS:
+        if getattr(cfg, key) != config.DEFAULTS[key]:
+            sys.exit(f"pipeline.py: {key}={getattr(cfg, key)!r} would make grpo.py write other folders than "
+                     "pipeline.py reads, which chooses each RL run's algorithm, reward, iterations and seed itself "
+                     f"(more seeds: --seeds=N); leave {key} out, or run grpo.py for one RL run")
+    if cfg.learned_rewards and cfg.rl_steps < 2:
+        sys.exit(f"pipeline.py: --rl_steps={cfg.rl_steps} leaves iterative RL (grpo_prm_iterative) one iteration, so "
+                 "it would write grpo_prm's folder: set --rl_steps to 2 or more, or --learned_rewards=false")
+    if cfg.learned_rewards and cfg.pipeline_rm_sft_steps and cfg.rl_rm_init:
+        sys.exit(f"pipeline.py: rl_rm_init={cfg.rl_rm_init!r} would be overridden: with pipeline_rm_sft_steps the "
+                 f"reward models start from {os.path.join(cfg.out_dir, 'sft_rm', 'ckpt')}; leave rl_rm_init out, or "
+                 "set --pipeline_rm_sft_steps=0")
+
+
 def stages(cfg):
     """The stages in order. With pipeline_rm_sft_steps, the learned reward models start from their
     own, longer SFT run (sft_rm), not from the policy's checkpoint: configs/classroom.py says why."""
@@ -139,13 +166,27 @@ def eval_metrics_path(cfg, stage):
 MODEL_KEYS = ("vocab_size", "n_layer", "n_head", "n_kv_head", "dim", "intermediate_size", "max_seq_len",
               "rope_theta", "norm_eps", "tie_embeddings", "init_std")
 PROBLEM_KEYS = ("seed", "dtype", "tokenizer_path", "train_problems", "test_problems", "classroom_*", "grader_timeout")
+# The eval_* keys that shape the greedy answers of SFT's and RL's own held-out checks
+# (evaluate.evaluate_model with eval_k=1). SFT sets eval_mode and eval_format itself; RL takes
+# them from the config, and eval_n_problems too (unread_by_grpo: when it does not).
+HELD_OUT_KEYS = ("eval_max_new_tokens", "eval_batch_size", "eval_tool_rounds", "eval_program_*")
 SETTINGS = {
     "corpus.py": ("seed", "vocab_size", "tokenizer_path", "classroom_*", "corpus_*", "fasttext_*", "web_*"),
     "pretrain.py": ("seed", "dtype", "tokenizer_path", *MODEL_KEYS, "pretrain_*"),
-    "sft.py": (*PROBLEM_KEYS, "sft_*"),
-    "grpo.py": (*PROBLEM_KEYS, "rl_*", "ppo_*"),
+    "sft.py": (*PROBLEM_KEYS, "sft_*", *HELD_OUT_KEYS),
+    "grpo.py": (*PROBLEM_KEYS, "rl_*", "ppo_*", *HELD_OUT_KEYS, "eval_mode", "eval_format", "eval_shots",
+                "eval_n_problems"),
     "evaluate.py": (*PROBLEM_KEYS, "eval_*"),
 }
+# Keys that change only how often a run saves and whether it resumes, never a number it writes
+# (a resumed run repeats a straight one bit for bit: tests/test_pretrain.py, test_sft.py,
+# test_grpo.py): not settings, so changing them reruns nothing.
+HOW_SAVED = ("*_resume", "*_save_every", "pretrain_ckpt_every")
+# The keys that name one file or folder, recorded as real paths: out/x, ./out/x and /abs/out/x
+# are one setting. realpath, not abspath: what counts is the files named, so a symbolic link to
+# a folder is that folder, and a link pointed elsewhere since is another setting.
+PATH_KEYS = ("tokenizer_path", "pretrain_init", "sft_init", "rl_init_checkpoint", "rl_rm_init", "rl_rm_checkpoint",
+             "eval_checkpoint", "corpus_url_patterns")
 # A finished stage that must run again starts over instead of resuming its finished checkpoint.
 START_OVER = {"pretrain.py": ["--pretrain_resume=false"], "sft.py": ["--sft_resume=false"],
               "grpo.py": ["--rl_resume=false"]}
@@ -167,19 +208,39 @@ def newer_input(output, inputs):
     return next((path for path in inputs if os.path.getmtime(path) > os.path.getmtime(output)), "")
 
 
+def matches(key, patterns):
+    return any(fnmatch.fnmatchcase(key, p) for p in patterns)
+
+
+def unread_by_grpo(values):
+    """The keys of SETTINGS["grpo.py"] that a run with these values never reads."""
+    return [*(["rl_rm_*"] if values["rl_reward"] in ("outcome", "process") else []),  # it builds no reward model
+            *(["ppo_*"] if values["rl_algo"] != "ppo" else []),  # only PPO has a value model
+            *(["eval_n_problems"] if values["rl_eval_problems"] else []),  # the held-out checks' count
+            *(["eval_shots"] if values["eval_mode"] != "fewshot" else [])]  # chat prompts hold no examples
+
+
 def settings(command, argv):
     """{key: value} of the keys that shape what `command` (script, its overrides) writes."""
     values = vars(config.load_config([*argv, *command[1:]]))
-    patterns = SETTINGS[command[0]]
-    chosen = {key: value for key, value in values.items() if any(fnmatch.fnmatchcase(key, p) for p in patterns)}
-    if command[0] == "grpo.py" and values["rl_reward"] in ("outcome", "process"):
-        # a rule-based run never builds a reward model: its settings do not shape what it writes
-        chosen = {key: value for key, value in chosen.items() if not key.startswith("rl_rm_")}
+    unread = [*HOW_SAVED, *(unread_by_grpo(values) if command[0] == "grpo.py" else [])]
+    chosen = {key: os.path.realpath(value) if key in PATH_KEYS and value else value for key, value in values.items()
+              if matches(key, SETTINGS[command[0]]) and not matches(key, unread)}
     return json.loads(json.dumps(chosen))  # as the record holds them: tuples as lists
 
 
 def record_path(output):
     return os.path.join(os.path.dirname(output), "stage_config.json")
+
+
+def started_path(output):
+    return os.path.join(os.path.dirname(output), "stage_started.json")
+
+
+def changes(recorded, wanted):
+    """How `wanted` differs from the `recorded` settings, or ""."""
+    changed = [f"{key} {recorded.get(key)!r} -> {value!r}" for key, value in wanted.items() if recorded.get(key) != value]
+    return "settings changed: " + ", ".join(changed) if changed else ""
 
 
 def settings_change(output, wanted):
@@ -192,8 +253,22 @@ def settings_change(output, wanted):
             return f"it ran outside pipeline.py after {record} was written"
     except (OSError, BadInput):
         return f"{record}, the settings it ran with, is missing"
-    changed = [f"{key} {recorded.get(key)!r} -> {value!r}" for key, value in wanted.items() if recorded.get(key) != value]
-    return "settings changed: " + ", ".join(changed) if changed else ""
+    return changes(recorded, wanted)
+
+
+def resume_change(output, train_state, inputs, wanted):
+    """Why an interrupted stage's checkpoint must not be resumed, or "". The start record is
+    written when a run starts from step 0 (not when it resumes), so a checkpoint older than it
+    is an earlier run's, and an input newer than it came after the run began."""
+    started = started_path(output)
+    try:
+        recorded = read_json(started)
+    except (OSError, BadInput):
+        return f"{started}, the settings it started with, is missing"
+    if os.path.getmtime(train_state) < os.path.getmtime(started):
+        return f"{train_state} is from a run before the one interrupted"
+    stale = newer_input(started, inputs)
+    return f"{stale} is newer" if stale else changes(recorded, wanted)
 
 
 # MKL's matrix-multiply code path for each choice of torch's kernels. ",STRICT" makes MKL's
@@ -247,7 +322,11 @@ def run_command(name, command, argv, env, log, echo):
     failing stage ends the pipeline with its command. The stage's own overrides come last, so
     they win over the user's (sft_rm's --sft_steps over a --sft_steps meant for SFT)."""
     full = [sys.executable, command[0], *argv, *command[1:]]
-    print(f"\n=== {name}: {' '.join(full[1:])}" + ("" if echo else f"  (output: {log})"), flush=True)
+    # what the pipeline adds to the environment leads the line, so that pasted into a shell it
+    # gives the same numbers
+    added = [f"{key}={shlex.quote(value)}" for key, value in env.items() if os.environ.get(key) != value]
+    shown = " ".join([*added, "python", shlex.join(full[1:])])
+    print(f"\n=== {name}: {shown}" + ("" if echo else f"  (output: {log})"), flush=True)
     start = time.time()
     env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}  # lines reach the log as the stage prints them
     with open(log, "w") as out:
@@ -272,12 +351,14 @@ def run_command(name, command, argv, env, log, echo):
 def run_step(name, command, output, checkpoint, inputs, argv, log, alone=False, echo=False):
     """Run one stage or evaluation unless its output is there, loads, is newer than its inputs
     and was made with these settings (config keys and numerics); returns its seconds (0 =
-    skipped). A missing or broken output is a run to resume; a stale one is run again from the
-    start. Its output goes to `log`; `alone`: it gets every core (same_numbers_env); `echo`:
-    nothing runs beside it, so its output is printed as well."""
+    skipped). A stale one is run again from the start; so is an interrupted one (its output
+    missing or broken, a checkpoint there) unless it started with these settings after its inputs
+    were made: then it resumes. Its output goes to `log`; `alone`: it gets every core
+    (same_numbers_env); `echo`: nothing runs beside it, so its output is printed as well."""
     env = same_numbers_env(config.load_config(argv), alone)
     wanted = {**settings(command, argv), **numerics(env)}
-    start_over = []
+    train_state = os.path.join(checkpoint, "train_state.pt") if checkpoint else ""
+    start_over, resumes = [], False
     if loads(output, checkpoint):
         stale = newer_input(output, inputs)
         why = f"{stale} is newer" if stale else settings_change(output, wanted)
@@ -286,6 +367,14 @@ def run_step(name, command, output, checkpoint, inputs, argv, log, alone=False, 
             return 0.0
         print(f"=== {name}: done before, but {why}; running it again from the start")
         start_over = START_OVER.get(command[0], [])
+    elif command[0] in START_OVER and os.path.exists(train_state):
+        why = resume_change(output, train_state, inputs, wanted)
+        if why:
+            print(f"=== {name}: interrupted, but {why}; running it again from the start")
+            start_over = START_OVER[command[0]]
+        resumes = not why
+    if command[0] in START_OVER and not resumes:
+        write_json(started_path(output), wanted)
     seconds = run_command(name, command, [*argv, *start_over], env, log, echo)
     write_json(record_path(output), wanted)
     return seconds
@@ -530,6 +619,7 @@ def main():
     if any(2 <= cfg.seed + c <= cfg.seeds for c in range(cfg.chains)):
         sys.exit(f"pipeline.py: --seed={cfg.seed} would repeat an RL run: a chain's first RL seed is its seed and the "
                  f"others are 2..{cfg.seeds} (--seeds={cfg.seeds}); pick --seed above {cfg.seeds}")
+    check_rl_keys(cfg)
     argv = sys.argv[1:]  # the config file and overrides, passed to every stage unchanged
     start, seconds, runs = time.time(), {}, chains(cfg, argv)
     for chain_cfg, chain_argv in runs:

@@ -15,7 +15,7 @@ import torch
 
 import pipeline
 from model import ModelArgs, Transformer
-from support import config
+from support import config, rl_support
 from support.fileio import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,6 +121,150 @@ def test_a_stage_made_with_other_kernels_is_run_again(tmp_path, monkeypatch, cap
     monkeypatch.delenv("MKL_CBWR")
     assert pipeline.run_step("sft", ["sft.py"], str(out / "summary.json"), None, [], argv, log) == 1.0
     assert "MKL_CBWR 'AVX2' -> 'AVX2,STRICT'" in capsys.readouterr().out
+
+
+def test_an_interrupted_stage_resumes_only_with_the_settings_and_inputs_it_started_with(tmp_path, monkeypatch, capsys):
+    """No summary, a train_state.pt: the run resumes when it started (stage_started.json) with
+    these settings after its inputs were made; no start record, other settings, a newer input or
+    a checkpoint older than the start (an earlier run's) start it over, saying why."""
+    out, upstream = tmp_path / "sft", tmp_path / "pretrain_summary.json"
+    (out / "ckpt").mkdir(parents=True)
+    upstream.write_text("{}")
+    argv, ran = ["configs/classroom.py", f"--out_dir={tmp_path}"], []
+    monkeypatch.setattr(pipeline, "run_command", lambda name, command, argv, env, log, echo: ran.append(argv) or 1.0)
+
+    def interrupted(*overrides, saved=None):
+        """run_step on the folder of a run that saved its checkpoint `saved` s after it started."""
+        if saved is not None:
+            at = os.path.getmtime(pipeline.started_path(str(out / "summary.json"))) + saved
+            (out / "ckpt" / "train_state.pt").touch()
+            os.utime(out / "ckpt" / "train_state.pt", (at, at))
+        pipeline.run_step("sft", ["sft.py"], str(out / "summary.json"), str(out / "ckpt"), [str(upstream)],
+                          [*argv, *overrides], str(tmp_path / "sft.log"))
+        return ran[-1][-1] == "--sft_resume=false", capsys.readouterr().out
+
+    (out / "ckpt" / "train_state.pt").touch()  # an out dir from before the start record
+    assert interrupted() == (True, f"=== sft: interrupted, but {out}/stage_started.json, the settings it started "
+                                   "with, is missing; running it again from the start\n")
+    started = os.path.getmtime(out / "stage_started.json")
+    assert interrupted(saved=1) == (False, "")  # resumed, and the start record is the first run's still
+    assert os.path.getmtime(out / "stage_started.json") == started
+    start_over, said = interrupted("--sft_lr=0.01", saved=1)
+    assert start_over and "interrupted, but settings changed: sft_lr 0.002 -> 0.01; running it again" in said
+    start_over, said = interrupted("--sft_lr=0.01", saved=-1)  # stopped before its first save
+    assert start_over and f"{out}/ckpt/train_state.pt is from a run before the one interrupted" in said
+    later = os.path.getmtime(out / "stage_started.json") + 5
+    os.utime(upstream, (later, later))  # pretraining ran again after SFT started
+    start_over, said = interrupted("--sft_lr=0.01", saved=1)
+    assert start_over and f"interrupted, but {upstream} is newer" in said
+
+
+def settings_differ(command, *overrides):
+    """Whether the overrides change the recorded settings of `command` on the classroom config."""
+    argv = ["configs/classroom.py"]
+    return pipeline.settings(command, argv) != pipeline.settings(command, [*argv, *overrides])
+
+
+def test_the_held_out_checks_of_sft_and_rl_are_part_of_their_settings():
+    """The eval_* keys evaluate_model reads for their greedy held-out answers count; those of
+    sampling (eval_k, ...) do not, nor what each script sets or overrides itself."""
+    for command in (["sft.py"], ["grpo.py"]):
+        for key in ("eval_max_new_tokens=64", "eval_batch_size=8", "eval_tool_rounds=2", "eval_program_timeout=3.0",
+                    "eval_program_memory_mb=512"):
+            assert settings_differ(command, f"--{key}"), (command, key)
+        for key in ("eval_k=3", "eval_temperature=0.5", "eval_k_problems=7", "eval_tasks=['gsm8k']"):
+            assert not settings_differ(command, f"--{key}"), (command, key)
+    for key in ("eval_mode=fewshot", "eval_format=pot"):
+        assert settings_differ(["grpo.py"], f"--{key}") and not settings_differ(["sft.py"], f"--{key}")
+    # the classroom's rl_eval_problems=200 wins over eval_n_problems, and chat prompts hold no examples
+    assert not settings_differ(["grpo.py"], "--eval_n_problems=5")
+    assert settings_differ(["grpo.py"], "--rl_eval_problems=0", "--eval_n_problems=5")
+    assert not settings_differ(["grpo.py"], "--eval_shots=2")
+    fewshot = ["configs/classroom.py", "--eval_mode=fewshot"]
+    assert pipeline.settings(["grpo.py"], fewshot) != pipeline.settings(["grpo.py"], [*fewshot, "--eval_shots=2"])
+
+
+def test_how_often_a_stage_saves_and_whether_it_resumes_are_not_settings():
+    for command, keys in ((["pretrain.py"], ("pretrain_ckpt_every=7", "pretrain_resume=false")),
+                          (["sft.py"], ("sft_save_every=7", "sft_resume=false")),
+                          (["grpo.py"], ("rl_save_every=7", "rl_resume=true"))):
+        for key in keys:
+            assert not settings_differ(command, f"--{key}"), key
+            assert key.split("=")[0] not in pipeline.settings(command, ["configs/classroom.py"])
+
+
+def test_ppo_keys_are_settings_of_ppo_runs_only():
+    for algo in ("grpo", "rft", "online_rft"):
+        assert not settings_differ(["grpo.py", f"--rl_algo={algo}"], "--ppo_lambda=0.9", "--ppo_value_lr=1e-5")
+    assert settings_differ(["grpo.py", "--rl_algo=ppo"], "--ppo_lambda=0.9")
+
+
+def test_a_relative_an_absolute_and_a_linked_path_to_the_same_out_dir_are_one_setting(tmp_path, monkeypatch):
+    """Every step's settings (the evaluations' eval_checkpoint, the reward models' rl_rm_init, a
+    tokenizer_path) are the same whichever way the user names the folders."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(os.path.join(ROOT, "configs"), tmp_path / "configs")
+    (tmp_path / "out").mkdir()
+    os.symlink(tmp_path / "out", tmp_path / "link")
+
+    def step_settings(out_dir, tokenizer):
+        argv = ["configs/classroom.py", f"--out_dir={out_dir}", f"--tokenizer_path={tokenizer}",
+                "--learned_rewards=true", "--pipeline_jobs=2"]
+        seen = {}
+        monkeypatch.setattr(pipeline, "run_step", lambda name, command, *_: seen.update({name: command}) or 1.0)
+        pipeline.run_stages(config.load_config(argv), argv)
+        return {name: pipeline.settings(command, argv) for name, command in seen.items()}
+
+    relative = step_settings("out/x", "out/tok.tiktoken")
+    assert relative["eval sft"]["eval_checkpoint"] == str(tmp_path / "out" / "x" / "sft" / "ckpt")
+    assert relative["rl/grpo_orm"]["rl_rm_init"] == str(tmp_path / "out" / "x" / "sft_rm" / "ckpt")
+    assert relative == step_settings(str(tmp_path / "out" / "x"), "./out/tok.tiktoken") == \
+        step_settings("link/x", str(tmp_path / "link" / "tok.tiktoken"))
+
+
+def test_the_pipeline_refuses_what_would_send_an_rl_run_to_another_folder():
+    """grpo.py names its folder after rl_algo, rl_reward, rl_iteration_steps vs rl_steps and
+    rl_seed (rl_support.method_name): the pipeline sets them per run and refuses them from the
+    user, so each stage's folder is the one grpo.py writes."""
+    def refusal(*overrides):
+        with pytest.raises(SystemExit) as e:
+            pipeline.check_rl_keys(config.load_config(["configs/classroom.py", "--learned_rewards=true", *overrides]))
+        return e.value.code
+
+    assert refusal("--rl_seed=5").startswith("pipeline.py: rl_seed=5 would make grpo.py write other folders than ")
+    assert "leave rl_iteration_steps out, or run grpo.py for one RL run" in refusal("--rl_iteration_steps=10")
+    assert "leave rl_compare out" in refusal("--rl_compare=true")
+    assert refusal("--rl_steps=1") == ("pipeline.py: --rl_steps=1 leaves iterative RL (grpo_prm_iterative) one "
+                                       "iteration, so it would write grpo_prm's folder: set --rl_steps to 2 or more, "
+                                       "or --learned_rewards=false")
+    assert "rl_rm_init='x' would be overridden" in refusal("--rl_rm_init=x")
+    for argv in (["--learned_rewards=true", "--seeds=3", "--rl_steps=2"], ["--rl_steps=1", "--rl_rm_init=x"]):
+        cfg = config.load_config(["configs/classroom.py", *argv])
+        pipeline.check_rl_keys(cfg)  # accepted
+        for _, _, seeds in pipeline.rl_runs(cfg):
+            for folder, overrides in seeds:
+                full = config.load_config(["configs/classroom.py", *argv, *overrides])
+                assert folder == f"rl/{rl_support.method_name(full)}"
+
+
+def test_the_printed_command_pasted_into_a_shell_runs_the_stage_as_the_pipeline_did(tmp_path, monkeypatch, capsys):
+    """The line leads with the variables the pipeline set or changed, and only those."""
+    script = tmp_path / "stage.py"
+    script.write_text("import json, os, sys\nprint(json.dumps([sys.argv[1:], {k: os.environ.get(k) for k in "
+                      "('ATEN_CPU_CAPABILITY', 'MKL_CBWR', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS')}]))\n")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # the pipeline's value already: not printed
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])  # its python
+    env = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    log = tmp_path / "stage.log"
+    pipeline.run_command("stage", [str(script), "--b=it's"], ["configs/classroom.py", "--a=two words"], env, str(log),
+                         echo=True)
+    line = capsys.readouterr().out.split("=== stage: ")[1].splitlines()[0]
+    assert line.startswith("MKL_CBWR=AVX2,STRICT OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python ")
+    pasted = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=60)
+    assert pasted.returncode == 0 and pasted.stdout == log.read_text()
 
 
 def test_every_step_starts_when_what_it_reads_is_done_never_before(tmp_path, monkeypatch):
