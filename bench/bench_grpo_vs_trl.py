@@ -311,7 +311,9 @@ def finish(result, a, started_rss, modules_at_start):
     """Write a side's result, with its memory and the packages it first imported after set-up:
     an import inside the steps counts as the step's memory growth, so the table shows them."""
     new = set(sys.modules) - modules_at_start
-    generated = {name for name in new if re.fullmatch(r"c[a-z0-9]{50,}", name)}  # inductor's code, one module each
+    # inductor's generated code: a module per kernel or graph, named by a hash ("c2mb...6.kernel",
+    # "torch._inductor.runtime.compile_tasks.c2q2...q")
+    generated = {name for name in new if any(re.fullmatch(r"c[a-z0-9]{50,}", part) for part in name.split("."))}
     imported = {name.split(".")[0] if not name.startswith("torch.") else ".".join(name.split(".")[:2])
                 for name in new - generated}
     imported |= {f"{len(generated)} modules of inductor's generated code"} if generated else set()
