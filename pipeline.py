@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 import evaluate
 from model import Transformer
 from support import config, report, rl_support, training, viewer
-from support.fileio import BadInput, atomic_path, read_json, read_jsonl, write_json
+from support.fileio import BadInput, atomic_path, read_json, read_jsonl, recover_staged_folder, write_json
 
 
 @dataclass
@@ -238,8 +238,14 @@ def started_path(output):
 
 
 def changes(recorded, wanted):
-    """How `wanted` differs from the `recorded` settings, or ""."""
-    changed = [f"{key} {recorded.get(key)!r} -> {value!r}" for key, value in wanted.items() if recorded.get(key) != value]
+    """How `wanted` differs from the `recorded` settings, or "". A key the record lacks was not
+    recorded by the pipeline.py that ran the stage, which ran with its default then: taken as
+    unchanged, so that a newer pipeline.py does not rerun every stage of an out dir. Paths
+    compare as the real paths they name (older records hold them as given)."""
+    def as_wanted(key, value):
+        return os.path.realpath(value) if key in PATH_KEYS and value else value
+    changed = [f"{key} {recorded[key]!r} -> {value!r}" for key, value in wanted.items()
+               if key in recorded and as_wanted(key, recorded[key]) != value]
     return "settings changed: " + ", ".join(changed) if changed else ""
 
 
@@ -325,8 +331,9 @@ def run_command(name, command, argv, env, log, echo):
     # what the pipeline adds to the environment leads the line, so that pasted into a shell it
     # gives the same numbers
     added = [f"{key}={shlex.quote(value)}" for key, value in env.items() if os.environ.get(key) != value]
-    shown = " ".join([*added, "python", shlex.join(full[1:])])
-    print(f"\n=== {name}: {shown}" + ("" if echo else f"  (output: {log})"), flush=True)
+    python = os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..") else sys.executable
+    shown = " ".join([*added, shlex.join([python, *full[1:]])])
+    print(f"\n=== {name}: {shown}" + ("" if echo else f"  # output: {log}"), flush=True)
     start = time.time()
     env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}  # lines reach the log as the stage prints them
     with open(log, "w") as out:
@@ -357,6 +364,8 @@ def run_step(name, command, output, checkpoint, inputs, argv, log, alone=False, 
     (same_numbers_env); `echo`: nothing runs beside it, so its output is printed as well."""
     env = same_numbers_env(config.load_config(argv), alone)
     wanted = {**settings(command, argv), **numerics(env)}
+    if command[0] in START_OVER:  # a save killed between its renames leaves no ckpt/ until this puts it back
+        recover_staged_folder(checkpoint)
     train_state = os.path.join(checkpoint, "train_state.pt") if checkpoint else ""
     start_over, resumes = [], False
     if loads(output, checkpoint):

@@ -97,7 +97,9 @@ def response_tokens(tokenizer, response, fmt):
         return ids, [True] * len(ids)
     ids, trained = [], []
     for i, part in enumerate(TOOL_OUTPUT.split(tokenizer.response_prefix + response)):  # model, output, ..., model
-        part_ids = tokenizer.encode(part)
+        # the model's parts as encode_response reads a response; a program's output as evaluate.py
+        # inserts it, special-token strings as text (a program cannot print an EOS into the turn)
+        part_ids = tokenizer.encode_with_special_tokens(part) if i % 2 == 0 else tokenizer.encode(part)
         ids += part_ids
         trained += [i % 2 == 0] * len(part_ids)
     return ids + [tokenizer.eos_id], trained + [True]

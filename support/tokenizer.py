@@ -474,8 +474,9 @@ def _read_tiktoken(path):
         raise BadInput(f"{sidecar}: lacks {', '.join(missing)}; the file is damaged: "
                        "re-create it with Tokenizer.save, or retrain the tokenizer (corpus.py)")
     specials = meta["special_tokens"]
-    # sidecars written before Qwen2/Llama 3 support hold DeepSeek's tokens, no template and no
-    # added tokens
+    # sidecars written before Qwen2/Llama 3 support hold DeepSeek's tokens and no template; those
+    # written before added tokens were read hold none, even where the tokenizer.json they were
+    # converted from had some (Qwen2.5's <tool_call>): convert it again (Tokenizer.load, save)
     return ranks, dict(special_tokens=specials, pat_str=meta["pat_str"], split_patterns=meta["split_patterns"],
                        bos=meta.get("bos", BOS), eos=meta.get("eos", [EOS]),
                        pad=meta.get("pad", PAD if PAD in specials else None),

@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -159,6 +160,45 @@ def test_an_interrupted_stage_resumes_only_with_the_settings_and_inputs_it_start
     assert start_over and f"interrupted, but {upstream} is newer" in said
 
 
+def test_a_save_killed_between_its_renames_is_put_back_before_the_resume_check(tmp_path, monkeypatch, capsys):
+    """A checkpoint save killed between staged_folder's two renames leaves no ckpt/, its new
+    copy beside the old: put back first, it is the interrupted run's, judged as any other."""
+    out, upstream = tmp_path / "sft", tmp_path / "pretrain_summary.json"
+    out.mkdir()
+    upstream.write_text("{}")
+    argv, ran = ["configs/classroom.py", f"--out_dir={tmp_path}"], []
+    monkeypatch.setattr(pipeline, "run_command", lambda name, command, argv, env, log, echo: ran.append(argv) or 1.0)
+
+    def run_step(*overrides):
+        pipeline.run_step("sft", ["sft.py"], str(out / "summary.json"), str(out / "ckpt"), [str(upstream)],
+                          [*argv, *overrides], str(tmp_path / "sft.log"))
+        return ran[-1][-1] == "--sft_resume=false", capsys.readouterr().out
+
+    run_step()  # the first run starts, with the config's settings, and is killed in a save:
+    (out / ".ckpt.abcd1234.old").mkdir()  # its previous checkpoint, renamed away
+    (out / ".ckpt.abcd1234").mkdir()  # the new one, complete
+    (out / ".ckpt.abcd1234" / "train_state.pt").touch()
+    later = os.path.getmtime(out / "stage_started.json") + 1
+    os.utime(out / ".ckpt.abcd1234" / "train_state.pt", (later, later))
+    start_over, said = run_step("--sft_lr=0.01")
+    assert (out / "ckpt" / "train_state.pt").exists() and not (out / ".ckpt.abcd1234.old").exists()
+    assert start_over and "interrupted, but settings changed: sft_lr 0.002 -> 0.01" in said
+
+
+def test_a_record_from_an_older_pipeline_is_not_a_change(tmp_path):
+    """An out dir's records from before a key was recorded lack it, and hold paths as given: an
+    upgrade of pipeline.py reruns no stage for that alone; a value it recorded that differs does."""
+    output = tmp_path / "eval" / "metrics.json"
+    output.parent.mkdir()
+    output.write_text("{}")
+    wanted = {"eval_checkpoint": os.path.realpath(tmp_path / "sft" / "ckpt"), "eval_max_new_tokens": 128, "seed": 1}
+    older = {"eval_checkpoint": os.path.relpath(tmp_path / "sft" / "ckpt"), "seed": 1}
+    pipeline.write_json(pipeline.record_path(str(output)), older)
+    assert pipeline.settings_change(str(output), wanted) == ""
+    pipeline.write_json(pipeline.record_path(str(output)), {**older, "seed": 2})
+    assert pipeline.settings_change(str(output), wanted) == "settings changed: seed 2 -> 1"
+
+
 def settings_differ(command, *overrides):
     """Whether the overrides change the recorded settings of `command` on the classroom config."""
     argv = ["configs/classroom.py"]
@@ -256,15 +296,21 @@ def test_the_printed_command_pasted_into_a_shell_runs_the_stage_as_the_pipeline_
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     monkeypatch.delenv("MKL_CBWR", raising=False)
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
-    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])  # its python
     env = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     log = tmp_path / "stage.log"
     pipeline.run_command("stage", [str(script), "--b=it's"], ["configs/classroom.py", "--a=two words"], env, str(log),
                          echo=True)
     line = capsys.readouterr().out.split("=== stage: ")[1].splitlines()[0]
-    assert line.startswith("MKL_CBWR=AVX2,STRICT OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python ")
+    # the interpreter the pipeline runs, not whichever `python` a fresh shell finds first
+    assert line.startswith("MKL_CBWR=AVX2,STRICT OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 ")
+    assert os.path.realpath(shlex.split(line)[3]) == os.path.realpath(sys.executable)
     pasted = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=60)
     assert pasted.returncode == 0 and pasted.stdout == log.read_text()
+    # side by side, where its output goes follows as a shell comment: the line still pastes
+    pipeline.run_command("stage", [str(script)], ["configs/classroom.py"], env, str(log), echo=False)
+    line = capsys.readouterr().out.split("=== stage: ")[1].splitlines()[0]
+    assert line.endswith(f"  # output: {log}")
+    assert subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=60).returncode == 0
 
 
 def test_every_step_starts_when_what_it_reads_is_done_never_before(tmp_path, monkeypatch):

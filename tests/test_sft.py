@@ -75,6 +75,21 @@ def test_tool_outputs_are_read_not_trained_and_tokenized_as_the_runtime_appends_
         assert ids[start - len(marker):start] == marker
 
 
+def test_special_token_strings_are_tokens_in_the_models_text_and_text_in_a_programs_output(tokenizer):
+    """As at inference: the response is read as encode_response reads it (transformers'
+    apply_chat_template reads a conversation so), while a program's output is inserted by
+    evaluate.py with plain encode: a program cannot print an EOS into the turn."""
+    eos = tokenizer.eos[0]
+    response = f"x = 1{eos}\n```python\nprint(x)\n```\n{evaluate.OUTPUT_MARKER}\n1{eos}\n```\nso {eos}1"
+    ids, trained = sft.response_tokens(tokenizer, response, "tool")
+    model_text, output_text, rest = sft.TOOL_OUTPUT.split(tokenizer.response_prefix + response)
+    assert ids == (tokenizer.encode_with_special_tokens(model_text) + tokenizer.encode(output_text)
+                   + tokenizer.encode_with_special_tokens(rest) + [tokenizer.eos_id])
+    assert [i for i, t in zip(ids, trained) if i == tokenizer.eos_id and not t] == []  # no EOS in the output
+    assert ids.count(tokenizer.eos_id) == 3  # the model's two, and the response's end
+    assert sft.response_tokens(tokenizer, f"5{eos}", "cot")[0] == tokenizer.encode_response(f"5{eos}")
+
+
 def test_packed_examples_get_the_log_probs_they_get_alone(tokenizer, problems):
     model = tiny_model(tokenizer)
     examples = [sft.make_example(tokenizer, p, f) for p, f in zip(problems, ["cot", "tool", "pot", "cot"])]
