@@ -364,7 +364,7 @@ def run_step(name, command, output, checkpoint, inputs, argv, log, alone=False, 
     (same_numbers_env); `echo`: nothing runs beside it, so its output is printed as well."""
     env = same_numbers_env(config.load_config(argv), alone)
     wanted = {**settings(command, argv), **numerics(env)}
-    if command[0] in START_OVER:  # a save killed between its renames leaves no ckpt/ until this puts it back
+    if command[0] in START_OVER and checkpoint:  # a save killed between its renames: ckpt/ put back
         recover_staged_folder(checkpoint)
     train_state = os.path.join(checkpoint, "train_state.pt") if checkpoint else ""
     start_over, resumes = [], False
