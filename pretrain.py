@@ -155,7 +155,7 @@ def load_mixture(cfg, split, length):
 
 # ----------------------------------------------------------------------------- schedule
 def learning_rate(step, total_steps, peak, warmup_steps):
-    """The multi-step schedule of DeepSeek LLM / DeepSeekMath (paper 2.3) at 0-based `step`:
+    """The multi-step schedule of DeepSeek LLM / DeepSeekMath (paper 2.2.1, kept in 2.3) at 0-based `step`:
     linear warm-up to `peak` over warmup_steps, the peak until 80% of training, then 31.6% of
     it (about 1/sqrt(10)) until 90%, then 10%."""
     if step < warmup_steps:
@@ -276,7 +276,7 @@ def main(argv=None):
     args = distributed.unwrap(model).args
     for source in train.sources + val.sources:
         source.check_ids(args.vocab_size)
-    # paper 2.3: AdamW, beta1 0.9, beta2 0.95, weight decay 0.1 (the config's defaults)
+    # paper 2.2.1 (kept in 2.3): AdamW, beta1 0.9, beta2 0.95, weight decay 0.1 (the config's defaults)
     optimizer = training.make_adamw(model, cfg.pretrain_lr, cfg.pretrain_weight_decay, cfg.pretrain_betas, d.device)
     start, seconds_before, recent = 0, 0.0, []
     if resume:

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning: math instruction tuning of a pretrained checkpoint (DeepSeekMath 3.1).
+"""Supervised fine-tuning: math instruction tuning of a pretrained checkpoint (DeepSeekMath 3).
 
 DeepSeekMath-Instruct 7B is DeepSeekMath-Base 7B tuned on 776K math problems whose solutions come
 in three formats (paper section 3.1): chain-of-thought ("cot"), program-of-thought ("pot": a

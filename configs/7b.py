@@ -34,7 +34,7 @@ tie_embeddings = False
 tokenizer_path = "checkpoints/deepseek-math-7b-instruct/tokenizer.json"
 
 # ---- problems: SFT and RL train on GSM8K/MATH training questions, evaluation on their test sets
-train_problems = "gsm8k+math"  # the paper's RL questions: chain-of-thought questions of GSM8K and MATH (about 144K)
+train_problems = "gsm8k+math"  # the hub's GSM8K and MATH training splits: 7,473 + 7,500 = 14,973 questions
 test_problems = "gsm8k"
 
 # ---- corpus.py (paper 2.1): 500K OpenWebMath pages vs 500K Common Crawl pages, fastText
@@ -76,8 +76,11 @@ pretrain_grad_clip = 1.0
 pretrain_eval_every = 1000
 pretrain_ckpt_every = 1000
 
-# ---- sft.py (paper 3.1): DeepSeekMath-Instruct 7B = Base 7B tuned 500 steps x 256 windows of 4K
-# tokens at a constant 5e-5
+# ---- sft.py (paper 3.2): DeepSeekMath-Instruct 7B = Base 7B tuned 500 steps x 256 windows of 4K
+# tokens at a constant 5e-5. The paper's data (3.1) is 776K problems in three formats; ours is the
+# 14,973 training problems above, chain-of-thought only (sft_formats): 500 x 256 windows of 4K are
+# ~524M tokens, many passes over them (their text is a few million tokens). For the paper's run, point train_problems at a file of
+# its kind (--train_problems=FILE.jsonl, sft_formats with pot and tool).
 sft_init = "checkpoints/deepseek-math-7b-base"
 sft_steps = 500
 sft_batch_size = 256
@@ -97,7 +100,9 @@ rl_max_new_tokens = 1024
 rl_mu = 1
 rl_lr = 1e-6
 rl_kl_coef = 0.04
-rl_steps = 144_000 // rl_questions_per_step  # the paper gives no step count: one pass over its ~144K questions
+rl_steps = 144_000 // rl_questions_per_step  # the paper gives no step count: one pass over its ~144K RL questions
+# (4.2: the chain-of-thought GSM8K and MATH questions of its SFT data). Over the 14,973 above, 9,000
+# steps x 16 questions are ~9.6 passes (grpo.py starts the list again); --train_problems=FILE for the paper's
 rl_rollout_questions = 1  # one question's 64 outputs per KV cache: 45 GiB per GPU
 # support/memory_plan.py at W=8: GRPO peaks at ~72 GiB per GPU, PPO (+ value model) at ~84 GiB
 rl_micro_batch = 16  # outputs per forward/backward
@@ -112,7 +117,7 @@ rl_rm_questions = 1024  # ours (paper: its RM data was its own, not stated as a 
 rl_rm_epochs = 1  # ours: one pass, as reward models are usually trained (InstructGPT), to avoid overfitting
 # rl_iteration_steps: the paper runs 2 iterations (Fig. 6) without saying their length; set it to half of rl_steps
 
-# ---- evaluate.py (paper 5.1): chat prompts with the chain-of-thought suffix, greedy, the full
+# ---- evaluate.py (paper 3.2 and 4.2): chat prompts with the chain-of-thought suffix, greedy, the full
 # GSM8K (1,319) and MATH (5,000) test sets
 eval_tasks = ["gsm8k", "math"]
 eval_n_problems = 0

@@ -37,7 +37,7 @@ tokenizer_path = ""
 train_problems = "data/gsm8k/main/train-00000-of-00001.parquet"  # 7,473 questions; the paper's RL set is the CoT questions of GSM8K and MATH (section 4.2), GSM8K alone here
 test_problems = "data/gsm8k/main/test-00000-of-00001.parquet"  # 1,319 questions
 eval_tasks = [test_problems]
-eval_n_problems = 0  # the whole test set before and after RL (paper 5.1: all of GSM8K test)
+eval_n_problems = 0  # the whole test set before and after RL (paper 4.2: all of GSM8K test)
 
 # ---- grpo.py: each RL hyperparameter, the paper's (DeepSeekMath, Shao et al. 2024) or ours
 rl_init_checkpoint = "checkpoints/Qwen2.5-0.5B-Instruct"  # paper 4.2: RL starts from the instruction-tuned model (DeepSeekMath-Instruct 7B); here Qwen's instruct model
@@ -54,8 +54,8 @@ rl_temperature = 1.0  # not stated in the paper: our choice, because sampling th
 rl_weight_decay = 0.0  # not stated in the paper: our choice, because at lr 1e-6 for a few hundred steps decay would only pull weights away from the start
 rl_grad_clip = 1.0  # not stated in the paper for RL: our choice, DeepSeek LLM's pretraining clip
 rl_iteration_steps = 0  # paper 4.2 trains one iteration (iterative RL is 5.2.1's ablation): pi_ref stays the start
-rl_steps = 7473 // 16  # not stated in the paper: our choice, because one pass over GSM8K train (467 steps) sees every question once, as configs/7b.py does over its 144K
-rl_rollout_questions = 4  # not the paper's (a memory choice): 4 questions x 64 = 256 rows per KV cache, 4.5 GiB
+rl_steps = 7473 // 16  # not stated in the paper: our choice, because one pass over GSM8K train (467 steps) sees every question once, as configs/7b.py's step count is over the paper's 144K
+rl_rollout_questions = 4  # not the paper's (a memory choice): 4 questions x 64 = 256 rows per KV cache, 4.1 GiB
 rl_micro_batch = 8  # not the paper's (a memory choice): 8 outputs per forward/backward, accumulated to 1024
 rl_activation_checkpointing = True  # not the paper's (a memory choice): recompute each block in backward
 rl_eval_every = 50  # ours: held-out greedy accuracy every 50 steps (metrics.jsonl)

@@ -70,11 +70,11 @@ DEFAULTS = dict(
     fasttext_threads=1,  # training threads; 1 makes training deterministic
     corpus_iterations=4,  # most collection iterations (the paper ran 4)
     corpus_negative_ratio=1.0,  # negatives sampled from the pool per positive (paper: 500K vs 500K)
-    corpus_min_score=0.5,  # P(math) at or above which a page is collected
+    corpus_min_score=0.5,  # ours: P(math) at or above which a page is collected (the paper keeps the top-scored pages up to a token budget)
     corpus_domain_share=0.1,  # a domain with more than this share of its pages collected is math-related (paper: 10%)
     corpus_url_prefix_depth=1,  # URL path segments that make a page's prefix in domain discovery (/questions/...)
     corpus_url_patterns="",  # a file of URL globs ("host/path*") a person marked as math: pool pages matching them are seeds
-    corpus_stop_new_share=0.02,  # stop when an iteration collects fewer new pages than this share of all collected
+    corpus_stop_new_share=0.02,  # stop when an iteration collects fewer new pages than this share of all collected (from paper 2.1: ~98% was collected by the 3rd iteration)
     corpus_decontam_ngram=10,  # a page holding any n-gram of a benchmark question/answer is removed (paper: 10)
     corpus_decontam_min_ngram=3,  # benchmark texts of this many to n-1 words are matched whole (paper: 3)
     corpus_val_share=0.02,  # share of selected pages whose tokens go to the validation shards
@@ -140,7 +140,7 @@ DEFAULTS = dict(
     rl_compare=False,  # run GRPO and PPO from the same start; print one table, write rl/compare.png
     rl_seed=0,  # the RL run's own seed (sampling, question order, reward model); 0 = seed. Output: rl/{method}-seed{N}
     rl_steps=100,  # exploration stages (each: sample, reward, rl_mu policy updates); paper: not stated
-    rl_questions_per_step=16,  # questions per step, split across ranks (paper 4.2: batch 1024 = 16 x 64)
+    rl_questions_per_step=16,  # questions per step, split across ranks (paper 4.2: batch 1024 and G = 64, so 16 questions)
     rl_group_size=64,  # G, outputs sampled per question (paper 4.2: 64)
     rl_temperature=1.0,  # ours (paper: not stated): sample the policy as it is; log-probs are taken at the same one
     rl_max_new_tokens=1024,  # most tokens per output (paper 4.2: max length 1024)
@@ -345,6 +345,9 @@ def load_config(argv=None):
                               + (f" (did you mean {close[0]}?)" if close else "")) from None
         for key, value in scope.items():
             if key.startswith("_") or isinstance(value, type(sys)) or callable(value):  # helpers, imports
+                if key in DEFAULTS:  # else `rl_lr = f` would leave the default in place without a word
+                    raise ConfigError(f"{path}: {key} is bound to {type(value).__name__} {value!r}, not a value; "
+                                      f"write {key} = {DEFAULTS[key]!r} or another value of that kind")
                 continue
             if key not in DEFAULTS:
                 raise _unknown(key, path)

@@ -35,7 +35,9 @@ from support import distributed
 from support.fileio import BadInput, recover_staged_folder
 
 
-PAPER_BETAS = (0.9, 0.95)  # AdamW's beta1, beta2 in every stage (paper 2.3; SFT and RL name no others)
+# AdamW's beta1, beta2 in SFT and RL: the paper states them for pretraining (2.2.1) and names none
+# for SFT or RL; our choice, the same ones (pretraining's own come from pretrain_betas)
+PAPER_BETAS = (0.9, 0.95)
 
 
 def make_adamw(model, lr, weight_decay, betas, device):

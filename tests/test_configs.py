@@ -90,7 +90,10 @@ def test_a_config_file_runs_in_one_namespace_and_its_errors_name_file_and_line(t
     cfg = config.load_config([str(path)])
     assert cfg.corpus_pool_files == ["/data/cc/pool-0.wet.gz", "/data/cc/pool-1.wet.gz"] and cfg.n_layer == 4
     for body, message in [("dim = 64\nn_layer = n_layers * 2\n", r"mine.py:2: NameError: .*'n_layers'.*did you mean n_layer\?"),
-                          ("n_layer = (\n", r"mine.py:1: SyntaxError")]:
+                          ("n_layer = (\n", r"mine.py:1: SyntaxError"),
+                          # a setting bound to a function is no value: refused, not skipped as a helper is
+                          ("def rl_lr():\n    return 1e-5\n", r"mine.py: rl_lr is bound to function .*write rl_lr = 1e-06"),
+                          ("import math as n_layer\n", r"mine.py: n_layer is bound to module")]:
         path.write_text(body)
         with pytest.raises(config.ConfigError, match=message):
             config.load_config([str(path)])
