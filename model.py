@@ -281,8 +281,8 @@ class KVCache:
             taken = cache.new_empty((len(index), *cache.shape[1:]))
             torch.index_select(cache[:, :, :self.length], 0, index, out=taken[:, :, :self.length])
             return taken
-        self.k = [take(k) for k in self.k]
-        self.v = [take(v) for v in self.v]
+        for layer in range(len(self.k)):  # a layer at a time: each old one is freed before the next copy
+            self.k[layer], self.v[layer] = take(self.k[layer]), take(self.v[layer])
 
     def update(self, layer, k, v):
         """Store this forward's keys/values (B, K, T, d); return those to attend over (B, K, S, d)."""
@@ -291,8 +291,9 @@ class KVCache:
         # index_copy_, not an assignment to a slice: in a compiled call of several decode steps
         # (generate's greedy steps on a CPU) inductor turned each slice assignment into a copy of
         # the whole cache (2.6 instead of 1.1 ms a step at batch 16); index_copy_ it writes in place
-        self.k[layer].index_copy_(2, at, k)
-        self.v[layer].index_copy_(2, at, v)
+        # in the cache's dtype: under autocast a bf16 cache gets RoPE's float32 keys and bf16 values
+        self.k[layer].index_copy_(2, at, k.to(self.k[layer].dtype))
+        self.v[layer].index_copy_(2, at, v.to(self.v[layer].dtype))
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
@@ -1031,7 +1032,12 @@ def _prefill_distinct_prompts(model, prompts, tokens, positions, attn, cache_len
     for i, p in enumerate(prompts):
         copy_of.append(distinct.setdefault(tuple(p), (len(distinct), i))[0])
     firsts = [row for _, row in distinct.values()]  # (U,)
-    cache = KVCache(model.args, len(firsts), cache_len, tokens.device, model.embed_tokens.weight.dtype)
+    # the dtype attention computes in: autocast's (bf16 on a GPU whose weights stay float32, as an
+    # RL policy's do on one GPU: half the cache), else the weights'
+    device_type = tokens.device.type
+    dtype = (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
+             else model.embed_tokens.weight.dtype)
+    cache = KVCache(model.args, len(firsts), cache_len, tokens.device, dtype)
     logits = model(tokens[firsts], positions[firsts], attn[firsts], cache, last_only=True)  # (U, V)
     if not torch.isfinite(logits).all():  # checked once per call: a per-step check would sync the GPU each token
         raise FloatingPointError("the model's logits hold NaN/inf: its weights have diverged")

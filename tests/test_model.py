@@ -47,6 +47,26 @@ def test_kv_cache_greedy_equals_naive_recomputation(model):
         assert out.tokens[i][out.mask[i]].tolist() == naive_greedy(model, p, 20)
 
 
+def test_generation_under_autocast_keeps_its_cache_in_the_compute_dtype(model, monkeypatch):
+    """grpo.py's rollouts on one GPU: float32 weights (AdamW's master copy) under bf16 autocast.
+    The cache is bf16, what attention computes in (half the memory of float32), and takes
+    RoPE's float32 keys and the bf16 values alike; here on a CPU, whose autocast works the same."""
+    import model as model_module
+    dtypes = []
+
+    class RecordedCache(model_module.KVCache):
+        def __init__(self, *args):
+            super().__init__(*args)
+            dtypes.append(self.k[0].dtype)
+    monkeypatch.setattr(model_module, "KVCache", RecordedCache)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = generate(model, prompts(), max_new_tokens=6, temperature=0, eos_id=-1)
+        first = [int(model(torch.tensor([p]))[0, -1].argmax()) for p in prompts()]  # the prefill's own pick
+    assert dtypes == [torch.bfloat16] and out.tokens[:, 0].tolist() == first
+    generate(model, prompts(), max_new_tokens=2, temperature=0, eos_id=-1)
+    assert dtypes[-1] == torch.float32  # without autocast, the weights' dtype
+
+
 def test_sampling_is_seeded_and_stops_at_any_eos(model):
     def sample(seed, eos_id):
         return generate(model, prompts(), max_new_tokens=16, temperature=1.0, eos_id=eos_id,
