@@ -104,7 +104,7 @@ rl_steps = 144_000 // rl_questions_per_step  # the paper gives no step count: on
 # (4.2: the chain-of-thought GSM8K and MATH questions of its SFT data). Over the 14,973 above, 9,000
 # steps x 16 questions are ~9.6 passes (grpo.py starts the list again); --train_problems=FILE for the paper's
 rl_rollout_questions = 1  # one question's 64 outputs per KV cache: 45 GiB per GPU
-# support/memory_plan.py at W=8: GRPO peaks at ~72 GiB per GPU, PPO (+ value model) at ~84 GiB
+# support/memory_plan.py at W=8: GRPO peaks at ~70 GiB per GPU, PPO (+ value model) at ~79 GiB
 rl_micro_batch = 16  # outputs per forward/backward
 rl_activation_checkpointing = True  # without it one micro-batch's activations are ~129 GiB per GPU
 rl_eval_every = 500

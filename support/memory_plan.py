@@ -7,24 +7,29 @@ The paper's memory argument: PPO trains a value model "of comparable size as the
 which GRPO drops, taking the mean reward of G outputs of the same question as its baseline. So
 PPO holds one more trained model: weights, gradients and AdamW states. This script builds the
 model of a config on the meta device (shapes, no memory), counts its parameters (6.91B for
-configs/7b.py) and prints what one GPU holds under FSDP2 with W ranks, for both algorithms.
+configs/7b.py) and prints what one GPU holds with W ranks, for both algorithms.
 
-The precision is the one distributed.wrap sets up: FSDP2 with bf16 compute and fp32 master
-weights (MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)). Each rank then keeps 1/W of
-every fp32 weight (the master copy AdamW updates), of its fp32 gradient and of AdamW's two fp32
-moments: 16 bytes per trained parameter, over W. bf16 weights exist only while gathered: the
-whole policy during generation (grpo.py unshards it once per rollout), a few FSDP units at a
-time during training. The frozen pi_ref keeps bf16 shards only; a learned reward model
-(rl_reward orm/prm, in both algorithms, as in the paper) is retrained between iterations, so it
-counts as a trained model.
+The precision is the one distributed.wrap sets up: FSDP2 (parallel="fsdp") with bf16 compute and
+fp32 master weights (MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)). Each rank then
+keeps 1/W of every fp32 weight (the master copy AdamW updates), of its fp32 gradient and of
+AdamW's two fp32 moments: 16 bytes per trained parameter, over W. bf16 weights exist only while
+gathered: the whole policy during generation (grpo.py unshards it once per rollout), a few FSDP
+units at a time during training. The frozen pi_ref keeps bf16 shards only; a learned reward
+model (rl_reward orm/prm, in both algorithms, as in the paper) is retrained between iterations,
+so it counts as a trained model (its gradients live while it trains, between steps: not here).
+One process, or DDP (parallel="ddp"), keeps every model whole on every GPU, autocast's bf16
+copies of the weights while they compute, and under DDP a bucket copy of the gradients.
 
 A run goes through two phases, and the plan prints each one's peak:
-    held throughout   the sharded model states above
+    held throughout   the model states above: fp32 weights, AdamW m and v, bf16 pi_ref
     rollout           + the policy gathered whole (bf16) + the KV cache of one generate call
-                        (rl_rollout_questions x G outputs)
-    update            + gathered FSDP units + activations of one micro-batch + the log-prob
-                        logits buffer (+ for PPO the value model's activations, summed as if
-                        live at once: an upper bound)
+                        (rl_rollout_questions x G outputs) + one layer of it copied when
+                        finished rows leave the batch (model.KVCache.take_rows)
+    update            + the trained models' fp32 gradients (from the first backward to the
+                        optimizer step, whose zero_grad(set_to_none=True) frees them) +
+                        gathered weights + activations of one micro-batch + the log-prob
+                        logits buffer (+ for PPO the value model's gathered weights and
+                        activations, summed as if live at once: an upper bound)
 Rows are in GiB; a phase's peak is the held total plus that phase's rows.
 """
 
@@ -66,24 +71,34 @@ class Plan:
         return self.total("held") + self.total(phase)
 
 
-def parameter_counts(args):
-    """Parameters of the policy (LM head), the value/reward model (same trunk, scalar head), one
-    block and the FSDP root unit (embeddings, final norm, head), counted on the meta device."""
+def parameter_counts(args, head="lm"):
+    """Parameters of a model with this head (the policy's "lm"; "scalar", a value model: the same
+    trunk; "reward": both heads, rl_rm_likelihood's reward model), one block and the FSDP root
+    unit (embeddings, final norm, head), counted on the meta device."""
     with torch.device("meta"):
-        policy, scalar = Transformer(args), Transformer(args, head="scalar")
-    block = sum(p.numel() for p in policy.layers[0].parameters())
-    return policy.num_params(), scalar.num_params(), block, policy.num_params() - args.n_layer * block
+        model = Transformer(args, head=head)
+    block = sum(p.numel() for p in model.layers[0].parameters())
+    return model.num_params(), block, model.num_params() - args.n_layer * block
 
 
-def trained_rows(name, n, world_size):
-    """A trained model under FSDP2: 1/W of the fp32 master weights, gradients, AdamW m and v."""
-    return [Row(f"{name}: weights, fp32 master (1/W)", n * FP32 / world_size),
-            Row(f"{name}: gradients, fp32 (1/W)", n * FP32 / world_size),
-            Row(f"{name}: AdamW m and v, 2 x fp32 (1/W)", 2 * n * FP32 / world_size)]
+def per(shards):
+    return " (1/W)" if shards > 1 else ""
 
 
-def frozen_rows(name, n, world_size):
-    return [Row(f"{name}: weights, bf16 (1/W)", n * BF16 / world_size)]
+def trained_rows(name, n, shards, ddp):
+    """What a trained model holds throughout: 1/shards of its fp32 master weights and of AdamW's
+    m and v; under DDP also the reducer's fp32 bucket copy of its gradients."""
+    rows = [Row(f"{name}: weights, fp32 master{per(shards)}", n * FP32 / shards),
+            Row(f"{name}: AdamW m and v, 2 x fp32{per(shards)}", 2 * n * FP32 / shards)]
+    return rows + ([Row(f"{name}: DDP gradient buckets, fp32", n * FP32)] if ddp else [])
+
+
+def gradient_row(name, n, shards):
+    return Row(f"{name}: gradients, fp32{per(shards)}", n * FP32 / shards)
+
+
+def frozen_rows(name, n, shards):
+    return [Row(f"{name}: weights, bf16{per(shards)}", n * BF16 / shards)]
 
 
 def layer_activation_bytes(args):
@@ -126,8 +141,12 @@ def model_args(cfg):
 def memory_plans(cfg, world_size):
     """{"GRPO": Plan, "PPO": Plan} per GPU, and the parameter counts."""
     args = model_args(cfg)
-    n_policy, n_scalar, n_block, n_root = parameter_counts(args)
+    n_policy, n_block, n_root = parameter_counts(args)
+    n_scalar, _, n_scalar_root = parameter_counts(args, "scalar")
+    n_reward = parameter_counts(args, "reward" if cfg.rl_rm_likelihood else "scalar")[0]
     W = world_size
+    shards = W if cfg.parallel == "fsdp" else 1  # FSDP2 shards every model over the W ranks
+    ddp = W > 1 and cfg.parallel == "ddp"
     length = cfg.plan_prompt_len + cfg.rl_max_new_tokens  # tokens per row (prompt + output)
     # grpo.py generates this rank's questions rl_rollout_questions at a time, G rows each, and
     # one KV cache serves each such chunk
@@ -139,30 +158,41 @@ def memory_plans(cfg, world_size):
 
     # KV cache: rows x positions x layers x (k, v) x kv heads x head dim, bf16
     kv_cache = rollout_rows * length * args.n_layer * 2 * args.n_kv_head * args.head_dim * BF16
-    # one FSDP unit runs while the next is prefetched; the root (embeddings + head) stays gathered
-    # through forward and backward. One process without FSDP: autocast's bf16 copies of all weights.
-    gathered = (n_root + 2 * n_block) * BF16 if W > 1 else n_policy * BF16
+    # when a quarter of the rows have finished, the rest are copied a layer at a time: the new
+    # copy of one layer (at most 3/4 of its rows) is live beside the whole old cache
+    kv_copy = 0.75 * kv_cache / args.n_layer
+
+    def gathered(n_model, n_model_root):
+        """bf16 weights live in a micro-batch's pass: under FSDP2 one block runs while the next is
+        prefetched and the root unit (embeddings, head) stays gathered through forward and
+        backward; whole, autocast's bf16 copies of all of them."""
+        return (n_model_root + 2 * n_block) * BF16 if shards > 1 else n_model * BF16
     # the chunked log-probs (model.chunked_logprobs): at the backward peak of one chunk, three
     # fp32 (micro-batch, chunk, V) tensors: log_softmax's output, its gradient, the logits' gradient
     logits_buffer = 3 * cfg.rl_micro_batch * min(chunk, length) * args.vocab_size * FP32
     acts = "checkpointed" if checkpointing else "no checkpointing"
 
+    in_flight = "FSDP units in flight" if shards > 1 else "autocast's copies"
     plans = {}
     for algo in ("GRPO", "PPO"):
-        held = trained_rows("policy", n_policy, W) + frozen_rows("reference pi_ref", n_policy, W)
+        held = trained_rows("policy", n_policy, shards, ddp) + frozen_rows("reference pi_ref", n_policy, shards)
         if algo == "PPO":
-            held += trained_rows("value model", n_scalar, W)
+            held += trained_rows("value model", n_scalar, shards, ddp)
         if reward_model:
-            held += trained_rows("reward model", n_scalar, W)
+            held += trained_rows("reward model", n_reward, shards, ddp)
         rollout = [Row("policy gathered whole, bf16 (generation)", n_policy * BF16),
-                   Row(f"KV cache: {rollout_rows} outputs x {length} tokens", kv_cache)]
-        update = [Row("gathered weights, bf16 (FSDP units in flight)", gathered),
+                   Row(f"KV cache: {rollout_rows} outputs x {length} tokens", kv_cache),
+                   Row("KV cache: one layer's copy as finished rows leave", kv_copy)]
+        update = [gradient_row("policy", n_policy, shards),
+                  Row(f"policy gathered weights, bf16 ({in_flight})", gathered(n_policy, n_root)),
                   Row(f"policy activations, {cfg.rl_micro_batch} x {length} tokens ({acts})",
                       activation_bytes(args, micro_tokens, checkpointing)),
                   Row(f"log-prob logits buffer, 3 x {cfg.rl_micro_batch} x {min(chunk, length)} x {args.vocab_size} fp32",
                       logits_buffer)]
         if algo == "PPO":
-            update.append(Row(f"value model activations ({acts})", activation_bytes(args, micro_tokens, checkpointing)))
+            update += [gradient_row("value model", n_scalar, shards),
+                       Row(f"value model gathered weights, bf16 ({in_flight})", gathered(n_scalar, n_scalar_root)),
+                       Row(f"value model activations ({acts})", activation_bytes(args, micro_tokens, checkpointing))]
         plans[algo] = Plan({"held": held, "rollout": rollout, "update": update})
     return plans, (n_policy, n_scalar)
 
@@ -178,7 +208,8 @@ def print_plan(cfg, world_size):
     print(f"model: {args.n_layer} layers x {args.dim}, {args.n_head} heads ({args.n_kv_head} kv), "
           f"vocab {args.vocab_size}: {n_policy:,} parameters ({n_policy / 1e9:.2f}B); value model "
           f"(scalar head) {n_scalar:,}")
-    sharding = "FSDP2" if world_size > 1 else "one process, no sharding"
+    sharding = ("one process, no sharding" if world_size == 1 else "FSDP2" if cfg.parallel == "fsdp"
+                else "DDP: every model whole on every GPU")
     print(f"per GPU with W={world_size} ({sharding}, bf16 compute, fp32 master weights); RL step: "
           f"{cfg.rl_questions_per_step} questions x G={cfg.rl_group_size}, rows of {cfg.plan_prompt_len} "
           f"prompt + {cfg.rl_max_new_tokens} output tokens, micro-batch {cfg.rl_micro_batch}")

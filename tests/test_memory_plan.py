@@ -18,13 +18,15 @@ def cfg_7b(*overrides):
 
 def test_7b_parameter_count_against_the_architecture_formula():
     args = ModelArgs.from_config(cfg_7b())
-    n_policy, n_scalar, n_block, n_root = memory_plan.parameter_counts(args)
+    n_policy, n_block, n_root = memory_plan.parameter_counts(args)
     D, I, V, L = 4096, 11008, 102400, 30
     block = 4 * D * D + 3 * D * I + 2 * D  # q, k, v, o; gate, up, down; two RMSNorm gains
     assert n_block == block
     assert n_policy == L * block + 2 * V * D + D == 6_910_365_696  # ~6.9B
-    assert n_scalar == n_policy - V * D + D  # the LM head (V x D) becomes a scalar head (1 x D)
     assert n_root == 2 * V * D + D
+    n_scalar, n_scalar_block, n_scalar_root = memory_plan.parameter_counts(args, "scalar")
+    assert n_scalar == n_policy - V * D + D and n_scalar_block == block  # the LM head (V x D) becomes 1 x D
+    assert memory_plan.parameter_counts(args, "reward")[0] == n_policy + D  # both heads
 
 
 def printed_sections(text):
@@ -60,23 +62,38 @@ def test_printed_plan_adds_up(capsys, world_size):
 def test_parameter_bytes_and_sharding():
     n_policy = memory_plan.parameter_counts(ModelArgs.from_config(cfg_7b()))[0]
     one, eight = memory_plan.memory_plans(cfg_7b(), 1)[0], memory_plan.memory_plans(cfg_7b(), 8)[0]
-    weights = {r.name: r.bytes for r in eight["GRPO"].rows["held"]}
-    assert weights["policy: weights, fp32 master (1/W)"] == n_policy * 4 / 8
-    assert weights["reference pi_ref: weights, bf16 (1/W)"] == n_policy * 2 / 8
+    held = {r.name: r.bytes for r in eight["GRPO"].rows["held"]}
+    assert held["policy: weights, fp32 master (1/W)"] == n_policy * 4 / 8
+    assert held["reference pi_ref: weights, bf16 (1/W)"] == n_policy * 2 / 8
+    # gradients live from a backward to the optimizer step that frees them: in the update only
+    assert not any("gradients" in name for name in held)
+    update = {r.name: r.bytes for r in eight["GRPO"].rows["update"]}
+    assert update["policy: gradients, fp32 (1/W)"] == n_policy * 4 / 8
     for algo in ("GRPO", "PPO"):
         for row_1, row_8 in zip(one[algo].rows["held"], eight[algo].rows["held"]):
-            assert row_1.name == row_8.name and "(1/W)" in row_1.name
+            assert row_1.name.replace(" (1/W)", "") == row_8.name.replace(" (1/W)", "") and "(1/W)" in row_8.name
             assert row_8.bytes == row_1.bytes / 8
+    # DDP keeps every model whole on every rank, and a bucket copy of each trained model's gradients
+    ddp = memory_plan.memory_plans(cfg_7b("--parallel=ddp"), 8)[0]["PPO"]
+    assert ddp.total("held") == pytest.approx(one["PPO"].total("held") + sum(
+        r.bytes for r in ddp.rows["held"] if "DDP gradient buckets" in r.name))
+    assert len([r for r in ddp.rows["held"] if "DDP gradient buckets" in r.name]) == 2  # policy, value model
 
 
 def test_grpo_needs_less_than_ppo_by_exactly_the_value_model():
     cfg = cfg_7b()
-    n_scalar = memory_plan.parameter_counts(ModelArgs.from_config(cfg))[1]
+    n_scalar = memory_plan.parameter_counts(ModelArgs.from_config(cfg), "scalar")[0]
     for world_size in (1, 8):
         plans = memory_plan.memory_plans(cfg, world_size)[0]
         grpo, ppo = plans["GRPO"], plans["PPO"]
-        # weights + gradients + AdamW m, v: 16 bytes per value-model parameter, sharded
-        assert ppo.total("held") - grpo.total("held") == pytest.approx(16 * n_scalar / world_size)
+        # weights + AdamW m, v held: 12 bytes per value-model parameter, sharded; its gradients
+        # (4 more) live in the update, with its gathered weights and activations
+        assert ppo.total("held") - grpo.total("held") == pytest.approx(12 * n_scalar / world_size)
+        in_flight, sharded = ("FSDP units in flight", " (1/W)") if world_size > 1 else ("autocast's copies", "")
+        ppo_only = {r.name for r in ppo.rows["update"]} - {r.name for r in grpo.rows["update"]}
+        assert sorted(ppo_only) == ["value model activations (checkpointed)",
+                                    f"value model gathered weights, bf16 ({in_flight})",
+                                    f"value model: gradients, fp32{sharded}"]
         assert grpo.peak("rollout") < ppo.peak("rollout")
         assert grpo.peak("update") < ppo.peak("update")
 
