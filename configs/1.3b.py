@@ -66,8 +66,8 @@ sft_save_every = 100
 # ---- grpo.py (paper 4.2): the paper's step, 16 questions x G = 64 = 1,024 outputs, lr 1e-6,
 # beta 0.04, max length 1024, mu = 1. One GPU generates one question's 64 outputs at a time: a
 # KV cache of 64 x 1,536 positions x 24 layers x 2 x 2,048 x 2 bytes = 18 GiB.
-# support/memory_plan.py gives a peak of ~39 GiB for GRPO and ~53 GiB for PPO (its value model);
-# with two questions per cache (36 GiB), ~57 and ~72 GiB: both under 80 GB by the plan, not yet
+# support/memory_plan.py gives a peak of ~41 GiB for GRPO and ~55 GiB for PPO (its value model);
+# with two questions per cache (36 GiB), ~60 and ~74 GiB: both under 80 GB by the plan, not yet
 # measured on a GPU
 rl_algo = "grpo"
 rl_reward = "outcome"

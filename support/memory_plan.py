@@ -14,14 +14,15 @@ fp32 master weights (MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)).
 keeps 1/W of every fp32 weight (the master copy AdamW updates), of its fp32 gradient and of
 AdamW's two fp32 moments: 16 bytes per trained parameter, over W. bf16 weights exist only while
 gathered: the whole policy during generation (grpo.py unshards it once per rollout), a few FSDP
-units at a time during training. The frozen pi_ref keeps bf16 shards only; a learned reward
-model (rl_reward orm/prm, in both algorithms, as in the paper) is retrained between iterations,
-so it counts as a trained model (its gradients live while it trains, between steps: not here).
+units at a time during training. The frozen pi_ref keeps bf16 shards only (whole, it keeps
+float32 weights, as the policy computes from); a learned reward model (rl_reward orm/prm, in
+both algorithms, as in the paper) is retrained between iterations, so it counts as a trained
+model (its gradients live while it trains, between steps: not here).
 One process, or DDP (parallel="ddp"), keeps every model whole on every GPU, autocast's bf16
 copies of the weights while they compute, and under DDP a bucket copy of the gradients.
 
 A run goes through two phases, and the plan prints each one's peak:
-    held throughout   the model states above: fp32 weights, AdamW m and v, bf16 pi_ref
+    held throughout   the model states above: fp32 weights, AdamW m and v, pi_ref
     rollout           + the policy gathered whole (bf16) + the KV cache of one generate call
                         (rl_rollout_questions x G outputs) + one layer of it copied when
                         finished rows leave the batch (model.KVCache.take_rows)
@@ -98,7 +99,11 @@ def gradient_row(name, n, shards):
 
 
 def frozen_rows(name, n, shards):
-    return [Row(f"{name}: weights, bf16{per(shards)}", n * BF16 / shards)]
+    """A frozen model: bf16 shards under FSDP2, else float32 weights, as the policy computes from
+    (rl_support.Run: so that pi_ref = pi_theta gives a KL of exactly 0)."""
+    if shards > 1:
+        return [Row(f"{name}: weights, bf16{per(shards)}", n * BF16 / shards)]
+    return [Row(f"{name}: weights, fp32", n * FP32)]
 
 
 def layer_activation_bytes(args):

@@ -131,7 +131,14 @@ def whole_model(model):
 
 def copy_weights(target, source):
     """target <- source, parameter by parameter (the same layout and sharding), by name: a value
-    model (trunk + score) takes those of a reward model that also has an LM head."""
+    model (trunk + score) takes those of a reward model that also has an LM head. By the inner
+    models' names: under DDP the policy is wrapped and pi_ref is not. Under FSDP2 both are
+    resharded first: a forward without a backward (pi_ref's log-probs, a reward model's held-out
+    scores) leaves the root unit gathered, its weights whole tensors beside the other's shards."""
+    target, source = distributed.unwrap(target), distributed.unwrap(source)
+    for model in (target, source):
+        if hasattr(model, "reshard"):
+            model.reshard()
     sources = dict(source.named_parameters())
     with torch.no_grad():
         for name, t in target.named_parameters():
@@ -151,8 +158,14 @@ class Run:
         algo = cfg.rl_algo
 
         # Trained models keep float32 weights (AdamW's master copy: at lr 1e-6 most updates would
-        # vanish in bf16 rounding); frozen ones only run forward, in the compute dtype.
-        frozen_dtype = distributed.compute_dtype(d.device, cfg.dtype)
+        # vanish in bf16 rounding). Frozen ones must compute as the policy does, so that pi_ref =
+        # pi_theta gives a KL of exactly 0: under FSDP2 every model is gathered in the compute
+        # dtype, so bf16 shards serve; a whole model (one process, DDP) keeps float32 weights
+        # under autocast, as the policy does. A bf16 copy would round its norms and residual
+        # stream apart from the policy's: a KL of rounding noise, which PPO's whitening blew up
+        # to advantages of std 1 when a step's rewards were flat.
+        sharded = cfg.parallel == "fsdp" and d.world_size > 1
+        frozen_dtype = distributed.compute_dtype(d.device, cfg.dtype) if sharded else torch.float32
 
         def load(head="lm", folder=init, dtype=torch.float32):
             model = Transformer.from_pretrained(folder, head=head, dtype=dtype, device=d.device)

@@ -616,6 +616,36 @@ def test_two_process_fsdp_run_of_a_7b_shaped_model_matches_one_process(tokenizer
         assert rewards[0] == rewards[1]
 
 
+def test_under_bf16_autocast_the_reference_computes_as_the_policy_does(start, tokenizer, tmp_path):
+    """One process in bf16 (a GPU's --dtype=auto; here the CPU's autocast): pi_ref, frozen, gives
+    the policy's log-probs to the bit at the start, so the KL and PPO's KL-penalised rewards start
+    at exactly 0. A bf16 copy of pi_ref did not: its rounding noise, whitened, was PPO's signal."""
+    cfg = config.load_config(run_args(tmp_path, 1, "--rl_algo=ppo", "--dtype=bfloat16"))
+    d = distributed.setup("cpu")
+    folder = str(start / "sft" / "ckpt")
+    with evaluate.Grader(1, cfg.grader_timeout) as grader:
+        run = rl_support.Run(cfg, d, tokenizer, grader, folder, folder)
+    tokens = torch.tensor([tokenizer.encode_prompt(p.question) + tokenizer.encode_response(p.answer)
+                           for p in tasks.classroom_problems("train", 2, 3)[:1]])
+    with torch.no_grad(), training.autocast(run.device, cfg.dtype):
+        assert torch.is_autocast_enabled("cpu")
+        assert torch.equal(sequence_logprobs(run.ref, tokens), sequence_logprobs(run.policy, tokens))
+
+
+@pytest.mark.parametrize("parallel", ["fsdp", "ddp"])
+def test_two_process_iterative_run_resets_its_reference(start, tmp_path, parallel):
+    """Iterative RL over 2 ranks: at the new iteration pi_ref <- pi_theta (copy_weights), across
+    FSDP2 shards (pi_ref's log-prob pass left its root unit gathered) and across DDP's wrapper
+    (the policy's names are module.*, pi_ref's are not); the run ends with both iterations."""
+    os.symlink(start / "sft", tmp_path / "sft")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          os.path.join(ROOT, "grpo.py"), *run_args(tmp_path, 2, f"--parallel={parallel}",
+                                                                   "--rl_iteration_steps=1", "--rl_rollout_questions=1")],
+                         cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(read_run(tmp_path, "grpo_outcome_iterative")[1]["iterations"]) == 2
+
+
 def test_the_viewer_page_shows_what_the_run_computed(start, tmp_path, monkeypatch):
     """A real process-supervision run records its probe groups at the steps asked for; the page
     shows, token for token, the advantages the run wrote, and those are the paper's: each
