@@ -104,7 +104,7 @@ def wrap(model, parallel, d, dtype="auto"):
         return model
     if parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel
-        return DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+        return DistributedDataParallel(model, device_ids=[d.device] if d.device.type == "cuda" else None)  # this rank's GPU
     if parallel == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard

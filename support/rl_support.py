@@ -93,13 +93,25 @@ def per_column(pass_fn, rollouts, cfg):
 @torch.no_grad()
 def logprobs_of(model, rollouts, cfg):
     """log pi(o_t | q, o_<t) for every column, (N, L-1), at the sampling temperature."""
-    return per_column(lambda tokens, mask: sequence_logprobs(model, tokens, mask, cfg.rl_temperature), rollouts, cfg)
+    logprobs = per_column(lambda tokens, mask: sequence_logprobs(model, tokens, mask, cfg.rl_temperature),
+                          rollouts, cfg)
+    return resharded(model, logprobs)
 
 
 @torch.no_grad()
 def values_of(value_model, rollouts, cfg):
     """V_psi at every column, (N, L-1)."""
-    return per_column(lambda tokens, mask: scalar_outputs(value_model, tokens, mask), rollouts, cfg)
+    return resharded(value_model, per_column(lambda tokens, mask: scalar_outputs(value_model, tokens, mask),
+                                             rollouts, cfg))
+
+
+def resharded(model, result):
+    """`result`, after resharding an FSDP2 model: a forward without a backward leaves its root
+    unit (embeddings, final norm, head) gathered, 1.6 GB of bf16 a GPU for the 7B's pi_ref until
+    its next pass, and a trained model's parameters no longer the sharded ones its optimizer holds."""
+    if hasattr(model, "reshard"):
+        model.reshard()
+    return result
 
 
 @contextlib.contextmanager
