@@ -224,7 +224,7 @@ def settings(command, argv):
     """{key: value} of the keys that shape what `command` (script, its overrides) writes."""
     values = vars(config.load_config([*argv, *command[1:]]))
     unread = [*HOW_SAVED, *(unread_by_grpo(values) if command[0] == "grpo.py" else [])]
-    chosen = {key: os.path.realpath(value) if key in PATH_KEYS and value else value for key, value in values.items()
+    chosen = {key: as_setting(key, value) for key, value in values.items()
               if matches(key, SETTINGS[command[0]]) and not matches(key, unread)}
     return json.loads(json.dumps(chosen))  # as the record holds them: tuples as lists
 
@@ -237,15 +237,18 @@ def started_path(output):
     return os.path.join(os.path.dirname(output), "stage_started.json")
 
 
+def as_setting(key, value):
+    """A setting's value as recorded: a path as the real path it names."""
+    return os.path.realpath(value) if key in PATH_KEYS and value else value
+
+
 def changes(recorded, wanted):
     """How `wanted` differs from the `recorded` settings, or "". A key the record lacks was not
     recorded by the pipeline.py that ran the stage, which ran with its default then: taken as
     unchanged, so that a newer pipeline.py does not rerun every stage of an out dir. Paths
     compare as the real paths they name (older records hold them as given)."""
-    def as_wanted(key, value):
-        return os.path.realpath(value) if key in PATH_KEYS and value else value
     changed = [f"{key} {recorded[key]!r} -> {value!r}" for key, value in wanted.items()
-               if key in recorded and as_wanted(key, recorded[key]) != value]
+               if key in recorded and as_setting(key, recorded[key]) != value]
     return "settings changed: " + ", ".join(changed) if changed else ""
 
 
@@ -331,7 +334,8 @@ def run_command(name, command, argv, env, log, echo):
     # what the pipeline adds to the environment leads the line, so that pasted into a shell it
     # gives the same numbers
     added = [f"{key}={shlex.quote(value)}" for key, value in env.items() if os.environ.get(key) != value]
-    python = os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..") else sys.executable
+    python = os.path.relpath(sys.executable)  # short where it lies below the working directory
+    python = sys.executable if python.startswith("..") else python
     shown = " ".join([*added, shlex.join([python, *full[1:]])])
     print(f"\n=== {name}: {shown}" + ("" if echo else f"  # output: {log}"), flush=True)
     start = time.time()

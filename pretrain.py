@@ -221,8 +221,7 @@ def validation_loss(model, val, cfg, d):
         rows = val.rows((cfg.seed, 1), n, start, start + B).to(d.device)
         with training.autocast(d.device, cfg.dtype):
             losses.append(lm_loss(model, rows).item())
-    if hasattr(model, "reshard"):  # FSDP2 leaves the root unsharded after a forward with no backward;
-        model.reshard()  # left so, its parameters would no longer be the optimizer's
+    distributed.reshard(model)
     model.train()
     return distributed.all_reduce_mean(sum(losses) / len(losses), d)
 

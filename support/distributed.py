@@ -133,6 +133,15 @@ def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
+def reshard(model):
+    """Reshard an FSDP2 model after a forward without a backward, which leaves its root unit
+    (embeddings, final norm, head) gathered: whole weights held until its next pass (1.6 GB of
+    bf16 a GPU for the 7B), no longer the shards its optimizer updates, and beside another
+    model's shards in a copy. Any other model is left as it is."""
+    if hasattr(model, "reshard"):
+        model.reshard()
+
+
 def full_state_dict(model):
     """The whole, unsharded state dict on rank 0 (CPU), for saving; every rank must call this."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

@@ -95,23 +95,16 @@ def logprobs_of(model, rollouts, cfg):
     """log pi(o_t | q, o_<t) for every column, (N, L-1), at the sampling temperature."""
     logprobs = per_column(lambda tokens, mask: sequence_logprobs(model, tokens, mask, cfg.rl_temperature),
                           rollouts, cfg)
-    return resharded(model, logprobs)
+    distributed.reshard(model)
+    return logprobs
 
 
 @torch.no_grad()
 def values_of(value_model, rollouts, cfg):
     """V_psi at every column, (N, L-1)."""
-    return resharded(value_model, per_column(lambda tokens, mask: scalar_outputs(value_model, tokens, mask),
-                                             rollouts, cfg))
-
-
-def resharded(model, result):
-    """`result`, after resharding an FSDP2 model: a forward without a backward leaves its root
-    unit (embeddings, final norm, head) gathered, 1.6 GB of bf16 a GPU for the 7B's pi_ref until
-    its next pass, and a trained model's parameters no longer the sharded ones its optimizer holds."""
-    if hasattr(model, "reshard"):
-        model.reshard()
-    return result
+    values = per_column(lambda tokens, mask: scalar_outputs(value_model, tokens, mask), rollouts, cfg)
+    distributed.reshard(value_model)
+    return values
 
 
 @contextlib.contextmanager
@@ -145,12 +138,10 @@ def copy_weights(target, source):
     """target <- source, parameter by parameter (the same layout and sharding), by name: a value
     model (trunk + score) takes those of a reward model that also has an LM head. By the inner
     models' names: under DDP the policy is wrapped and pi_ref is not. Under FSDP2 both are
-    resharded first: a forward without a backward (pi_ref's log-probs, a reward model's held-out
-    scores) leaves the root unit gathered, its weights whole tensors beside the other's shards."""
+    resharded first (a reward model's held-out scores leave its root unit gathered)."""
     target, source = distributed.unwrap(target), distributed.unwrap(source)
-    for model in (target, source):
-        if hasattr(model, "reshard"):
-            model.reshard()
+    distributed.reshard(target)
+    distributed.reshard(source)
     sources = dict(source.named_parameters())
     with torch.no_grad():
         for name, t in target.named_parameters():

@@ -126,8 +126,8 @@ class Tokenizer:
         self.added_tokens = dict(added_tokens or {})
         self._added = _alternation(self.added_tokens)
         self._specials = _alternation(special_tokens)
-        self._all_added = _alternation({**special_tokens, **self.added_tokens})
         self._added_ids = {**special_tokens, **self.added_tokens}
+        self._all_added = _alternation(self._added_ids)
         self._memo = {}
         self.encoding = tiktoken.Encoding(
             "deepseekmath-bpe", pat_str=pat_str,
